@@ -1,0 +1,1 @@
+"""Key bundles, signed envelopes and the key-ring policy: one module for every process."""

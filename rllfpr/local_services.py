@@ -1,0 +1,136 @@
+"""Start a throw-away Mosquitto and Redis >= 8 on free loopback ports.
+
+Used by the integration tests and by the demo; production deployments use ``deploy/``.
+Binaries come from ``RLLFPR_MOSQUITTO`` / ``RLLFPR_REDIS_SERVER`` (written by
+``scripts/setup``) or ``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be found or started."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _find_binary(env_var: str, name: str, fallbacks: tuple[str, ...] = ()) -> str:
+    candidates = [os.environ.get(env_var), shutil.which(name), *fallbacks]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServiceError(
+        f"{name} not found: run scripts/setup, or set {env_var} to the binary's path"
+    )
+
+
+def _wait_for_port(endpoint: Endpoint, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"service exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(
+            (endpoint.host, endpoint.port), timeout=0.2
+        ):
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"service did not listen on {endpoint} within 15 s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# Fits the recognizer's acknowledge-after-processing consumer: enough in-flight QoS 1 messages
+# for a full micro-batch, a deep queue for disconnected persistent sessions.
+MOSQUITTO_CONFIG = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 64
+max_queued_messages 100000
+log_dest file {log}
+log_type error
+log_type warning
+"""
+
+
+@contextlib.contextmanager
+def mosquitto(extra_config: str = "") -> Iterator[Endpoint]:
+    """Run a Mosquitto 2.x broker on a free port for the duration of the block."""
+    binary = _find_binary("RLLFPR_MOSQUITTO", "mosquitto", ("/usr/sbin/mosquitto",))
+    with tempfile.TemporaryDirectory(prefix="rllfpr-mosquitto-") as workdir:
+        port = free_port()
+        log = Path(workdir) / "mosquitto.log"
+        config = Path(workdir) / "mosquitto.conf"
+        config.write_text(MOSQUITTO_CONFIG.format(port=port, log=log) + extra_config)
+        log.touch()
+        process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        try:
+            endpoint = Endpoint("127.0.0.1", port)
+            _wait_for_port(endpoint, process, log)
+            yield endpoint
+        finally:
+            _stop(process)
+
+
+def redis_major_version(binary: str) -> int:
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"v=(\d+)\.", output.stdout)
+    if not match:
+        raise ServiceError(f"cannot read the version of {binary}: {output.stdout!r}")
+    return int(match.group(1))
+
+
+@contextlib.contextmanager
+def redis_server(password: str | None = None) -> Iterator[Endpoint]:
+    """Run a Redis >= 8 server (vector sets) on a free port, without persistence."""
+    binary = _find_binary("RLLFPR_REDIS_SERVER", "redis-server")
+    if (major := redis_major_version(binary)) < 8:
+        raise ServiceError(
+            f"{binary} is Redis {major}; vector sets need Redis >= 8 (run scripts/install-redis8)"
+        )
+    with tempfile.TemporaryDirectory(prefix="rllfpr-redis-") as workdir:
+        port = free_port()
+        log = Path(workdir) / "redis.log"
+        log.touch()
+        arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
+        if password:
+            arguments += ["--requirepass", password]
+        process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            endpoint = Endpoint("127.0.0.1", port)
+            _wait_for_port(endpoint, process, log)
+            yield endpoint
+        finally:
+            _stop(process)

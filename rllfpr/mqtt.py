@@ -1,0 +1,98 @@
+"""MQTT v5 client construction shared by the agent, the recognizer and the trainer.
+
+Every process connects through ``make_client`` so protocol version, TLS, credentials and
+session expiry are set in one place from ``MqttSettings``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from rllfpr.config import MqttSettings
+
+
+class MqttError(RuntimeError):
+    """Connecting or publishing failed."""
+
+
+def default_client_id(program: str) -> str:
+    return f"rllfpr-{program}-{socket.gethostname()}"[:64]
+
+
+def make_client(
+    settings: MqttSettings,
+    program: str,
+    *,
+    manual_ack: bool = False,
+    client_id: str | None = None,
+) -> paho.Client:
+    """A configured, not yet connected, MQTT v5 client."""
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id or settings.client_id or default_client_id(program),
+        protocol=paho.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if settings.username:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    if settings.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+        )
+    return client
+
+
+def connect_properties(settings: MqttSettings) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = settings.session_expiry_s
+    return properties
+
+
+def connect(
+    client: paho.Client, settings: MqttSettings, *, clean_start: bool, timeout_s: float = 10.0
+) -> None:
+    """Connect and start the network loop; raises ``MqttError`` unless the broker accepts."""
+    connected = threading.Event()
+    outcome: list[ReasonCode] = []
+
+    def on_connect(
+        _client: paho.Client, _userdata: object, _flags: object, reason: ReasonCode, _props: object
+    ) -> None:
+        outcome.append(reason)
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(
+            settings.host,
+            settings.port,
+            keepalive=settings.keepalive_s,
+            clean_start=clean_start,
+            properties=connect_properties(settings),
+        )
+    except OSError as error:
+        raise MqttError(f"cannot reach MQTT broker {settings.host}:{settings.port}: {error}") from error
+    client.loop_start()
+    if not connected.wait(timeout_s):
+        client.loop_stop()
+        raise MqttError(f"no CONNACK from {settings.host}:{settings.port} within {timeout_s} s")
+    if outcome[0].is_failure:
+        client.loop_stop()
+        raise MqttError(f"broker refused the connection: {outcome[0]}")
+
+
+def publish_properties(message_expiry_s: int | None = None) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)
+    if message_expiry_s is not None:
+        properties.MessageExpiryInterval = message_expiry_s
+    return properties

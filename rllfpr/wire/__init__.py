@@ -1,0 +1,1 @@
+"""The wire protocol: topic names, payload models, the face-message codec, JSON Schemas."""

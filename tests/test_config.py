@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from rllfpr.config import ConfigError, Settings, load_settings
+
+
+def test_defaults_load_without_file_or_environment() -> None:
+    settings = load_settings()
+    assert settings.mqtt.port == 1883
+    assert settings.redis.url.startswith("redis://")
+    assert settings.keys.scope == "fleet"
+
+
+def test_file_overrides_defaults_and_environment_overrides_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "rllfpr.yaml"
+    config.write_text("mqtt:\n  host: broker.example\n  port: 8883\nlog_level: DEBUG\n")
+    from_file = load_settings(config)
+    assert (from_file.mqtt.host, from_file.mqtt.port, from_file.log_level) == (
+        "broker.example",
+        8883,
+        "DEBUG",
+    )
+    monkeypatch.setenv("RLLFPR_MQTT__PORT", "1884")
+    monkeypatch.setenv("RLLFPR_CONFIG", str(config))
+    merged = load_settings()
+    assert (merged.mqtt.host, merged.mqtt.port) == ("broker.example", 1884)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mqtt:\n  hots: broker\n",  # typo in a nested key
+        "mqqt:\n  host: broker\n",  # typo in a section
+        "mqtt:\n  port: 70000\n",  # out of range
+        "redis:\n  url: http://x\n",  # wrong scheme
+        "keys:\n  scope: 'bad scope'\n",  # not a topic level
+    ],
+)
+def test_invalid_or_unknown_keys_fail_fast(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_settings(config)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_typo_in_nested_environment_variable_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLLFPR_MQTT__HOTS", "broker")
+    with pytest.raises(ConfigError, match="hots"):
+        load_settings()
+
+
+def _undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+    missing = []
+    for name, field in model.model_fields.items():
+        if not field.description:
+            missing.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            missing += _undocumented(annotation, f"{prefix}{name}.")
+    return missing
+
+
+def test_every_setting_is_documented() -> None:
+    assert _undocumented(Settings) == []
+
+
+def test_secrets_do_not_leak_into_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLLFPR_MQTT__PASSWORD", "hunter2")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings)
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "hunter2"

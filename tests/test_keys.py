@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from rllfpr.keys import bundle, envelope, material
+from rllfpr.keys.bundle import BundleError
+from rllfpr.keys.envelope import SignatureError
+from rllfpr.keys.keyring import KeyRing
+from rllfpr.keys.material import FleetKey, KeyMaterialError
+from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+
+SIGNER = Ed25519PrivateKey.generate()
+FLEET = FleetKey.generate()
+TRUSTED = {material.signer_id(SIGNER.public_key()): SIGNER.public_key()}
+STATE = {
+    "encoder.0.weight": np.random.default_rng(0).standard_normal((16, 3, 3, 3)).astype(np.float32),
+    "encoder.0.bn.running_mean": np.arange(16, dtype=np.float32),
+}
+
+
+def make_bundle(epoch: int = 1, scope: str = "fleet", **changes: object) -> bytes:
+    arguments: dict[str, object] = {
+        "epoch": epoch,
+        "scope": scope,
+        "recognizer_id": f"resnet18-e{epoch}",
+        "architecture": {"levels": 5, "widths": [16, 32, 64, 64, 64]},
+        "state": STATE,
+        "signing_key": SIGNER,
+        "fleet_key": FLEET,
+    }
+    arguments.update(changes)
+    return bundle.seal(**arguments)  # type: ignore[arg-type]
+
+
+def new_ring(tmp_path: Path | None = None, **kwargs: object) -> KeyRing:
+    state_file = tmp_path / "keyring.json" if tmp_path else None
+    return KeyRing(TRUSTED, [FLEET], state_file=state_file, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bundle_round_trip_restores_state_and_metadata() -> None:
+    opened = bundle.open_bundle(make_bundle(epoch=4), TRUSTED, {FLEET.key_id: FLEET})
+    assert opened.header.epoch == 4
+    assert opened.header.architecture["levels"] == 5
+    assert set(opened.state) == set(STATE)
+    for name, array in STATE.items():
+        assert np.array_equal(opened.state[name], array)
+
+
+def test_weights_are_not_readable_in_the_bundle_bytes() -> None:
+    data = make_bundle()
+    assert STATE["encoder.0.weight"].tobytes()[:64] not in data
+    assert b"encoder.0.weight" not in data  # even the layer names are encrypted
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (lambda d: d.index(b'"epoch":') + 8, "forged|invalid"),  # header tampered
+        (lambda d: len(d) - 100, "forged"),  # ciphertext tampered
+        (lambda d: len(d) - 1, "forged"),  # signature tampered
+    ],
+)
+def test_tampering_anywhere_is_detected(where, reason: str) -> None:
+    data = make_bundle()
+    with pytest.raises(BundleError, match=reason):
+        bundle.open_bundle(flip(data, where(data)), TRUSTED, {FLEET.key_id: FLEET})
+
+
+def test_unsigned_truncated_and_foreign_bundles_are_rejected() -> None:
+    data = make_bundle()
+    keys = {FLEET.key_id: FLEET}
+    with pytest.raises(BundleError, match="truncated|length"):
+        bundle.open_bundle(data[:-64], TRUSTED, keys)  # signature stripped
+    with pytest.raises(BundleError, match="not a key bundle"):
+        bundle.open_bundle(b"PK\x03\x04" + data[4:], TRUSTED, keys)
+    stranger = Ed25519PrivateKey.generate()
+    with pytest.raises(BundleError, match="untrusted"):
+        bundle.open_bundle(make_bundle(signing_key=stranger), TRUSTED, keys)
+    with pytest.raises(BundleError, match="no decryption key"):
+        bundle.open_bundle(make_bundle(fleet_key=FleetKey.generate()), TRUSTED, keys)
+
+
+def test_signed_by_trusted_key_but_encrypted_under_same_id_wrong_secret_fails() -> None:
+    data = make_bundle()
+    impostor = FleetKey.generate()
+    with pytest.raises(BundleError, match="decrypt"):
+        bundle.open_bundle(data, TRUSTED, {FLEET.key_id: impostor})
+
+
+def test_keyring_accepts_newer_epochs_and_rejects_stale_or_replayed() -> None:
+    ring = new_ring()
+    first = make_bundle(epoch=1)
+    assert ring.accept(first).is_new
+    assert not ring.accept(first).is_new  # retained redelivery is a no-op
+    assert ring.accept(make_bundle(epoch=2)).is_new
+    assert not ring.accept(first).is_new  # epoch 1 stays usable until it is revoked
+    with pytest.raises(BundleError, match="stale or replayed"):
+        ring.accept(make_bundle(epoch=2))  # a second, different bundle for the same epoch
+    with pytest.raises(BundleError, match="stale or replayed"):
+        ring.accept(make_bundle(epoch=1))  # an older epoch this ring never accepted
+
+    joined_later = new_ring()
+    joined_later.accept(make_bundle(epoch=2))
+    with pytest.raises(BundleError, match="stale or replayed"):
+        joined_later.accept(first)  # a genuinely signed old bundle replayed to a newer ring
+    ring.revoke(envelope.sign(Revocation(scope="fleet", epoch=1), SIGNER))
+    with pytest.raises(BundleError, match="revoked"):
+        ring.accept(first)  # replayed after its revocation
+
+
+def test_keyring_rejects_revoked_epochs_and_foreign_scopes() -> None:
+    ring = new_ring()
+    ring.accept(make_bundle(epoch=1))
+    revocation = envelope.sign(Revocation(scope="fleet", epoch=2), SIGNER)
+    assert ring.revoke(revocation).epoch == 2
+    assert ring.is_revoked("fleet", 2)
+    with pytest.raises(BundleError, match="revoked"):
+        ring.accept(make_bundle(epoch=2))
+    with pytest.raises(BundleError, match="scope"):
+        ring.accept(make_bundle(epoch=5, scope="site-a"))
+    assert ring.accept(make_bundle(epoch=3)).is_new
+
+
+def test_keyring_rejects_bundles_from_the_future() -> None:
+    ring = new_ring()
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    with pytest.raises(BundleError, match="future"):
+        ring.accept(make_bundle(created_at=future))
+
+
+def test_forged_revocation_is_rejected() -> None:
+    ring = new_ring()
+    forged = envelope.sign(Revocation(scope="fleet", epoch=1), Ed25519PrivateKey.generate())
+    with pytest.raises(SignatureError, match="untrusted"):
+        ring.revoke(forged)
+    genuine = envelope.sign(Revocation(scope="fleet", epoch=1), SIGNER)
+    tampered = genuine.replace(b'\\"epoch\\":1', b'\\"epoch\\":9')
+    assert tampered != genuine
+    with pytest.raises(SignatureError, match="forged"):
+        ring.revoke(tampered)
+    assert not ring.is_revoked("fleet", 1)
+
+
+def test_announcements_must_name_their_bundle_unless_revoking() -> None:
+    with pytest.raises(ValueError, match="name their bundle"):
+        KeyAnnouncement(scope="fleet", epoch=2, state=KeyState.STAGED)
+    assert KeyAnnouncement(scope="fleet", epoch=2, state=KeyState.REVOKED).bundle_id is None
+
+
+def test_envelope_round_trip_and_kind_confusion() -> None:
+    announcement = KeyAnnouncement(
+        scope="fleet", epoch=2, state=KeyState.ACTIVE, bundle_id=uuid.uuid4(), bundle_sha256="0" * 64
+    )
+    data = envelope.sign(announcement, SIGNER)
+    assert envelope.open_signed(data, KeyAnnouncement, TRUSTED) == announcement
+    with pytest.raises(SignatureError, match="expected revocation"):
+        envelope.open_signed(data, Revocation, TRUSTED)
+    with pytest.raises(SignatureError, match="malformed or unsigned"):
+        envelope.open_signed(announcement.model_dump_json().encode(), KeyAnnouncement, TRUSTED)
+
+
+def test_keyring_state_survives_a_restart(tmp_path: Path) -> None:
+    ring = new_ring(tmp_path)
+    old = make_bundle(epoch=1)
+    ring.accept(old)
+    ring.accept(make_bundle(epoch=2))
+    ring.revoke(envelope.sign(Revocation(scope="fleet", epoch=1), SIGNER))
+    assert (tmp_path / "keyring.json").stat().st_mode & 0o777 == 0o600
+    restarted = new_ring(tmp_path)
+    assert restarted.state("fleet").highest_epoch == 2
+    with pytest.raises(BundleError, match="revoked"):
+        restarted.accept(old)
+
+
+def test_key_files_are_private_and_round_trip(tmp_path: Path) -> None:
+    material.save_fleet_key(FLEET, tmp_path / "keys" / "fleet.key")
+    material.save_signing_key(SIGNER, tmp_path / "keys" / "signing.pem")
+    material.save_public_key(SIGNER.public_key(), tmp_path / "keys" / "signing.pub.pem")
+    assert material.load_fleet_key(tmp_path / "keys" / "fleet.key") == FLEET
+    loaded = material.load_signing_key(tmp_path / "keys" / "signing.pem")
+    assert material.signer_id(loaded.public_key()) == material.signer_id(SIGNER.public_key())
+    assert set(material.trusted_signers([tmp_path / "keys" / "signing.pub.pem"])) == set(TRUSTED)
+    os.chmod(tmp_path / "keys" / "fleet.key", 0o644)
+    with pytest.raises(KeyMaterialError, match="chmod 600"):
+        material.load_fleet_key(tmp_path / "keys" / "fleet.key")
+    assert "secret" not in repr(FLEET) and FLEET.secret.hex() not in repr(FLEET)
