@@ -137,9 +137,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Logging level of every program."
     )
-    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")  # type: ignore[arg-type]
-    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis store.")  # type: ignore[arg-type]
-    keys: KeySettings = Field(default_factory=KeySettings, description="Key material.")  # type: ignore[arg-type]
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis store.")
+    keys: KeySettings = Field(default_factory=KeySettings, description="Key material.")
 
     @field_validator("data", "cache")
     @classmethod

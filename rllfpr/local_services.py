@@ -50,9 +50,12 @@ def _wait_for_port(endpoint: Endpoint, process: subprocess.Popen[bytes], log: Pa
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceError(f"service exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(
-            (endpoint.host, endpoint.port), timeout=0.2
+            raise ServiceError(
+                f"service exited with {process.returncode}: {log.read_text()[-2000:]}"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((endpoint.host, endpoint.port), timeout=0.2),
         ):
             return
         time.sleep(0.05)
@@ -123,8 +126,21 @@ def redis_server(password: str | None = None) -> Iterator[Endpoint]:
         port = free_port()
         log = Path(workdir) / "redis.log"
         log.touch()
-        arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
+        arguments = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            str(log),
+        ]
         if password:
             arguments += ["--requirepass", password]
         process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -81,7 +81,9 @@ def connect(
             properties=connect_properties(settings),
         )
     except OSError as error:
-        raise MqttError(f"cannot reach MQTT broker {settings.host}:{settings.port}: {error}") from error
+        raise MqttError(
+            f"cannot reach MQTT broker {settings.host}:{settings.port}: {error}"
+        ) from error
     client.loop_start()
     if not connected.wait(timeout_s):
         client.loop_stop()

@@ -45,7 +45,7 @@ def test_file_overrides_defaults_and_environment_overrides_file(
 def test_invalid_or_unknown_keys_fail_fast(tmp_path: Path, text: str) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_settings(config)
 
 

@@ -80,7 +80,7 @@ def test_tampering_anywhere_is_detected(where, reason: str) -> None:
 def test_unsigned_truncated_and_foreign_bundles_are_rejected() -> None:
     data = make_bundle()
     keys = {FLEET.key_id: FLEET}
-    with pytest.raises(BundleError, match="truncated|length"):
+    with pytest.raises(BundleError, match=r"truncated|length"):
         bundle.open_bundle(data[:-64], TRUSTED, keys)  # signature stripped
     with pytest.raises(BundleError, match="not a key bundle"):
         bundle.open_bundle(b"PK\x03\x04" + data[4:], TRUSTED, keys)
@@ -160,7 +160,11 @@ def test_announcements_must_name_their_bundle_unless_revoking() -> None:
 
 def test_envelope_round_trip_and_kind_confusion() -> None:
     announcement = KeyAnnouncement(
-        scope="fleet", epoch=2, state=KeyState.ACTIVE, bundle_id=uuid.uuid4(), bundle_sha256="0" * 64
+        scope="fleet",
+        epoch=2,
+        state=KeyState.ACTIVE,
+        bundle_id=uuid.uuid4(),
+        bundle_sha256="0" * 64,
     )
     data = envelope.sign(announcement, SIGNER)
     assert envelope.open_signed(data, KeyAnnouncement, TRUSTED) == announcement
@@ -194,4 +198,5 @@ def test_key_files_are_private_and_round_trip(tmp_path: Path) -> None:
     os.chmod(tmp_path / "keys" / "fleet.key", 0o644)
     with pytest.raises(KeyMaterialError, match="chmod 600"):
         material.load_fleet_key(tmp_path / "keys" / "fleet.key")
-    assert "secret" not in repr(FLEET) and FLEET.secret.hex() not in repr(FLEET)
+    assert "secret" not in repr(FLEET)
+    assert FLEET.secret.hex() not in repr(FLEET)

@@ -95,7 +95,10 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
         _with_header(_payload(), lambda h: h.update(height=4096, width=4096)),
         "less than or equal to 512",
     ),
-    "unknown pixel format": (_with_header(_payload(), _set("pixel_format", "rgb24")), "pixel_format"),
+    "unknown pixel format": (
+        _with_header(_payload(), _set("pixel_format", "rgb24")),
+        "pixel_format",
+    ),
     "missing field": (_with_header(_payload(), lambda h: h.pop("key_epoch")), "key_epoch"),
     "smuggled extra field": (
         _with_header(_payload(), _set("landmarks", [[1, 2], [3, 4]])),
@@ -124,7 +127,7 @@ def test_non_finite_float16_is_rejected() -> None:
     header = make_header(height=4, width=4, pixel_format=PixelFormat.FLOAT16)
     pixels = np.zeros((4, 4), np.float16)
     good = codec.encode(header, pixels)
-    bad = good[: -2] + np.array([np.inf], "<f2").tobytes()
+    bad = good[:-2] + np.array([np.inf], "<f2").tobytes()
     with pytest.raises(codec.CodecError, match="NaN or infinity"):
         codec.decode(bad)
     pixels[0, 0] = np.nan

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -33,7 +33,7 @@ from rllfpr.keys.material import FleetKey, signer_id
 from rllfpr.wire.messages import Epoch, TopicLevel, new_id, utc_now
 
 MAGIC = b"RLKB"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 SIGNATURE_BYTES = 64
 MAX_HEADER_BYTES = 64 * 1024
 MAX_STATE_BYTES = 512 * 1024 * 1024
@@ -73,7 +73,8 @@ class KeyBundle:
 
 def _pack_state(state: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(array) for name, array in state.items()})
+    arrays: dict[str, Any] = {name: np.asarray(array) for name, array in state.items()}
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -137,7 +138,10 @@ def _split(data: bytes) -> tuple[BundleHeader, bytes, bytes]:
         raise BundleError("truncated bundle header")
     (cipher_length,) = _LENGTH.unpack_from(data, head_end)
     cipher_start = head_end + _LENGTH.size
-    if cipher_length > MAX_STATE_BYTES or len(data) != cipher_start + cipher_length + SIGNATURE_BYTES:
+    if (
+        cipher_length > MAX_STATE_BYTES
+        or len(data) != cipher_start + cipher_length + SIGNATURE_BYTES
+    ):
         raise BundleError("bundle length does not match its declared ciphertext length")
     try:
         header = BundleHeader.model_validate_json(data[_PREFIX.size : head_end])

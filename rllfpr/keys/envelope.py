@@ -77,4 +77,6 @@ def open_signed(
     try:
         return expected.model_validate_json(envelope.payload)
     except ValidationError as error:
-        raise SignatureError(f"signed payload is not a valid {_KINDS[expected]}: {error}") from error
+        raise SignatureError(
+            f"signed payload is not a valid {_KINDS[expected]}: {error}"
+        ) from error

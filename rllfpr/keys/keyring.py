@@ -69,7 +69,9 @@ class KeyRing:
         bundle = open_bundle(data, self._trusted, self._fleet_keys)
         header = bundle.header
         if header.scope not in self._scopes:
-            raise BundleError(f"bundle for scope {header.scope!r}; this process serves {sorted(self._scopes)}")
+            raise BundleError(
+                f"bundle for scope {header.scope!r}; this process serves {sorted(self._scopes)}"
+            )
         now = now or utc_now()
         if header.created_at - now > self._max_clock_skew:
             raise BundleError(f"bundle created in the future ({header.created_at.isoformat()})")

@@ -105,7 +105,9 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
-        key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
 

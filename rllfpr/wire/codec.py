@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -28,7 +29,10 @@ MAGIC = b"RLFM"
 SUPPORTED_FACE_SCHEMA_VERSIONS = frozenset({FACE_SCHEMA_VERSION})
 MAX_HEADER_BYTES = 4096
 _PREFIX = struct.Struct(">4sHI")
-_DTYPES = {PixelFormat.UINT8: np.dtype("u1"), PixelFormat.FLOAT16: np.dtype("<f2")}
+_DTYPES: dict[PixelFormat, np.dtype[Any]] = {
+    PixelFormat.UINT8: np.dtype("u1"),
+    PixelFormat.FLOAT16: np.dtype("<f2"),
+}
 
 
 class CodecError(ValueError):
@@ -70,7 +74,9 @@ def decode(payload: bytes | bytearray | memoryview) -> FaceMessage:
     """Parse and validate one face message; raises ``CodecError`` with the reason."""
     payload = bytes(payload)
     if len(payload) < _PREFIX.size:
-        raise CodecError(f"truncated face message: {len(payload)} bytes, prefix needs {_PREFIX.size}")
+        raise CodecError(
+            f"truncated face message: {len(payload)} bytes, prefix needs {_PREFIX.size}"
+        )
     magic, version, header_length = _PREFIX.unpack_from(payload)
     if magic != MAGIC:
         raise CodecError(f"not a face message: magic {magic!r}, expected {MAGIC!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -26,10 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-FACE_SCHEMA_VERSION = 1
-EVENT_SCHEMA_VERSION = 1
-KEY_SCHEMA_VERSION = 1
-STATUS_SCHEMA_VERSION = 1
+FACE_SCHEMA_VERSION: Final = 1
+EVENT_SCHEMA_VERSION: Final = 1
+KEY_SCHEMA_VERSION: Final = 1
+STATUS_SCHEMA_VERSION: Final = 1
 
 TopicLevel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Epoch = Annotated[int, Field(ge=0, description="Key epoch: increases by one at each rotation.")]
@@ -181,7 +181,9 @@ class KeyAnnouncement(WireModel):
 
     @model_validator(mode="after")
     def _bundle_reference(self) -> KeyAnnouncement:
-        if self.state is not KeyState.REVOKED and (self.bundle_id is None or not self.bundle_sha256):
+        if self.state is not KeyState.REVOKED and (
+            self.bundle_id is None or not self.bundle_sha256
+        ):
             raise ValueError("staged and active announcements must name their bundle")
         return self
 

@@ -1,15 +1,16 @@
 """The MQTT topic contract: every topic RLLFPR publishes or subscribes to, in one place.
 
-| topic                                         | payload                          | QoS | retained |
-|-----------------------------------------------|----------------------------------|-----|----------|
-| ``rllfpr/v1/faces/{site}/{camera}``           | face message (binary codec)      | 1   | no       |
-| ``rllfpr/v1/enroll/{site}/{subject}``         | face message (binary codec)      | 1   | no       |
-| ``rllfpr/v1/events/{site}/{camera}``          | ``RecognitionEvent`` (JSON)      | 1   | no       |
-| ``rllfpr/v1/keys/{scope}/bundles/{epoch}``    | key bundle (binary, signed)      | 1   | yes      |
-| ``rllfpr/v1/keys/{scope}/announcements``      | signed ``KeyAnnouncement``       | 1   | yes      |
-| ``rllfpr/v1/keys/{scope}/revocations/{epoch}``| signed ``Revocation``            | 1   | yes      |
-| ``rllfpr/v1/agents/{agent}/status``           | ``AgentStatus`` (JSON), last will| 1   | yes      |
+| topic                                          | payload                       | retained |
+|------------------------------------------------|-------------------------------|----------|
+| ``rllfpr/v1/faces/{site}/{camera}``            | face message (binary codec)   | no       |
+| ``rllfpr/v1/enroll/{site}/{subject}``          | face message (binary codec)   | no       |
+| ``rllfpr/v1/events/{site}/{camera}``           | ``RecognitionEvent`` (JSON)   | no       |
+| ``rllfpr/v1/keys/{scope}/bundles/{epoch}``     | key bundle (binary, signed)   | yes      |
+| ``rllfpr/v1/keys/{scope}/announcements``       | signed ``KeyAnnouncement``    | yes      |
+| ``rllfpr/v1/keys/{scope}/revocations/{epoch}`` | signed ``Revocation``         | yes      |
+| ``rllfpr/v1/agents/{agent}/status``            | ``AgentStatus``, last will    | yes      |
 
+Everything is published with QoS 1.
 ``v1`` is the topic-layout version; it changes only when this table changes incompatibly.
 Payload versions are carried inside each payload (``schema_version``, see ``messages``).
 Recognizers read faces through the shared subscription ``$share/{group}/rllfpr/v1/faces/#``.
