@@ -1,0 +1,1 @@
+"""Model definitions (torch): the scrambler network and the recognizers."""

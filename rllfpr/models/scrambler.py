@@ -1,0 +1,222 @@
+"""The scrambler network (SN): the keyed, frozen, random encoder-decoder of the paper (§3).
+
+One definition, used by the trainer, the ONNX exporter and the edge agent:
+
+- ``levels`` encoder levels of (conv3x3 + BatchNorm + ReLU) x ``convs_per_level`` then a 2x2
+  max-pool that remembers where each maximum was; a mirrored decoder that unpools into those
+  positions; a last conv3x3 with one output channel and no activation.
+- Conv kernels are drawn from N(0, ``kernel_std``^2) with the key's seed and never trained.
+- BatchNorm "self-learns": affine fixed (gamma 1, beta 0), running statistics accumulated in
+  train mode over training faces without any loss (``self_learn``), then frozen.
+- Unpooling is built from Reshape / ReduceMax / Equal / Mul only, so the trained graph is the
+  exported graph: TensorRT parses neither ONNX ``MaxUnpool`` nor ``MaxPool`` with indices.
+  Semantics equal ``max_pool2d(return_indices=True)`` + ``max_unpool2d``: each window's value
+  goes to the *first* maximal position in row-major order, also when several positions tie
+  (after ReLU, all-zero windows are common; a mask of every tied position would differ).
+- Inputs whose side is not a multiple of 2^levels (112 with five levels) are zero-padded
+  symmetrically to the next multiple inside the SN and the output is cropped back, so
+  112x112 in gives 112x112 out.
+- One fixed conversion to pixels (``to_pixels``): standardize with the output mean and std
+  measured during self-learning (stored in the key), then ``round(128 + 32 z)`` clipped to
+  0..255, i.e. +-4 standard deviations in 256 levels, one channel, uint8. The wire, training
+  and every metric use exactly this; ``from_pixels`` is its inverse up to quantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.nn import functional
+
+PIXEL_CENTER = 128.0
+PIXEL_SCALE = 32.0  # grey levels per output standard deviation
+
+
+class ScramblerConfig(BaseModel):
+    """Architecture of an SN key. Stored in every key bundle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: int = Field(5, ge=1, le=6, description="Pool/unpool levels (paper: 5).")
+    widths: tuple[int, ...] = Field(
+        (16, 32, 64, 64, 64), description="Channels of each encoder level, shallow to deep."
+    )
+    convs_per_level: int = Field(1, ge=1, le=3, description="conv+BN+ReLU blocks per level.")
+    in_channels: Literal[1, 3] = Field(3, description="3 for RGB faces, 1 for grayscale.")
+    input_size: int = Field(112, ge=16, le=512, description="Side of the square input face.")
+    kernel_distribution: Literal["normal", "uniform"] = Field(
+        "normal", description="Distribution of the random kernels (paper: normal)."
+    )
+    kernel_std: float = Field(1.0, gt=0, description="Standard deviation of the kernels.")
+
+    @model_validator(mode="after")
+    def _one_width_per_level(self) -> ScramblerConfig:
+        if len(self.widths) != self.levels:
+            raise ValueError(f"widths has {len(self.widths)} entries for {self.levels} levels")
+        return self
+
+    @property
+    def padded_size(self) -> int:
+        step = 2**self.levels
+        return -(-self.input_size // step) * step
+
+
+def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels, affine=False, momentum=None),
+        nn.ReLU(inplace=False),
+    ]
+
+
+def pool_with_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max-pool returning the pooled map and a one-hot mask of the first maximum."""
+    n, c, h, w = x.shape
+    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(n, c, h // 2, w // 2, 4)
+    pooled = windows.amax(dim=-1)
+    is_max = (windows == pooled.unsqueeze(-1)).to(x.dtype)
+    m0, m1, m2, m3 = is_max.unbind(-1)
+    first = torch.stack(
+        [m0, m1 * (1 - m0), m2 * (1 - m0) * (1 - m1), m3 * (1 - m0) * (1 - m1) * (1 - m2)],
+        dim=-1,
+    )
+    return pooled, first
+
+
+def unpool_with_mask(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place each value of ``y`` at its window's remembered position; zeros elsewhere."""
+    n, c, h, w, _ = mask.shape
+    spread = (y.unsqueeze(-1) * mask).reshape(n, c, h, w, 2, 2).permute(0, 1, 2, 4, 3, 5)
+    return spread.reshape(n, c, h * 2, w * 2)
+
+
+class ScramblerNetwork(nn.Module):
+    """The SN. ``forward`` gives the float output; ``scramble`` gives wire pixels (0..255)."""
+
+    output_mean: torch.Tensor
+    output_std: torch.Tensor
+
+    def __init__(self, config: ScramblerConfig, seed: int) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        widths = config.widths
+        encoder, decoder = [], []
+        channels: int = config.in_channels
+        for width in widths:
+            layers: list[nn.Module] = []
+            for _ in range(config.convs_per_level):
+                layers += _block(channels, width)
+                channels = width
+            encoder.append(nn.Sequential(*layers))
+        for level in reversed(range(config.levels)):
+            target = widths[level - 1] if level > 0 else widths[0]
+            layers = []
+            for index in range(config.convs_per_level):
+                last = index == config.convs_per_level - 1
+                layers += _block(widths[level], target if last else widths[level])
+            decoder.append(nn.Sequential(*layers))
+        self.encoder = nn.ModuleList(encoder)
+        self.decoder = nn.ModuleList(decoder)
+        self.head = nn.Conv2d(widths[0], 1, 3, padding=1, bias=False)
+        self.register_buffer("output_mean", torch.zeros(()))
+        self.register_buffer("output_std", torch.ones(()))
+        self._draw_kernels()
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def _draw_kernels(self) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                shape = module.weight.shape
+                if self.config.kernel_distribution == "normal":
+                    kernel = torch.randn(shape, generator=generator) * self.config.kernel_std
+                else:
+                    bound = self.config.kernel_std * 3**0.5  # same std as the normal draw
+                    kernel = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+                module.weight.copy_(kernel)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """(N, C, S, S) float faces in [0, 1] -> (N, 1, S, S) raw SN output."""
+        size = self.config.input_size
+        if faces.shape[1:] != (self.config.in_channels, size, size):
+            raise ValueError(
+                f"SN expects (N, {self.config.in_channels}, {size}, {size}), "
+                f"got {tuple(faces.shape)}"
+            )
+        pad = self.config.padded_size - size
+        x = functional.pad(faces, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+        masks = []
+        for level in self.encoder:
+            x, mask = pool_with_mask(level(x))
+            masks.append(mask)
+        for level, mask in zip(self.decoder, reversed(masks), strict=True):
+            x = level(unpool_with_mask(x, mask))
+        x = self.head(x)
+        return x[..., pad // 2 : pad // 2 + size, pad // 2 : pad // 2 + size]
+
+    def to_pixels(self, output: torch.Tensor) -> torch.Tensor:
+        """The fixed conversion: raw output -> grey levels 0..255 (float, integral values)."""
+        z = (output - self.output_mean) / self.output_std
+        return torch.clamp(torch.round(PIXEL_CENTER + PIXEL_SCALE * z), 0.0, 255.0)
+
+    def scramble(self, faces: torch.Tensor) -> torch.Tensor:
+        """Faces in [0, 1] -> wire pixels as uint8, shape (N, S, S)."""
+        with torch.no_grad():
+            return self.to_pixels(self(faces)).to(torch.uint8)[:, 0]
+
+    @torch.no_grad()
+    def self_learn(self, batches: Iterable[torch.Tensor]) -> int:
+        """BN self-learning (no loss): exact running statistics over ``batches``, then the
+        output mean and std for ``to_pixels``. Returns the number of faces seen. Freezes."""
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+        self.train()
+        cached = []
+        for batch in batches:
+            self(batch)
+            cached.append(batch)
+        if not cached:
+            raise ValueError("BN self-learning needs at least one batch of faces")
+        self.eval()
+        total, sum_, sum_sq = 0, 0.0, 0.0
+        for batch in cached:
+            output = self(batch).double()
+            total += output.numel()
+            sum_ += float(output.sum())
+            sum_sq += float((output**2).sum())
+        mean = sum_ / total
+        self.output_mean.fill_(mean)
+        self.output_std.fill_(max((sum_sq / total - mean**2) ** 0.5, 1e-12))
+        return sum(len(batch) for batch in cached)
+
+    def key_state(self) -> dict[str, Any]:
+        """Everything a key bundle must carry: architecture, seed and the numeric state."""
+        return {
+            "architecture": {"scrambler": self.config.model_dump(mode="json"), "seed": self.seed},
+            "state": {name: tensor.numpy().copy() for name, tensor in self.state_dict().items()},
+        }
+
+    @classmethod
+    def from_key_state(
+        cls, architecture: dict[str, Any], state: dict[str, Any]
+    ) -> ScramblerNetwork:
+        network = cls(
+            ScramblerConfig.model_validate(architecture["scrambler"]), architecture["seed"]
+        )
+        network.load_state_dict({name: torch.as_tensor(array) for name, array in state.items()})
+        network.eval()
+        return network
+
+
+def from_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Wire pixels (uint8 or float grey levels) -> standardized float input of a recognizer."""
+    return (pixels.float() - PIXEL_CENTER) / PIXEL_SCALE

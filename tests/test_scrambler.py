@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from torch.nn import functional
+
+from rllfpr.keys import bundle, material
+from rllfpr.models.export import export_onnx, unsupported_operators
+from rllfpr.models.scrambler import (
+    ScramblerConfig,
+    ScramblerNetwork,
+    from_pixels,
+    pool_with_mask,
+    unpool_with_mask,
+)
+
+SMALL = ScramblerConfig(levels=3, widths=(8, 16, 16), input_size=40)
+
+
+def faces(n: int = 6, size: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def learned(config: ScramblerConfig = SMALL, seed: int = 1) -> ScramblerNetwork:
+    network = ScramblerNetwork(config, seed)
+    network.self_learn([faces(8, config.input_size, 0), faces(8, config.input_size, 1)])
+    return network
+
+
+def test_unpool_equals_index_unpooling_including_ties() -> None:
+    x = torch.relu(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    x[0, 0, :2, :2] = 0.0  # an all-zero window: four tied maxima
+    x[1, 1, 2:4, 2:4] = 1.5  # four tied non-zero maxima
+    pooled, mask = pool_with_mask(x)
+    reference, indices = functional.max_pool2d(x, 2, return_indices=True)
+    values = torch.randn_like(pooled)
+    assert torch.equal(pooled, reference)
+    assert torch.equal(
+        unpool_with_mask(values, mask), functional.max_unpool2d(values, indices, (2, 2))
+    )
+
+
+def test_output_is_one_channel_of_input_size_even_when_padding_is_needed() -> None:
+    network = learned(ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112))
+    assert network.config.padded_size == 128
+    assert network(faces(2, 112)).shape == (2, 1, 112, 112)
+    assert network.scramble(faces(2, 112)).dtype == torch.uint8
+
+
+def test_wrong_input_shape_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="SN expects"):
+        learned()(torch.rand(1, 1, 40, 40))
+
+
+def test_same_seed_same_key_other_seed_other_output() -> None:
+    a, b = ScramblerNetwork(SMALL, 7), ScramblerNetwork(SMALL, 7)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    x = faces()
+    assert not torch.equal(learned(seed=7).scramble(x), learned(seed=8).scramble(x))
+
+
+def test_eval_output_is_deterministic() -> None:
+    network = learned()
+    x = faces()
+    assert torch.equal(network(x), network(x))
+    # Batch composition changes only float rounding (convolution algorithms), never more.
+    assert torch.allclose(network(x[:1]), network(x)[:1], atol=1e-4)
+
+
+def test_kernels_stay_frozen_through_a_training_step() -> None:
+    network = learned()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    recognizer = torch.nn.Linear(40 * 40, 3)
+    optimizer = torch.optim.SGD(list(recognizer.parameters()) + list(network.parameters()), lr=0.1)
+    loss = recognizer(network(faces()).flatten(1)).sum()
+    loss.backward()
+    optimizer.step()
+    assert all(not p.requires_grad for p in network.parameters())
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+def test_batchnorm_statistics_change_only_in_train_mode() -> None:
+    network = learned()
+    before = {k: v.clone() for k, v in network.state_dict().items() if "running" in k}
+    network(faces(4, seed=5))  # eval mode
+    assert all(torch.equal(before[k], network.state_dict()[k]) for k in before)
+    network.train()
+    network(faces(4, seed=5))
+    assert any(not torch.equal(before[k], network.state_dict()[k]) for k in before)
+
+
+def test_pixel_conversion_is_standardized_and_round_trips() -> None:
+    network = learned()
+    x = faces(8, seed=0)
+    raw = network(x)
+    pixels = network.scramble(x).float()
+    assert abs(pixels.mean().item() - 128) < 8
+    assert abs(pixels.std().item() - 32) < 4
+    standardized = (raw - network.output_mean) / network.output_std
+    inside = standardized.abs() < 3.9  # away from the clipping bounds
+    error = (from_pixels(pixels.unsqueeze(1)) - standardized)[inside].abs().max()
+    assert error <= 0.5 / 32 + 1e-6  # half a grey level
+
+
+def test_key_state_survives_a_signed_encrypted_bundle() -> None:
+    network = learned()
+    signer, fleet = Ed25519PrivateKey.generate(), material.FleetKey.generate()
+    key = network.key_state()
+    data = bundle.seal(
+        epoch=1,
+        scope="fleet",
+        recognizer_id="r1",
+        architecture=key["architecture"],
+        state=key["state"],
+        signing_key=signer,
+        fleet_key=fleet,
+    )
+    opened = bundle.open_bundle(
+        data, {material.signer_id(signer.public_key()): signer.public_key()}, {fleet.key_id: fleet}
+    )
+    restored = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    assert torch.equal(restored.scramble(faces()), network.scramble(faces()))
+
+
+def test_onnx_export_uses_only_tensorrt_operators_and_matches_torch() -> None:
+    network = learned(ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112))
+    model = export_onnx(network)
+    assert unsupported_operators(model) == set()
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = faces(5, 112, seed=3)
+    onnx_pixels = session.run(None, {"faces": x.numpy()})[0]
+    torch_pixels = network.to_pixels(network(x)).numpy()
+    difference = np.abs(onnx_pixels - torch_pixels)
+    # Stated tolerance: at most one grey level, on at most 0.1 % of pixels (float rounding
+    # differences land exactly on a .5 boundary of the quantizer).
+    assert difference.max() <= 1.0
+    assert (difference > 0).mean() <= 1e-3

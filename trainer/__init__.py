@@ -1,0 +1,1 @@
+"""Training, evaluation and key rotation."""

@@ -1,0 +1,182 @@
+"""Folder datasets (``<identity>/<image>``) and their aligned copies cached outside the repo.
+
+The aligned copy is kept per identity in ``{cache}/aligned/{dataset}/{method}-{size}/`` so
+subsets reuse it. Images that cannot be read or in which no face is found are counted and
+listed in the cache, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from rllfpr.faces.align import AlignmentError, align
+from rllfpr.faces.detect import FaceDetector, central_face
+
+log = logging.getLogger(__name__)
+AlignMethod = Literal["mtcnn", "resize"]
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
+
+
+def list_identities(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
+    """Identity -> sorted image files, for identities with at least ``min_images`` images."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    identities = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+        )
+        if len(images) >= min_images:
+            identities[folder.name] = images
+    return identities
+
+
+def read_people_file(path: Path) -> list[str]:
+    """Names from an LFW ``people*.txt`` file (first line: count; then ``name<TAB>n``)."""
+    lines = path.read_text().splitlines()[1:]
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class AlignedFaces:
+    """Aligned RGB faces with integer labels; ``names[label]`` is the identity."""
+
+    faces: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) int64
+    names: list[str]
+    sources: list[str]  # "<identity>/<file>" of each face
+    failures: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> AlignedFaces:
+        index = np.asarray(indices, dtype=np.int64)
+        return AlignedFaces(
+            self.faces[index],
+            self.labels[index],
+            self.names,
+            [self.sources[i] for i in index],
+        )
+
+
+class Aligner:
+    """Aligns images of one dataset and caches the result per identity."""
+
+    def __init__(
+        self, dataset_root: Path, cache: Path, size: int = 112, method: AlignMethod = "mtcnn"
+    ) -> None:
+        self.root = dataset_root
+        self.size = size
+        self.method = method
+        self.cache_dir = cache / "aligned" / dataset_root.name / f"{method}-{size}"
+        self._detector: FaceDetector | None = None
+
+    def _align_one(self, image: np.ndarray) -> np.ndarray | None:
+        if self.method == "resize":
+            return np.asarray(
+                Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
+            )
+        if self._detector is None:
+            self._detector = FaceDetector(min_face_size=40)
+        face = central_face(self._detector.detect([image])[0], image.shape)
+        if face is None:
+            return None
+        try:
+            return align(image, face.landmarks, self.size)
+        except AlignmentError:
+            return None
+
+    def _identity(self, name: str, images: list[Path]) -> tuple[np.ndarray, list[str], list[str]]:
+        cached = self.cache_dir / f"{name}.npz"
+        if cached.exists():
+            with np.load(cached, allow_pickle=False) as archive:
+                return archive["faces"], list(archive["files"]), list(archive["failed"])
+        faces, files, failed = [], [], []
+        for path in images:
+            try:
+                aligned = self._align_one(load_rgb(path))
+            except (OSError, UnidentifiedImageError, ValueError) as error:
+                log.warning("cannot read %s: %s", path, error)
+                aligned = None
+            if aligned is None:
+                failed.append(path.name)
+            else:
+                faces.append(aligned)
+                files.append(path.name)
+        array = np.stack(faces) if faces else np.zeros((0, self.size, self.size, 3), np.uint8)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            faces=array,
+            files=np.array(files, dtype=str),
+            failed=np.array(failed, dtype=str),
+        )
+        temporary.replace(cached)
+        return array, files, failed
+
+    def load(self, identities: dict[str, list[Path]], progress: bool = True) -> AlignedFaces:
+        all_faces: list[np.ndarray] = []
+        labels: list[int] = []
+        sources: list[str] = []
+        failures: list[str] = []
+        names: list[str] = []
+        for name, images in tqdm(
+            identities.items(), desc=f"align {self.root.name}", disable=not progress
+        ):
+            faces, files, failed = self._identity(name, images)
+            failures += [f"{name}/{file}" for file in failed]
+            if len(faces) == 0:
+                continue
+            label = len(names)
+            names.append(name)
+            all_faces.append(faces)
+            labels += [label] * len(faces)
+            sources += [f"{name}/{file}" for file in files]
+        if failures:
+            log.warning(
+                "%d of %d images yielded no face", len(failures), len(failures) + len(labels)
+            )
+        if not all_faces:
+            raise ValueError(f"no face could be aligned in {self.root}")
+        return AlignedFaces(
+            np.concatenate(all_faces), np.array(labels, np.int64), names, sources, failures
+        )
+
+
+def split_per_identity(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out split inside each identity: at least one training and one test image each."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        n_test = min(max(1, round(len(members) * test_fraction)), len(members) - 1)
+        test += members[:n_test].tolist()
+        train += members[n_test:].tolist()
+    return np.sort(np.array(train)), np.sort(np.array(test))
+
+
+def save_split(path: Path, sources: Iterable[str], train: np.ndarray, test: np.ndarray) -> None:
+    names = list(sources)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"train": [names[i] for i in train], "test": [names[i] for i in test]}, indent=1)
+    )
