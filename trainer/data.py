@@ -26,8 +26,11 @@ AlignMethod = Literal["mtcnn", "resize"]
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
 
 
-def list_identities(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
-    """Identity -> sorted image files, for identities with at least ``min_images`` images."""
+def list_identities(
+    root: Path, min_images: int = 1, max_images: int | None = None
+) -> dict[str, list[Path]]:
+    """Identity -> sorted image files (the first ``max_images``), for identities with at
+    least ``min_images`` images."""
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     identities = {}
@@ -36,7 +39,7 @@ def list_identities(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
             p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
         )
         if len(images) >= min_images:
-            identities[folder.name] = images
+            identities[folder.name] = images[:max_images]
     return identities
 
 
@@ -86,38 +89,46 @@ class Aligner:
         self.cache_dir = cache / "aligned" / dataset_root.name / f"{method}-{size}"
         self._detector: FaceDetector | None = None
 
-    def _align_one(self, image: np.ndarray) -> np.ndarray | None:
+    def _align_batch(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         if self.method == "resize":
-            return np.asarray(
-                Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
-            )
+            size = (self.size, self.size)
+            return [
+                np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+                for image in images
+            ]
         if self._detector is None:
             self._detector = FaceDetector(min_face_size=40)
-        face = central_face(self._detector.detect([image])[0], image.shape)
-        if face is None:
-            return None
-        try:
-            return align(image, face.landmarks, self.size)
-        except AlignmentError:
-            return None
+        aligned: list[np.ndarray | None] = []
+        for image, detections in zip(images, self._detector.detect(images), strict=True):
+            face = central_face(detections, image.shape)
+            try:
+                aligned.append(None if face is None else align(image, face.landmarks, self.size))
+            except AlignmentError:
+                aligned.append(None)
+        return aligned
 
     def _identity(self, name: str, images: list[Path]) -> tuple[np.ndarray, list[str], list[str]]:
         cached = self.cache_dir / f"{name}.npz"
         if cached.exists():
             with np.load(cached, allow_pickle=False) as archive:
                 return archive["faces"], list(archive["files"]), list(archive["failed"])
-        faces, files, failed = [], [], []
+        readable, loaded, failed = [], [], []
         for path in images:
             try:
-                aligned = self._align_one(load_rgb(path))
+                loaded.append(load_rgb(path))
+                readable.append(path.name)
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 log.warning("cannot read %s: %s", path, error)
-                aligned = None
-            if aligned is None:
                 failed.append(path.name)
-            else:
-                faces.append(aligned)
-                files.append(path.name)
+        faces, files = [], []
+        for start in range(0, len(loaded), 32):
+            batch = self._align_batch(loaded[start : start + 32])
+            for file, face in zip(readable[start : start + 32], batch, strict=True):
+                if face is None:
+                    failed.append(file)
+                else:
+                    faces.append(face)
+                    files.append(file)
         array = np.stack(faces) if faces else np.zeros((0, self.size, self.size, 3), np.uint8)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         temporary = cached.with_suffix(".tmp.npz")

@@ -36,6 +36,7 @@ class ScreenSpec:
     size: int = 112
     min_images: int = 10
     max_identities: int | None = None
+    max_images: int | None = None
     test_fraction: float = 0.3
     seed: int = 0
     scrambler: ScramblerConfig = field(default_factory=ScramblerConfig)
@@ -60,7 +61,7 @@ def scramble_all(network: ScramblerNetwork, faces: np.ndarray, batch: int = 64) 
 
 
 def load_faces(spec: ScreenSpec) -> AlignedFaces:
-    identities = list_identities(spec.dataset, spec.min_images)
+    identities = list_identities(spec.dataset, spec.min_images, spec.max_images)
     if spec.max_identities:
         identities = dict(list(identities.items())[: spec.max_identities])
     return Aligner(spec.dataset, spec.cache, spec.size, spec.method).load(identities)

@@ -1,0 +1,1 @@
+"""Edge agent: camera to scrambled faces over MQTT (issue 6)."""

@@ -1,0 +1,1 @@
+"""Recognizer service: scrambled faces in, identities out (issue 7)."""
