@@ -1,0 +1,70 @@
+"""Typed experiment configuration: one YAML file per experiment, unknown keys rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from rllfpr.models.recognizer import RecognizerConfig
+from rllfpr.models.scrambler import ScramblerConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    dataset: str = Field("lfw", description="Folder under the data root (or a path).")
+    alignment: Literal["mtcnn", "resize"] = Field("mtcnn", description="How faces are aligned.")
+    size: int = Field(112, ge=32, le=256, description="Side of the aligned face, pixels.")
+    min_images: int = Field(10, ge=2, description="Identities with at least this many images.")
+    max_identities: int | None = Field(None, description="Keep the first N identities.")
+    max_images: int | None = Field(None, description="Use at most N images per identity.")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="Held-out share per identity.")
+    split_seed: int = Field(0, description="Seed of the per-identity split.")
+
+
+class AugmentConfig(Strict):
+    """Applied to the original face, before scrambling."""
+
+    flip: bool = Field(True, description="Random horizontal flip.")
+    shift: int = Field(2, ge=0, le=16, description="Random translation, up to this many pixels.")
+
+
+class OptimConfig(Strict):
+    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.")
+    epochs: int = Field(30, ge=1, description="Epochs on the target faces.")
+    pretrain_epochs: int = Field(
+        0, ge=0, description="Epochs on original faces first (paper §4.1); scrambled runs only."
+    )
+    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs.")
+    batch_size: int = Field(64, ge=2, description="Faces per batch.")
+
+
+class LossConfig(Strict):
+    scale: float = Field(30.0, gt=0, description="CosFace s (paper: 30).")
+    margin: float = Field(0.5, ge=0, description="CosFace m (paper: 0.5).")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(description="Run name: checkpoints and results go to runs/<name>/.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    scrambler: ScramblerConfig = Field(default_factory=ScramblerConfig)
+    recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    key_seeds: tuple[int, int] = Field(
+        (1, 2), description="SN seeds of key A (trained on) and key B (revocability check)."
+    )
+    seed: int = Field(0, description="Seed of initialization, shuffling and augmentation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ExperimentConfig:
+        return cls.model_validate(yaml.safe_load(path.read_text()) or {})

@@ -1,0 +1,85 @@
+"""Accuracy protocols. Definitions (also in docs/results/accuracy.md):
+
+Closed-set identification (paper Table 1), per-identity held-out split:
+- gallery template of a person = L2-normalized mean of the embeddings of their training images;
+- prediction = the template with the highest cosine similarity to the probe (rank 1);
+- accuracy = share of held-out probes predicted correctly;
+- F1 = macro average over people of the per-person F1;
+- misidentification rate = macro average over people of the false-positive rate
+  FP / (FP + TN): how often probes of other people are wrongly given this person's name.
+
+Revocability (cross-key): the same protocol with gallery and probes from different keys.
+Intervals: Wilson 95 % score interval of an accuracy over n probes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def class_templates(embeddings: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    templates = np.zeros((classes, embeddings.shape[1]))
+    for label in range(classes):
+        templates[label] = embeddings[labels == label].mean(axis=0)
+    return templates / np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
+
+
+def closed_set(
+    gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray, probe_labels: np.ndarray
+) -> dict[str, float | list[float] | int]:
+    classes = int(max(gallery_labels.max(), probe_labels.max())) + 1
+    templates = class_templates(gallery, gallery_labels, classes)
+    predicted = (probes @ templates.T).argmax(axis=1)
+    matrix = confusion_matrix(probe_labels, predicted, labels=np.arange(classes))
+    false_positive = matrix.sum(axis=0) - np.diag(matrix)
+    true_negative = matrix.sum() - matrix.sum(axis=0) - matrix.sum(axis=1) + np.diag(matrix)
+    present = np.isin(np.arange(classes), probe_labels)
+    fpr = false_positive[present] / np.maximum(false_positive[present] + true_negative[present], 1)
+    correct = int((predicted == probe_labels).sum())
+    return {
+        "accuracy": correct / len(probe_labels),
+        "accuracy_ci95": list(wilson_interval(correct, len(probe_labels))),
+        "misidentification": float(fpr.mean()),
+        "f1": float(
+            f1_score(
+                probe_labels,
+                predicted,
+                labels=np.unique(probe_labels),
+                average="macro",
+                zero_division=0,
+            )
+        ),
+        "probes": len(probe_labels),
+        "chance": 1 / classes,
+    }
+
+
+def verification(
+    scores: np.ndarray, same: np.ndarray, threshold_scores: np.ndarray, threshold_same: np.ndarray
+) -> dict[str, float]:
+    """Pair verification: accuracy at the threshold that is best on separate (training) pairs,
+    ROC AUC, and true-accept rate at 1 % and 0.1 % false-accept rate."""
+    candidates = np.unique(threshold_scores)
+    accuracy_at = [((threshold_scores >= t) == threshold_same).mean() for t in candidates]
+    threshold = float(candidates[int(np.argmax(accuracy_at))])
+    false_accept, true_accept, _ = roc_curve(same, scores)
+    return {
+        "accuracy": float(((scores >= threshold) == same).mean()),
+        "threshold": threshold,
+        "roc_auc": float(roc_auc_score(same, scores)),
+        "tar_at_far_1e-2": float(np.interp(1e-2, false_accept, true_accept)),
+        "tar_at_far_1e-3": float(np.interp(1e-3, false_accept, true_accept)),
+        "pairs": len(same),
+    }
