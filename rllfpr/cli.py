@@ -157,22 +157,45 @@ def eval_accuracy(
 
     settings = load_settings(config)
     spec = _experiment(experiment)
-    result = run_accuracy(spec, settings.data, settings.cache, runs)
+    command = f"rllfpr eval accuracy {experiment}"
+    result = run_accuracy(spec, settings.data, settings.cache, runs, command)
     text = json.dumps(result, indent=2) + "\n"
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
+    console.print(_accuracy_table(result))
+    console.print(f"written: {runs / spec.name / 'accuracy.json'}")
+
+
+def _accuracy_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=result["protocol"])
+    if "verification_view1" in result:
+        for column in ("faces", "accuracy", "ROC AUC", "TAR@FAR 1%", "TAR@FAR 0.1%"):
+            table.add_column(column)
+        for name, row in result["verification_view1"].items():
+            table.add_row(
+                name,
+                f"{row['accuracy']:.1%}",
+                f"{row['roc_auc']:.3f}",
+                f"{row['tar_at_far_1e-2']:.1%}",
+                f"{row['tar_at_far_1e-3']:.1%}",
+            )
+        return table
     closed = result["closed_set"]
     rows = {
         "original": closed["original"],
         "scrambled (key A)": closed["scrambled"],
         "scrambled, float32 input": closed["scrambled_float32_input"],
-        **{f"cross-key: {k}": v for k, v in closed["cross_key"].items()},
+        "key-A model+gallery, key-B probes": closed["cross_key"][
+            "key_a_recognizer_and_gallery_key_b_probes"
+        ],
+        "key-B model, stolen key-A gallery": closed["cross_key"][
+            "key_b_recognizer_stolen_key_a_gallery"
+        ],
     }
-    from rich.table import Table
-
-    table = Table(title=result["protocol"])
-    for column in ("faces", "accuracy (95% CI)", "misidentification", "macro F1"):
+    for column in ("faces", "accuracy (95% CI)", "misidentification", "macro F1", "chance"):
         table.add_column(column)
     for name, row in rows.items():
         low, high = row["accuracy_ci95"]
@@ -181,11 +204,9 @@ def eval_accuracy(
             f"{row['accuracy']:.1%} ({low:.1%}-{high:.1%})",
             f"{row['misidentification']:.2%}",
             f"{row['f1']:.3f}",
+            f"{row['chance']:.1%}",
         )
-    console.print(table)
-    console.print(
-        f"chance: {closed['original']['chance']:.1%}; written: {runs / spec.name / 'accuracy.json'}"
-    )
+    return table
 
 
 @eval_app.command("screen")

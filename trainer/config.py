@@ -25,6 +25,9 @@ class DataConfig(Strict):
     max_images: int | None = Field(None, description="Use at most N images per identity.")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Held-out share per identity.")
     split_seed: int = Field(0, description="Seed of the per-identity split.")
+    max_train_people: int | None = Field(
+        None, description="View 1 only: train on the first N people of peopleDevTrain.txt."
+    )
 
 
 class AugmentConfig(Strict):
@@ -53,6 +56,11 @@ class LossConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = Field(description="Run name: checkpoints and results go to runs/<name>/.")
+    protocol: Literal["closed_set", "verification_view1"] = Field(
+        "closed_set",
+        description="Closed-set identification on a per-person held-out split, or open-set "
+        "verification on LFW View 1 (people never seen in training).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     scrambler: ScramblerConfig = Field(default_factory=ScramblerConfig)
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)

@@ -15,6 +15,7 @@ Intervals: Wilson 95 % score interval of an accuracy over n probes.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
@@ -38,7 +39,7 @@ def class_templates(embeddings: np.ndarray, labels: np.ndarray, classes: int) ->
 
 def closed_set(
     gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray, probe_labels: np.ndarray
-) -> dict[str, float | list[float] | int]:
+) -> dict[str, Any]:
     classes = int(max(gallery_labels.max(), probe_labels.max())) + 1
     templates = class_templates(gallery, gallery_labels, classes)
     predicted = (probes @ templates.T).argmax(axis=1)

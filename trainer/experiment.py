@@ -15,8 +15,9 @@ import torch
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, Aligner, list_identities, save_split, split_per_identity
-from trainer.evaluate import closed_set
-from trainer.train import FaceView, embed, pick_device, to_unit, train
+from trainer.evaluate import closed_set, verification
+from trainer.train import FaceView, TrainResult, embed, pick_device, to_unit, train
+from trainer.verification import load_view1, pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -52,74 +53,134 @@ class _FloatView(FaceView):
 
 
 def run_accuracy(
-    config: ExperimentConfig, data_root: Path, cache: Path, runs: Path
+    config: ExperimentConfig, data_root: Path, cache: Path, runs: Path, command: str = ""
 ) -> dict[str, Any]:
+    """Run the experiment's protocol; writes and returns ``accuracy.json``."""
     run_dir = runs / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    if config.protocol == "verification_view1":
+        result = _verification(config, data_root, cache, run_dir)
+    else:
+        result = _closed_set(config, data_root, cache, run_dir)
+    result |= {
+        "hardware": _hardware(pick_device(config.device)),
+        "command": command,
+        "config": config.model_dump(mode="json"),
+    }
+    (run_dir / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _train_all(
+    config: ExperimentConfig, train_data: AlignedFaces, run_dir: Path, with_key_b: bool
+) -> tuple[dict[str, TrainResult], dict[str, FaceView]]:
+    device = pick_device(config.device)
+    key_a, key_b = (make_key(config, seed, train_data.faces) for seed in config.key_seeds)
+    models = {
+        "original": train(config, train_data, "original", None, run_dir / "original"),
+        "scrambled": train(config, train_data, "scrambled", key_a, run_dir / "scrambled-key-a"),
+    }
+    if with_key_b:
+        models["scrambled_key_b"] = train(
+            config, train_data, "scrambled", key_b, run_dir / "scrambled-key-b"
+        )
+    views = {
+        "original": FaceView("original", None, device),
+        "a": FaceView("scrambled", key_a, device),
+        "b": FaceView("scrambled", key_b, device),
+        "a_float32": _FloatView("scrambled", key_a, device),
+    }
+    return models, views
+
+
+def _training_summary(models: dict[str, TrainResult]) -> dict[str, Any]:
+    return {
+        name: {"seconds": round(m.seconds, 1), "final": m.history[-1]} for name, m in models.items()
+    }
+
+
+def _closed_set(
+    config: ExperimentConfig, data_root: Path, cache: Path, run_dir: Path
+) -> dict[str, Any]:
     data = load_dataset(config, data_root, cache)
     train_index, test_index = split_per_identity(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
     save_split(run_dir / "split.json", data.sources, train_index, test_index)
     train_data, test_data = data.subset(train_index), data.subset(test_index)
-    device = pick_device(config.device)
-    key_a, key_b = (make_key(config, seed, train_data.faces) for seed in config.key_seeds)
+    models, views = _train_all(config, train_data, run_dir, with_key_b=True)
 
-    models = {
-        "original": train(config, train_data, "original", None, run_dir / "original"),
-        "scrambled": train(config, train_data, "scrambled", key_a, run_dir / "scrambled-key-a"),
-        "scrambled_key_b": train(
-            config, train_data, "scrambled", key_b, run_dir / "scrambled-key-b"
-        ),
-    }
-    views = {
-        "original": FaceView("original", None, device),
-        "a": FaceView("scrambled", key_a, device),
-        "b": FaceView("scrambled", key_b, device),
-    }
-
-    def evaluate(model: str, gallery_view: FaceView, probe_view: FaceView) -> dict[str, Any]:
+    def evaluate(model: str, gallery_view: str, probe_view: str) -> dict[str, Any]:
         recognizer = models[model].recognizer
-        gallery = embed(recognizer, gallery_view, train_data.faces)
-        probes = embed(recognizer, probe_view, test_data.faces)
+        gallery = embed(recognizer, views[gallery_view], train_data.faces)
+        probes = embed(recognizer, views[probe_view], test_data.faces)
         return closed_set(gallery, train_data.labels, probes, test_data.labels)
 
-    float_a = _FloatView("scrambled", key_a, device)
-    result: dict[str, Any] = {
+    spec = config.data
+    return {
         "protocol": (
-            f"closed-set identification, {config.data.dataset}: {len(data.names)} people with >= "
-            f"{config.data.min_images} images, {config.data.test_fraction:.0%} of each person's "
-            f"images held out (split seed {config.data.split_seed}); "
-            "rank-1 by nearest class-mean template"
+            f"closed-set identification, {spec.dataset}: {len(data.names)} people with >= "
+            f"{spec.min_images} images"
+            + (f" (at most {spec.max_images} each)" if spec.max_images else "")
+            + f", {spec.test_fraction:.0%} of each person's images held out (split seed "
+            f"{spec.split_seed}); rank-1 by nearest class-mean template"
         ),
         "closed_set": {
-            "original": evaluate("original", views["original"], views["original"]),
-            "scrambled": evaluate("scrambled", views["a"], views["a"]),
-            "scrambled_float32_input": evaluate("scrambled", float_a, float_a),
+            "original": evaluate("original", "original", "original"),
+            "scrambled": evaluate("scrambled", "a", "a"),
+            "scrambled_float32_input": evaluate("scrambled", "a_float32", "a_float32"),
             "cross_key": {
-                "key_a_recognizer_and_gallery_key_b_probes": evaluate(
-                    "scrambled", views["a"], views["b"]
-                ),
-                "key_b_recognizer_stolen_key_a_gallery": evaluate(
-                    "scrambled_key_b", views["a"], views["b"]
-                ),
+                "key_a_recognizer_and_gallery_key_b_probes": evaluate("scrambled", "a", "b"),
+                "key_b_recognizer_stolen_key_a_gallery": evaluate("scrambled_key_b", "a", "b"),
             },
         },
-        "training": {
-            name: {"seconds": round(model.seconds, 1), "final": model.history[-1]}
-            for name, model in models.items()
-        },
+        "training": _training_summary(models),
         "images": {
             "train": len(train_data),
             "test": len(test_data),
             "without_face": len(data.failures),
         },
-        "hardware": _hardware(device),
-        "config": config.model_dump(mode="json"),
     }
-    (run_dir / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+
+
+def _verification(
+    config: ExperimentConfig, data_root: Path, cache: Path, run_dir: Path
+) -> dict[str, Any]:
+    lfw = (
+        Path(config.data.dataset)
+        if Path(config.data.dataset).is_dir()
+        else data_root / config.data.dataset
+    )
+    aligner = Aligner(lfw, cache, config.data.size, config.data.alignment)
+    view1 = load_view1(lfw, aligner, config.data.max_train_people)
+    models, views = _train_all(config, view1.train, run_dir, with_key_b=False)
+
+    def evaluate(model: str, view: str) -> dict[str, Any]:
+        embeddings = embed(models[model].recognizer, views[view], view1.pair_faces.faces)
+        train_scores, train_same = pair_scores(
+            embeddings, view1.pair_faces.sources, view1.train_pairs
+        )
+        test_scores, test_same = pair_scores(embeddings, view1.pair_faces.sources, view1.test_pairs)
+        return verification(test_scores, test_same, train_scores, train_same)
+
+    return {
+        "protocol": (
+            f"open-set verification, LFW View 1: trained on {len(view1.train.names)} people of "
+            "peopleDevTrain.txt, threshold from pairsDevTrain.txt, reported on pairsDevTest.txt "
+            "(people never seen in training)"
+        ),
+        "verification_view1": {
+            "original": evaluate("original", "original"),
+            "scrambled": evaluate("scrambled", "a"),
+        },
+        "training": _training_summary(models),
+        "images": {
+            "train": len(view1.train),
+            "pairs_dropped_without_face": view1.missing_pairs,
+            "without_face": len(view1.train.failures) + len(view1.pair_faces.failures),
+        },
+    }
 
 
 def _hardware(device: torch.device) -> str:

@@ -1,0 +1,78 @@
+"""Open-set verification on LFW View 1: train on ``peopleDevTrain.txt``, pick the threshold on
+``pairsDevTrain.txt``, report on ``pairsDevTest.txt`` (people never seen in training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data import AlignedFaces, Aligner, list_identities, read_people_file
+
+
+@dataclass(frozen=True)
+class Pair:
+    first: str  # "<identity>/<file>"
+    second: str
+    same: bool
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """LFW pairs file: ``name i j`` (same person) or ``name1 i name2 j`` (different)."""
+    pairs = []
+    for line in path.read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 3:
+            name, i, j = fields
+            pairs.append(Pair(_source(name, i), _source(name, j), True))
+        elif len(fields) == 4:
+            pairs.append(Pair(_source(fields[0], fields[1]), _source(fields[2], fields[3]), False))
+        elif fields:
+            raise ValueError(f"{path}: malformed pair line {line!r}")
+    return pairs
+
+
+def _source(name: str, number: str) -> str:
+    return f"{name}/{name}_{int(number):04d}.jpg"
+
+
+@dataclass
+class View1Data:
+    train: AlignedFaces
+    pair_faces: AlignedFaces
+    train_pairs: list[Pair]
+    test_pairs: list[Pair]
+    missing_pairs: int  # pairs dropped because a face could not be aligned
+
+
+def load_view1(lfw: Path, aligner: Aligner, max_train_people: int | None = None) -> View1Data:
+    everyone = list_identities(lfw)
+    train_people = read_people_file(lfw / "peopleDevTrain.txt")[:max_train_people]
+    train = aligner.load({name: everyone[name] for name in train_people})
+    train_pairs, test_pairs = (
+        read_pairs(lfw / "pairsDevTrain.txt"),
+        read_pairs(lfw / "pairsDevTest.txt"),
+    )
+    needed = {
+        p.split("/")[0] for pair in train_pairs + test_pairs for p in (pair.first, pair.second)
+    }
+    pair_faces = aligner.load({name: everyone[name] for name in sorted(needed)})
+    available = set(pair_faces.sources)
+
+    def usable(pairs: list[Pair]) -> list[Pair]:
+        return [p for p in pairs if p.first in available and p.second in available]
+
+    kept_train, kept_test = usable(train_pairs), usable(test_pairs)
+    missing = len(train_pairs) + len(test_pairs) - len(kept_train) - len(kept_test)
+    return View1Data(train, pair_faces, kept_train, kept_test, missing)
+
+
+def pair_scores(
+    embeddings: np.ndarray, sources: list[str], pairs: list[Pair]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each pair's embeddings, and whether it is a same-person pair."""
+    index = {source: i for i, source in enumerate(sources)}
+    first = embeddings[[index[p.first] for p in pairs]]
+    second = embeddings[[index[p.second] for p in pairs]]
+    return (first * second).sum(axis=1), np.array([p.same for p in pairs])
