@@ -108,6 +108,7 @@ def _closed_set(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
     save_split(run_dir / "split.json", data.sources, train_index, test_index)
+    (run_dir / "images_without_face.txt").write_text("".join(f"{name}\n" for name in data.failures))
     train_data, test_data = data.subset(train_index), data.subset(test_index)
     models, views = _train_all(config, train_data, run_dir, with_key_b=True)
 
