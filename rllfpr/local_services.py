@@ -71,6 +71,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@contextlib.contextmanager
+def _serving(arguments: list[str], port: int, log: Path) -> Iterator[Endpoint]:
+    """Start a server process, wait until it listens on ``port``, stop it afterwards."""
+    log.touch()
+    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        endpoint = Endpoint("127.0.0.1", port)
+        _wait_for_port(endpoint, process, log)
+        yield endpoint
+    finally:
+        _stop(process)
+
+
 # Fits the recognizer's acknowledge-after-processing consumer: enough in-flight QoS 1 messages
 # for a full micro-batch, a deep queue for disconnected persistent sessions.
 MOSQUITTO_CONFIG = """\
@@ -94,16 +107,8 @@ def mosquitto(extra_config: str = "") -> Iterator[Endpoint]:
         log = Path(workdir) / "mosquitto.log"
         config = Path(workdir) / "mosquitto.conf"
         config.write_text(MOSQUITTO_CONFIG.format(port=port, log=log) + extra_config)
-        log.touch()
-        process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        try:
-            endpoint = Endpoint("127.0.0.1", port)
-            _wait_for_port(endpoint, process, log)
+        with _serving([binary, "-c", str(config)], port, log) as endpoint:
             yield endpoint
-        finally:
-            _stop(process)
 
 
 def redis_major_version(binary: str) -> int:
@@ -125,28 +130,9 @@ def redis_server(password: str | None = None) -> Iterator[Endpoint]:
     with tempfile.TemporaryDirectory(prefix="rllfpr-redis-") as workdir:
         port = free_port()
         log = Path(workdir) / "redis.log"
-        log.touch()
-        arguments = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--logfile",
-            str(log),
-        ]
+        arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        arguments += ["--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
         if password:
             arguments += ["--requirepass", password]
-        process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            endpoint = Endpoint("127.0.0.1", port)
-            _wait_for_port(endpoint, process, log)
+        with _serving(arguments, port, log) as endpoint:
             yield endpoint
-        finally:
-            _stop(process)
