@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from rllfpr.models.scrambler import ScramblerNetwork
+from trainer import hardware
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, Aligner, list_identities, save_split, split_per_identity
 from trainer.evaluate import closed_set, verification
@@ -64,7 +64,7 @@ def run_accuracy(
     else:
         result = _closed_set(config, data_root, cache, run_dir)
     result |= {
-        "hardware": _hardware(pick_device(config.device)),
+        "hardware": hardware.describe(pick_device(config.device)),
         "command": command,
         "config": config.model_dump(mode="json"),
     }
@@ -182,11 +182,3 @@ def _verification(
             "without_face": len(view1.train.failures) + len(view1.pair_faces.failures),
         },
     }
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
-    )

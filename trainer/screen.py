@@ -8,7 +8,6 @@ raw-pixel cosine nearest-neighbour rank-1 accuracy, and adjacent-pixel correlati
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
+from trainer import hardware
 from trainer.data import AlignedFaces, Aligner, AlignMethod, list_identities, split_per_identity
 from trainer.metrics import (
     adjacent_correlation,
@@ -40,11 +40,6 @@ class ScreenSpec:
     test_fraction: float = 0.3
     seed: int = 0
     scrambler: ScramblerConfig = field(default_factory=ScramblerConfig)
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu} CPU, {torch.get_num_threads()} torch threads"
 
 
 def to_tensor(faces: np.ndarray) -> torch.Tensor:
@@ -105,7 +100,7 @@ def run_screen(spec: ScreenSpec) -> tuple[dict[str, Any], np.ndarray]:
             "scrambled": adjacent_correlation(scrambled[test][:200]),
         },
         "seconds": round(time.perf_counter() - started, 1),
-        "hardware": hardware(),
+        "hardware": hardware.describe(),
     }
     return result, sample_sheet(data.faces[test[:8]], scrambled[test[:8]])
 
