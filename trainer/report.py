@@ -1,0 +1,40 @@
+"""Merge per-experiment ``accuracy.json`` files into ``docs/results/accuracy.json``.
+
+    python -m trainer.report CLOSED.json VIEW1.json [MORE.json ...] > docs/results/accuracy.json
+
+The first closed-set and the first View 1 file give the headline fields; every file is kept
+under ``runs`` by experiment name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    runs = {}
+    for path in paths:
+        run = json.loads(path.read_text())
+        runs[run["config"]["name"]] = run
+    closed = next((r for r in runs.values() if "closed_set" in r), None)
+    view1 = next((r for r in runs.values() if "verification_view1" in r), None)
+    summary: dict[str, Any] = {}
+    if closed:
+        summary["closed_set"] = closed["closed_set"]
+    if view1:
+        summary["verification_view1"] = {
+            view: metrics["accuracy"] for view, metrics in view1["verification_view1"].items()
+        }
+    headline = [r for r in (closed, view1) if r]
+    summary["hardware"] = sorted({r["hardware"] for r in headline})
+    summary["command"] = [r["command"] for r in headline]
+    summary["config"] = [r["config"] for r in headline]
+    summary["runs"] = runs
+    return summary
+
+
+if __name__ == "__main__":
+    print(json.dumps(merge([Path(p) for p in sys.argv[1:]]), indent=2))
