@@ -108,38 +108,68 @@ class Aligner:
         return aligned
 
     def _identity(self, name: str, images: list[Path]) -> tuple[np.ndarray, list[str], list[str]]:
+        """Aligned faces of the requested images of one identity, aligning only those the
+        cache does not hold yet (a cache built for a subset is extended, never trusted blindly)."""
+        known, failed = self._read_cache(name)
+        missing = [path for path in images if path.name not in known and path.name not in failed]
+        if missing:
+            aligned, newly_failed = self._align_files(missing)
+            known.update(aligned)
+            failed.update(newly_failed)
+            self._write_cache(name, known, failed)
+        requested = [path.name for path in images]
+        files = [file for file in requested if file in known]
+        faces = (
+            np.stack([known[file] for file in files])
+            if files
+            else np.zeros((0, self.size, self.size, 3), np.uint8)
+        )
+        return faces, files, [file for file in requested if file in failed]
+
+    def _read_cache(self, name: str) -> tuple[dict[str, np.ndarray], set[str]]:
         cached = self.cache_dir / f"{name}.npz"
-        if cached.exists():
-            with np.load(cached, allow_pickle=False) as archive:
-                return archive["faces"], list(archive["files"]), list(archive["failed"])
-        readable, loaded, failed = [], [], []
-        for path in images:
+        if not cached.exists():
+            return {}, set()
+        with np.load(cached, allow_pickle=False) as archive:
+            known = dict(zip(archive["files"].tolist(), archive["faces"], strict=True))
+            return known, set(archive["failed"].tolist())
+
+    def _write_cache(self, name: str, known: dict[str, np.ndarray], failed: set[str]) -> None:
+        files = sorted(known)
+        faces = (
+            np.stack([known[f] for f in files])
+            if files
+            else np.zeros((0, self.size, self.size, 3), np.uint8)
+        )
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = self.cache_dir / f"{name}.npz"
+        temporary = cached.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            faces=faces,
+            files=np.array(files, dtype=str),
+            failed=np.array(sorted(failed), dtype=str),
+        )
+        temporary.replace(cached)
+
+    def _align_files(self, paths: list[Path]) -> tuple[dict[str, np.ndarray], set[str]]:
+        readable, loaded, failed = [], [], set()
+        for path in paths:
             try:
                 loaded.append(load_rgb(path))
                 readable.append(path.name)
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 log.warning("cannot read %s: %s", path, error)
-                failed.append(path.name)
-        faces, files = [], []
+                failed.add(path.name)
+        aligned: dict[str, np.ndarray] = {}
         for start in range(0, len(loaded), 32):
             batch = self._align_batch(loaded[start : start + 32])
             for file, face in zip(readable[start : start + 32], batch, strict=True):
                 if face is None:
-                    failed.append(file)
+                    failed.add(file)
                 else:
-                    faces.append(face)
-                    files.append(file)
-        array = np.stack(faces) if faces else np.zeros((0, self.size, self.size, 3), np.uint8)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
-            faces=array,
-            files=np.array(files, dtype=str),
-            failed=np.array(failed, dtype=str),
-        )
-        temporary.replace(cached)
-        return array, files, failed
+                    aligned[file] = face
+        return aligned, failed
 
     def load(self, identities: dict[str, list[Path]], progress: bool = True) -> AlignedFaces:
         all_faces: list[np.ndarray] = []
