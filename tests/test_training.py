@@ -64,6 +64,9 @@ def test_training_resumes_from_its_checkpoint(orl, tmp_path: Path) -> None:
     resumed = train(longer, train_data, "original", None, tmp_path, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # only epoch 3 was trained
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
+    other = longer.model_copy(update={"seed": 5})
+    with pytest.raises(ValueError, match="different experiment"):
+        train(other, train_data, "original", None, tmp_path, progress=False)
 
 
 def test_augmentation_happens_before_scrambling() -> None:

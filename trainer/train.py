@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -127,6 +127,17 @@ def _stages(config: ExperimentConfig, view: View) -> list[tuple[View, int]]:
     return stages
 
 
+def _check_same_experiment(saved: dict[str, Any], config: ExperimentConfig, path: Path) -> None:
+    """Resuming may extend the schedule (more epochs), nothing else."""
+
+    def comparable(document: dict[str, Any]) -> dict[str, Any]:
+        optim = {k: v for k, v in document["optim"].items() if k != "epochs"}
+        return {**document, "optim": optim, "device": None}
+
+    if comparable(saved) != comparable(config.model_dump(mode="json")):
+        raise ValueError(f"{path} belongs to a different experiment; give this one another name")
+
+
 def train(
     config: ExperimentConfig,
     data: AlignedFaces,
@@ -160,6 +171,7 @@ def train(
     done_epochs, seconds = 0, 0.0
     if checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        _check_same_experiment(checkpoint["config"], config, checkpoint_path)
         recognizer.load_state_dict(checkpoint["recognizer"])
         head.load_state_dict(checkpoint["head"])
         optimizer.load_state_dict(checkpoint["optimizer"])
