@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from rllfpr.cli import app
+from rllfpr.keys import bundle, material
+
+runner = CliRunner()
+
+
+def test_keys_init_writes_private_files_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["keys", "init", str(tmp_path / "keys")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "keys" / "signing.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "fleet.key").stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["keys", "init", str(tmp_path / "keys")])
+    assert again.exit_code == 2
+    assert "refusing to overwrite" in again.output
+
+
+def test_keys_inspect_verifies_a_bundle(tmp_path: Path) -> None:
+    runner.invoke(app, ["keys", "init", str(tmp_path)])
+    signer = material.load_signing_key(tmp_path / "signing.pem")
+    fleet = material.load_fleet_key(tmp_path / "fleet.key")
+    data = bundle.seal(
+        epoch=3,
+        scope="fleet",
+        recognizer_id="r3",
+        architecture={"levels": 5},
+        state={"w": np.ones(4, np.float32)},
+        signing_key=signer,
+        fleet_key=fleet,
+    )
+    (tmp_path / "e3.bundle").write_bytes(data)
+    arguments = ["keys", "inspect", str(tmp_path / "e3.bundle")]
+    arguments += [
+        "--trusted",
+        str(tmp_path / "signing.pub.pem"),
+        "--fleet-key",
+        str(tmp_path / "fleet.key"),
+    ]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output
+    (tmp_path / "bad.bundle").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    forged = runner.invoke(app, [*arguments[:2], str(tmp_path / "bad.bundle"), *arguments[3:]])
+    assert forged.exit_code == 2
+    assert "forged" in forged.output
+
+
+def test_invalid_config_file_exits_with_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("mqtt:\n  prot: 1\n")
+    result = runner.invoke(app, ["config", "show", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "prot" in result.output
+
+
+def test_eval_screen_writes_results(data_root: Path, tmp_path: Path) -> None:
+    arguments = ["eval", "screen", "--dataset", str(data_root / "att_orl"), "--size", "32"]
+    arguments += ["--levels", "2", "--max-identities", "10", "--output", str(tmp_path)]
+    result = runner.invoke(app, arguments, env={"RLLFPR_CACHE": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    screen = json.loads((tmp_path / "screen.json").read_text())
+    assert screen["identities"] == 10
+    assert screen["nearest_neighbour_rank1"]["original_grayscale"] > 0.5
+    assert (tmp_path / "samples.png").stat().st_size > 0
