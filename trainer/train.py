@@ -108,7 +108,7 @@ def embed(
 @dataclass
 class TrainResult:
     recognizer: Recognizer
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     seconds: float
 
 
@@ -138,6 +138,107 @@ def _check_same_experiment(saved: dict[str, Any], config: ExperimentConfig, path
         raise ValueError(f"{path} belongs to a different experiment; give this one another name")
 
 
+class _Run:
+    """The mutable state of one training run: model, loss head, optimizer, RNG, history."""
+
+    def __init__(self, config: ExperimentConfig, classes: int, run_dir: Path) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.run_dir = run_dir
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.recognizer = Recognizer(config.recognizer).to(self.device)
+        loss = config.loss
+        self.head = CosFace(config.recognizer.embedding_dim, classes, loss.scale, loss.margin)
+        self.head.to(self.device)
+        parameters = list(self.recognizer.parameters()) + list(self.head.parameters())
+        optim = config.optim
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+            if optim.optimizer == "adamw"
+            else torch.optim.SGD(
+                parameters,
+                lr=optim.lr,
+                momentum=0.9,
+                weight_decay=optim.weight_decay,
+                nesterov=True,
+            )
+        )
+        self.history: list[dict[str, Any]] = []
+        self.epochs_done, self.seconds = 0, 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        checkpoint = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        _check_same_experiment(checkpoint["config"], self.config, self.checkpoint_path)
+        self.recognizer.load_state_dict(checkpoint["recognizer"])
+        self.head.load_state_dict(checkpoint["head"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.generator.set_state(checkpoint["generator"])
+        self.epochs_done, self.history = checkpoint["epoch"], checkpoint["history"]
+        self.seconds = checkpoint["seconds"]
+        log.info("resumed %s at epoch %d", self.run_dir, self.epochs_done)
+
+    def epoch(self, data: AlignedFaces, view: FaceView, epoch: int, epochs: int, bar: bool) -> None:
+        """Train one epoch (``epoch`` counts from 0 within its stage of ``epochs`` epochs)."""
+        optim, started = self.config.optim, time.perf_counter()
+        steps = math.ceil(len(data) / optim.batch_size)
+        self.recognizer.train()
+        losses, correct = [], 0
+        progress = tqdm(
+            batches(len(data), optim.batch_size, self.generator),
+            total=steps,
+            desc=f"{self.run_dir.name} {view.view} epoch {epoch + 1}/{epochs}",
+            disable=not bar,
+            leave=False,
+        )
+        for step, index in enumerate(progress):
+            if len(index) < 2:
+                continue  # BatchNorm needs two samples
+            factor = _schedule(epoch * steps + step, epochs * steps, optim.warmup_epochs * steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = optim.lr * factor
+            original = to_unit(data.faces[index], torch.device("cpu"))
+            faces = augment(
+                original, self.config.augment.flip, self.config.augment.shift, self.generator
+            )
+            labels = torch.from_numpy(data.labels[index]).to(self.device)
+            embeddings = self.recognizer(view(faces.to(self.device)))
+            loss = self.head(embeddings, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+            correct += int((self.head.cosine(embeddings).argmax(1) == labels).sum())
+            progress.set_postfix(loss=f"{losses[-1]:.3f}")
+        self.seconds += time.perf_counter() - started
+        self.epochs_done += 1
+        self._record(view.view, float(np.mean(losses)), correct / len(data))
+
+    def _record(self, view: View, loss: float, train_accuracy: float) -> None:
+        entry = {"epoch": self.epochs_done, "view": view, "loss": loss}
+        entry |= {"train_accuracy": train_accuracy, "seconds": self.seconds}
+        self.history.append(entry)
+        with (self.run_dir / "train_log.jsonl").open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        checkpoint = {
+            "recognizer": self.recognizer.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epochs_done,
+            "history": self.history,
+            "seconds": self.seconds,
+            "config": self.config.model_dump(mode="json"),
+        }
+        torch.save(checkpoint, self.checkpoint_path)
+
+
 def train(
     config: ExperimentConfig,
     data: AlignedFaces,
@@ -147,105 +248,15 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume, or load a finished) recognizer for ``view`` on ``data``."""
-    device = pick_device(config.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    recognizer = Recognizer(config.recognizer).to(device)
-    head = CosFace(
-        config.recognizer.embedding_dim, len(data.names), config.loss.scale, config.loss.margin
-    ).to(device)
-    parameters = list(recognizer.parameters()) + list(head.parameters())
-    optim = config.optim
-    optimizer: torch.optim.Optimizer = (
-        torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
-        if optim.optimizer == "adamw"
-        else torch.optim.SGD(
-            parameters, lr=optim.lr, momentum=0.9, weight_decay=optim.weight_decay, nesterov=True
-        )
-    )
-    stages = _stages(config, view)
-    steps_per_epoch = math.ceil(len(data) / optim.batch_size)
-    checkpoint_path = run_dir / "checkpoint.pt"
-    history: list[dict[str, float]] = []
-    done_epochs, seconds = 0, 0.0
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        _check_same_experiment(checkpoint["config"], config, checkpoint_path)
-        recognizer.load_state_dict(checkpoint["recognizer"])
-        head.load_state_dict(checkpoint["head"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        generator.set_state(checkpoint["generator"])
-        done_epochs, history, seconds = (
-            checkpoint["epoch"],
-            checkpoint["history"],
-            checkpoint["seconds"],
-        )
-        log.info("resumed %s at epoch %d", run_dir, done_epochs)
+    run = _Run(config, len(data.names), run_dir)
+    run.resume()
     epoch_index = 0
-    for stage_view, epochs in stages:
-        face_view = FaceView(stage_view, scrambler, device)
-        total_steps = epochs * steps_per_epoch
-        warmup = config.optim.warmup_epochs * steps_per_epoch
+    for stage_view, epochs in _stages(config, view):
+        face_view = FaceView(stage_view, scrambler, run.device)
         for stage_epoch in range(epochs):
             epoch_index += 1
-            if epoch_index <= done_epochs:
-                continue
-            started = time.perf_counter()
-            recognizer.train()
-            losses, correct = [], 0
-            bar = tqdm(
-                batches(len(data), optim.batch_size, generator),
-                total=steps_per_epoch,
-                desc=f"{run_dir.name} {stage_view} epoch {stage_epoch + 1}/{epochs}",
-                disable=not progress,
-                leave=False,
-            )
-            for step, index in enumerate(bar):
-                if len(index) < 2:
-                    continue
-                lr_factor = _schedule(stage_epoch * steps_per_epoch + step, total_steps, warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = optim.lr * lr_factor
-                faces = augment(
-                    to_unit(data.faces[index], torch.device("cpu")),
-                    config.augment.flip,
-                    config.augment.shift,
-                    generator,
-                ).to(device)
-                labels = torch.from_numpy(data.labels[index]).to(device)
-                embeddings = recognizer(face_view(faces))
-                loss = head(embeddings, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                correct += int((head.cosine(embeddings).argmax(1) == labels).sum())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            seconds += time.perf_counter() - started
-            history.append(
-                {
-                    "epoch": epoch_index,
-                    "view": stage_view,  # type: ignore[dict-item]
-                    "loss": float(np.mean(losses)),
-                    "train_accuracy": correct / len(data),
-                    "seconds": seconds,
-                }
-            )
-            with (run_dir / "train_log.jsonl").open("a") as handle:
-                handle.write(json.dumps(history[-1]) + "\n")
-            torch.save(
-                {
-                    "recognizer": recognizer.state_dict(),
-                    "head": head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch_index,
-                    "history": history,
-                    "seconds": seconds,
-                    "config": config.model_dump(mode="json"),
-                },
-                checkpoint_path,
-            )
-    recognizer.eval()
-    return TrainResult(recognizer, history, seconds)
+            if epoch_index > run.epochs_done:
+                run.epoch(data, face_view, stage_epoch, epochs, progress)
+    run.recognizer.eval()
+    return TrainResult(run.recognizer, run.history, run.seconds)
