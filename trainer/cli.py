@@ -120,6 +120,11 @@ def eval_screen(
     alignment: str = typer.Option("resize", help="mtcnn (detect + 5-point align) or resize."),
     size: int = typer.Option(64, help="Side of the aligned face, pixels."),
     levels: int = typer.Option(5, min=1, max=6, help="SN pool/unpool levels."),
+    width: int = typer.Option(
+        16, min=1, help="Channels of the first level (doubling, capped at 4x)."
+    ),
+    convs_per_level: int = typer.Option(1, min=1, max=3, help="conv+BN+ReLU blocks per level."),
+    kernels: str = typer.Option("normal", help="Kernel distribution: normal or uniform."),
     min_images: int = typer.Option(1, help="Keep identities with at least this many images."),
     max_identities: int | None = typer.Option(None, help="Keep at most this many identities."),
     max_images: int | None = typer.Option(None, help="Use at most this many images each."),
@@ -136,7 +141,9 @@ def eval_screen(
     root = Path(dataset) if Path(dataset).is_dir() else settings.data / dataset
     if alignment not in ("mtcnn", "resize"):
         raise fail(f"unknown alignment {alignment!r}: use mtcnn or resize")
-    widths = (16, 32, 64, 64, 64, 64)[:levels]
+    if kernels not in ("normal", "uniform"):
+        raise fail(f"unknown kernel distribution {kernels!r}: use normal or uniform")
+    widths = tuple(width * min(2**level, 4) for level in range(levels))
     spec = ScreenSpec(
         dataset=root,
         cache=settings.cache,
@@ -146,7 +153,13 @@ def eval_screen(
         max_identities=max_identities,
         max_images=max_images,
         seed=seed,
-        scrambler=ScramblerConfig(levels=levels, widths=widths, input_size=size),
+        scrambler=ScramblerConfig(
+            levels=levels,
+            widths=widths,
+            convs_per_level=convs_per_level,
+            kernel_distribution=kernels,
+            input_size=size,
+        ),
     )
     try:
         result, sheet = run_screen(spec)
