@@ -26,6 +26,9 @@ from trainer.metrics import (
     majority_rate,
     nearest_neighbour_accuracy,
 )
+from trainer.train import to_unit
+
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,9 @@ class ScreenSpec:
     scrambler: ScramblerConfig = field(default_factory=ScramblerConfig)
 
 
-def to_tensor(faces: np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1]."""
-    return torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(255.0)
-
-
 def scramble_all(network: ScramblerNetwork, faces: np.ndarray, batch: int = 64) -> np.ndarray:
     chunks = [
-        network.scramble(to_tensor(faces[start : start + batch])).numpy()
+        network.scramble(to_unit(faces[start : start + batch], CPU)).numpy()
         for start in range(0, len(faces), batch)
     ]
     return np.concatenate(chunks)
@@ -70,7 +68,9 @@ def run_screen(spec: ScreenSpec) -> tuple[dict[str, Any], np.ndarray]:
     network = ScramblerNetwork(
         spec.scrambler.model_copy(update={"input_size": spec.size}), spec.seed
     )
-    network.self_learn(to_tensor(data.faces[train[i : i + 64]]) for i in range(0, len(train), 64))
+    network.self_learn(
+        to_unit(data.faces[train[i : i + 64]], CPU) for i in range(0, len(train), 64)
+    )
     scrambled = scramble_all(network, data.faces)
     original = grayscale(data.faces)
     y_train, y_test = data.labels[train], data.labels[test]
