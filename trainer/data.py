@@ -27,10 +27,13 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
 
 
 def list_identities(
-    root: Path, min_images: int = 1, max_images: int | None = None
+    root: Path,
+    min_images: int = 1,
+    max_images: int | None = None,
+    max_identities: int | None = None,
 ) -> dict[str, list[Path]]:
-    """Identity -> sorted image files (the first ``max_images``), for identities with at
-    least ``min_images`` images."""
+    """Identity -> sorted image files (the first ``max_images``), for the first
+    ``max_identities`` identities (sorted by name) with at least ``min_images`` images."""
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     identities = {}
@@ -40,7 +43,7 @@ def list_identities(
         )
         if len(images) >= min_images:
             identities[folder.name] = images[:max_images]
-    return identities
+    return dict(list(identities.items())[:max_identities])
 
 
 def read_people_file(path: Path) -> list[str]:

@@ -25,9 +25,7 @@ log = logging.getLogger(__name__)
 def load_dataset(config: ExperimentConfig, data_root: Path, cache: Path) -> AlignedFaces:
     spec = config.data
     root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
-    identities = list_identities(root, spec.min_images, spec.max_images)
-    if spec.max_identities:
-        identities = dict(list(identities.items())[: spec.max_identities])
+    identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
     return Aligner(root, cache, spec.size, spec.alignment).load(identities)
 
 

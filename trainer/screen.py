@@ -54,9 +54,9 @@ def scramble_all(network: ScramblerNetwork, faces: np.ndarray, batch: int = 64) 
 
 
 def load_faces(spec: ScreenSpec) -> AlignedFaces:
-    identities = list_identities(spec.dataset, spec.min_images, spec.max_images)
-    if spec.max_identities:
-        identities = dict(list(identities.items())[: spec.max_identities])
+    identities = list_identities(
+        spec.dataset, spec.min_images, spec.max_images, spec.max_identities
+    )
     return Aligner(spec.dataset, spec.cache, spec.size, spec.method).load(identities)
 
 
