@@ -12,9 +12,16 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -77,6 +84,13 @@ class RedisSettings(Section):
     username: str | None = Field(None, description="ACL username.")
     password: SecretStr | None = Field(None, description="ACL password.")
     key_prefix: str = Field("rllfpr", description="Prefix of every Redis key this project writes.")
+    ca_file: Path | None = Field(
+        None, description="CA certificate that signed the server's one (with `rediss://`)."
+    )
+    cert_file: Path | None = Field(
+        None, description="Client certificate, when the server requires mutual TLS."
+    )
+    key_file: Path | None = Field(None, description="Private key of `cert_file`.")
 
     @field_validator("url")
     @classmethod
@@ -116,6 +130,121 @@ class KeySettings(Section):
         return path.expanduser()
 
 
+class RecognizerSettings(Section):
+    """The recognizer service: MQTT consumer, gallery, open-set decisions, HTTP API."""
+
+    scopes: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=lambda: ["fleet"],
+        description="Key scopes served: `fleet`, or the sites whose per-site keys this "
+        "recognizer holds models for. Faces of other scopes are rejected.",
+    )
+    model_store: Path = Field(
+        Path("~/.local/share/rllfpr/models"),
+        description="Model store: one directory per key scope and epoch with the recognizer "
+        "weights and its open-set calibration (`rllfpr/models/store.py`). No SN key is needed.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to embed faces: `auto` takes the GPU when there is one."
+    )
+    group: str = Field(
+        "recognizers",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Shared-subscription group: replicas in one group split the faces.",
+    )
+    max_batch: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Faces per micro-batch. Keep it at most the broker's "
+        "`max_inflight_messages`, which caps how many unacknowledged faces a consumer holds.",
+    )
+    max_wait_ms: float = Field(
+        20.0, ge=0, description="Longest wait for a micro-batch to fill after its first face."
+    )
+    max_payload_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Larger MQTT payloads are rejected (acknowledged, counted) undecoded.",
+    )
+    quantization: Literal["Q8", "NOQUANT", "BIN"] = Field(
+        "Q8", description="Vector-set quantization of newly created galleries (VADD)."
+    )
+    hnsw_m: int = Field(16, ge=4, le=128, description="HNSW links per node (VADD M).")
+    search_ef: int = Field(
+        200, ge=1, description="VSIM exploration factor: higher is slower and more exact."
+    )
+    search_count: int = Field(
+        20, ge=2, le=1000, description="Templates fetched per gallery shard by one VSIM."
+    )
+    candidates: int = Field(5, ge=2, le=50, description="Subjects listed in an event.")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Vector sets per gallery; templates spread over them by id, searches "
+        "merge the shards' top results.",
+    )
+    threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Override of the calibrated open-set threshold (cosine) of every model.",
+    )
+    min_margin: float | None = Field(
+        None, ge=0, le=2, description="Override of the calibrated best-minus-runner-up margin."
+    )
+    consensus_faces: int = Field(
+        3, ge=1, le=100, description="A track is decided after this many faces..."
+    )
+    consensus_timeout_ms: float = Field(
+        1500.0, gt=0, description="...or this long after its first undecided face."
+    )
+    consensus_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A decided round whose event is not confirmed within this time is "
+        "published again (same event id) by any replica.",
+    )
+    track_idle_s: int = Field(
+        600, ge=10, description="Track state in Redis expires after this long without faces."
+    )
+    max_templates_per_subject: int = Field(
+        20, ge=1, description="Enrolling more evicts the subject's oldest templates."
+    )
+    template_retention_days: float | None = Field(
+        365.0, gt=0, description="Templates older than this are deleted (null: keep)."
+    )
+    event_expiry_s: int = Field(3600, ge=1, description="MQTT message expiry of published events.")
+    audit_max_entries: int = Field(
+        1_000_000, ge=100, description="Audit stream length cap (oldest entries trimmed)."
+    )
+    audit_retention_days: float = Field(
+        90.0, gt=0, description="Audit entries older than this are trimmed."
+    )
+    maintenance_interval_s: float = Field(
+        60.0, gt=0, description="Period of the retention sweep and of model-store rescans."
+    )
+    redis_retry_initial_s: float = Field(
+        0.2, gt=0, description="First back-off after a Redis error; doubles up to the maximum."
+    )
+    redis_retry_max_s: float = Field(5.0, gt=0, description="Longest back-off between retries.")
+    publish_timeout_s: float = Field(
+        10.0, gt=0, description="How long to wait for the broker to confirm an event (PUBACK)."
+    )
+    http_host: str = Field("127.0.0.1", description="Address of the HTTP API.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API (0: any).")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the gallery-management API; without one those endpoints "
+        "answer 503.",
+    )
+
+    @field_validator("model_store")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
 class Settings(BaseSettings):
     """Root of the configuration tree, shared by the agent, the recognizer and the trainer."""
 
@@ -140,6 +269,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis store.")
     keys: KeySettings = Field(default_factory=KeySettings, description="Key material.")
+    recognizer: RecognizerSettings = Field(
+        default_factory=RecognizerSettings, description="Recognizer service."
+    )
 
     @field_validator("data", "cache")
     @classmethod
