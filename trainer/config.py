@@ -47,11 +47,20 @@ class OptimConfig(Strict):
     )
     warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs.")
     batch_size: int = Field(64, ge=2, description="Faces per batch.")
+    amp: bool = Field(
+        True, description="bf16 autocast of the recognizer on CUDA (the SN stays float32)."
+    )
 
 
 class LossConfig(Strict):
     scale: float = Field(30.0, gt=0, description="CosFace s (paper: 30).")
     margin: float = Field(0.5, ge=0, description="CosFace m (paper: 0.5).")
+    distill_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Scrambled runs only: weight of 1 - cos(student(SN(x)), teacher(x)), the "
+        "teacher being the run's recognizer trained on the same original faces x.",
+    )
 
 
 class ExperimentConfig(Strict):

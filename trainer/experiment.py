@@ -17,7 +17,7 @@ from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, Aligner, list_identities, save_split, split_per_identity
 from trainer.evaluate import closed_set, verification
 from trainer.train import FaceView, TrainResult, embed, pick_device, to_unit, train
-from trainer.verification import load_view1, pair_scores
+from trainer.verification import View1Data, load_view1, pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def run_accuracy(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     if config.protocol == "verification_view1":
-        result = _verification(config, data_root, cache, run_dir)
+        result = verification_protocol(config, load_view1_for(config, data_root, cache), run_dir)
     else:
-        result = _closed_set(config, data_root, cache, run_dir)
+        result = closed_set_protocol(config, load_dataset(config, data_root, cache), run_dir)
     result |= {
         "hardware": hardware.describe(pick_device(config.device)),
         "command": command,
@@ -71,18 +71,23 @@ def run_accuracy(
 
 
 def _train_all(
-    config: ExperimentConfig, train_data: AlignedFaces, run_dir: Path, with_key_b: bool
+    config: ExperimentConfig,
+    train_data: AlignedFaces,
+    run_dir: Path,
+    with_key_b: bool,
+    original_dir: Path | None,
 ) -> tuple[dict[str, TrainResult], dict[str, FaceView]]:
     device = pick_device(config.device)
     key_a, key_b = (make_key(config, seed, train_data.faces) for seed in config.key_seeds)
-    models = {
-        "original": train(config, train_data, "original", None, run_dir / "original"),
-        "scrambled": train(config, train_data, "scrambled", key_a, run_dir / "scrambled-key-a"),
-    }
+    original = train(config, train_data, "original", None, original_dir or run_dir / "original")
+    teacher = original.recognizer if config.loss.distill_weight else None
+
+    def scrambled(key: ScramblerNetwork, name: str) -> TrainResult:
+        return train(config, train_data, "scrambled", key, run_dir / name, teacher=teacher)
+
+    models = {"original": original, "scrambled": scrambled(key_a, "scrambled-key-a")}
     if with_key_b:
-        models["scrambled_key_b"] = train(
-            config, train_data, "scrambled", key_b, run_dir / "scrambled-key-b"
-        )
+        models["scrambled_key_b"] = scrambled(key_b, "scrambled-key-b")
     views = {
         "original": FaceView("original", None, device),
         "a": FaceView("scrambled", key_a, device),
@@ -98,17 +103,23 @@ def _training_summary(models: dict[str, TrainResult]) -> dict[str, Any]:
     }
 
 
-def _closed_set(
-    config: ExperimentConfig, data_root: Path, cache: Path, run_dir: Path
+def closed_set_protocol(
+    config: ExperimentConfig,
+    data: AlignedFaces,
+    run_dir: Path,
+    with_key_b: bool = True,
+    original_dir: Path | None = None,
 ) -> dict[str, Any]:
-    data = load_dataset(config, data_root, cache)
+    """Original and scrambled recognizers trained identically on a per-person split of
+    ``data``; ``original_dir`` lets experiments that differ only in the SN share one
+    original-face model."""
     train_index, test_index = split_per_identity(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
     save_split(run_dir / "split.json", data.sources, train_index, test_index)
     (run_dir / "images_without_face.txt").write_text("".join(f"{name}\n" for name in data.failures))
     train_data, test_data = data.subset(train_index), data.subset(test_index)
-    models, views = _train_all(config, train_data, run_dir, with_key_b=True)
+    models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir)
 
     def evaluate(model: str, gallery_view: str, probe_view: str) -> dict[str, Any]:
         recognizer = models[model].recognizer
@@ -131,8 +142,12 @@ def _closed_set(
             "scrambled_float32_input": evaluate("scrambled", "a_float32", "a_float32"),
             "cross_key": {
                 "key_a_recognizer_and_gallery_key_b_probes": evaluate("scrambled", "a", "b"),
-                "key_b_recognizer_stolen_key_a_gallery": evaluate("scrambled_key_b", "a", "b"),
-            },
+            }
+            | (
+                {"key_b_recognizer_stolen_key_a_gallery": evaluate("scrambled_key_b", "a", "b")}
+                if with_key_b
+                else {}
+            ),
         },
         "training": _training_summary(models),
         "images": {
@@ -143,17 +158,24 @@ def _closed_set(
     }
 
 
-def _verification(
-    config: ExperimentConfig, data_root: Path, cache: Path, run_dir: Path
-) -> dict[str, Any]:
+def load_view1_for(config: ExperimentConfig, data_root: Path, cache: Path) -> View1Data:
     lfw = (
         Path(config.data.dataset)
         if Path(config.data.dataset).is_dir()
         else data_root / config.data.dataset
     )
     aligner = Aligner(lfw, cache, config.data.size, config.data.alignment)
-    view1 = load_view1(lfw, aligner, config.data.max_train_people)
-    models, views = _train_all(config, view1.train, run_dir, with_key_b=False)
+    return load_view1(lfw, aligner, config.data.max_train_people)
+
+
+def verification_protocol(
+    config: ExperimentConfig,
+    view1: View1Data,
+    run_dir: Path,
+    original_dir: Path | None = None,
+) -> dict[str, Any]:
+    """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest."""
+    models, views = _train_all(config, view1.train, run_dir, False, original_dir)
 
     def evaluate(model: str, view: str) -> dict[str, Any]:
         embeddings = embed(models[model].recognizer, views[view], view1.pair_faces.faces)

@@ -127,12 +127,24 @@ def _stages(config: ExperimentConfig, view: View) -> list[tuple[View, int]]:
     return stages
 
 
-def _check_same_experiment(saved: dict[str, Any], config: ExperimentConfig, path: Path) -> None:
+# What an original-face model does not depend on: it may be shared by experiments that
+# differ only in these (the design study trains one per recipe, not one per SN variant).
+_SCRAMBLED_ONLY = {"name": None, "scrambler": None, "key_seeds": None, "device": None}
+
+
+def _check_same_experiment(
+    saved: dict[str, Any], config: ExperimentConfig, view: View, path: Path
+) -> None:
     """Resuming may extend the schedule (more epochs), nothing else."""
 
     def comparable(document: dict[str, Any]) -> dict[str, Any]:
         optim = {k: v for k, v in document["optim"].items() if k != "epochs"}
-        return {**document, "optim": optim, "device": None}
+        result = {**document, "optim": optim, "device": None}
+        if view == "original":
+            optim.pop("pretrain_epochs", None)
+            loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
+            result |= _SCRAMBLED_ONLY | {"loss": loss}
+        return result
 
     if comparable(saved) != comparable(config.model_dump(mode="json")):
         raise ValueError(f"{path} belongs to a different experiment; give this one another name")
@@ -141,8 +153,16 @@ def _check_same_experiment(saved: dict[str, Any], config: ExperimentConfig, path
 class _Run:
     """The mutable state of one training run: model, loss head, optimizer, RNG, history."""
 
-    def __init__(self, config: ExperimentConfig, classes: int, run_dir: Path) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        view: View,
+        classes: int,
+        run_dir: Path,
+        teacher: Recognizer | None = None,
+    ) -> None:
+        self.config, self.view = config, view
+        self.teacher = teacher.eval() if teacher is not None else None
         self.device = pick_device(config.device)
         self.run_dir = run_dir
         torch.manual_seed(config.seed)
@@ -175,7 +195,7 @@ class _Run:
         if not self.checkpoint_path.exists():
             return
         checkpoint = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        _check_same_experiment(checkpoint["config"], self.config, self.checkpoint_path)
+        _check_same_experiment(checkpoint["config"], self.config, self.view, self.checkpoint_path)
         self.recognizer.load_state_dict(checkpoint["recognizer"])
         self.head.load_state_dict(checkpoint["head"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -208,8 +228,11 @@ class _Run:
                 original, self.config.augment.flip, self.config.augment.shift, self.generator
             )
             labels = torch.from_numpy(data.labels[index]).to(self.device)
-            embeddings = self.recognizer(view(faces.to(self.device)))
-            loss = self.head(embeddings, labels)
+            faces = faces.to(self.device)
+            inputs = view(faces)  # outside autocast: the SN's output must be exact
+            with self._autocast():
+                embeddings = self.recognizer(inputs).float()
+                loss = self.head(embeddings, labels) + self._distillation(faces, embeddings, view)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -219,6 +242,21 @@ class _Run:
         self.seconds += time.perf_counter() - started
         self.epochs_done += 1
         self._record(view.view, float(np.mean(losses)), correct / len(data))
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.config.optim.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _distillation(
+        self, faces: torch.Tensor, embeddings: torch.Tensor, view: FaceView
+    ) -> torch.Tensor:
+        weight = self.config.loss.distill_weight
+        if self.teacher is None or not weight or view.view != "scrambled":
+            return embeddings.new_zeros(())
+        with torch.no_grad():
+            target = self.teacher(FaceView("original", None, self.device)(faces)).float()
+        similarity = functional.cosine_similarity(embeddings, target, dim=1)
+        return weight * (1 - similarity).mean()
 
     def _record(self, view: View, loss: float, train_accuracy: float) -> None:
         entry = {"epoch": self.epochs_done, "view": view, "loss": loss}
@@ -246,14 +284,25 @@ def train(
     scrambler: ScramblerNetwork | None,
     run_dir: Path,
     progress: bool = True,
+    target_view: FaceView | None = None,
+    teacher: Recognizer | None = None,
 ) -> TrainResult:
-    """Train (or resume, or load a finished) recognizer for ``view`` on ``data``."""
+    """Train (or resume, or load a finished) recognizer for ``view`` on ``data``.
+    ``target_view`` replaces the scrambled view (a privacy baseline's protected faces, trained
+    on the scrambled schedule); pretraining stages still see original faces. ``teacher`` (a
+    recognizer of original faces) is used when ``loss.distill_weight`` > 0."""
+    if config.loss.distill_weight and view == "scrambled" and teacher is None:
+        raise ValueError("loss.distill_weight needs the original-face recognizer as teacher")
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, len(data.names), run_dir)
+    run = _Run(config, view, len(data.names), run_dir, teacher)
     run.resume()
     epoch_index = 0
     for stage_view, epochs in _stages(config, view):
-        face_view = FaceView(stage_view, scrambler, run.device)
+        face_view = (
+            target_view
+            if target_view is not None and stage_view == "scrambled"
+            else FaceView(stage_view, scrambler, run.device)
+        )
         for stage_epoch in range(epochs):
             epoch_index += 1
             if epoch_index > run.epochs_done:
