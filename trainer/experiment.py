@@ -32,10 +32,10 @@ def load_dataset(config: ExperimentConfig, data_root: Path, cache: Path) -> Alig
 def make_key(config: ExperimentConfig, seed: int, train_faces: np.ndarray) -> ScramblerNetwork:
     """Draw an SN key and self-learn its BN statistics on the training faces only."""
     scrambler = config.scrambler.model_copy(update={"input_size": config.data.size})
-    network = ScramblerNetwork(scrambler, seed)
-    cpu = torch.device("cpu")
+    device = pick_device(config.device)
+    network = ScramblerNetwork(scrambler, seed).to(device)
     network.self_learn(
-        to_unit(train_faces[i : i + 64], cpu) for i in range(0, len(train_faces), 64)
+        to_unit(train_faces[i : i + 64], device) for i in range(0, len(train_faces), 64)
     )
     return network
 

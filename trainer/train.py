@@ -129,24 +129,28 @@ def _stages(config: ExperimentConfig, view: View) -> list[tuple[View, int]]:
 
 # What an original-face model does not depend on: it may be shared by experiments that
 # differ only in these (the design study trains one per recipe, not one per SN variant).
-_SCRAMBLED_ONLY = {"name": None, "scrambler": None, "key_seeds": None, "device": None}
+_SCRAMBLED_ONLY = {"name": None, "scrambler": None, "key_seeds": None}
+
+
+def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
+    """The part of an experiment's config that a model of ``view`` depends on; epochs are
+    left out (resuming may extend the schedule)."""
+    optim = {k: v for k, v in document["optim"].items() if k not in ("epochs", "amp")}
+    result = {**document, "optim": optim, "device": None}
+    if view == "original":
+        optim.pop("pretrain_epochs", None)
+        loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
+        result |= _SCRAMBLED_ONLY | {"loss": loss}
+    return result
 
 
 def _check_same_experiment(
     saved: dict[str, Any], config: ExperimentConfig, view: View, path: Path
 ) -> None:
     """Resuming may extend the schedule (more epochs), nothing else."""
-
-    def comparable(document: dict[str, Any]) -> dict[str, Any]:
-        optim = {k: v for k, v in document["optim"].items() if k != "epochs"}
-        result = {**document, "optim": optim, "device": None}
-        if view == "original":
-            optim.pop("pretrain_epochs", None)
-            loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
-            result |= _SCRAMBLED_ONLY | {"loss": loss}
-        return result
-
-    if comparable(saved) != comparable(config.model_dump(mode="json")):
+    current = config.model_dump(mode="json")
+    saved = ExperimentConfig.model_validate(saved).model_dump(mode="json")  # fills new defaults
+    if comparable_config(saved, view) != comparable_config(current, view):
         raise ValueError(f"{path} belongs to a different experiment; give this one another name")
 
 

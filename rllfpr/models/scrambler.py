@@ -202,7 +202,10 @@ class ScramblerNetwork(nn.Module):
         """Everything a key bundle must carry: architecture, seed and the numeric state."""
         return {
             "architecture": {"scrambler": self.config.model_dump(mode="json"), "seed": self.seed},
-            "state": {name: tensor.numpy().copy() for name, tensor in self.state_dict().items()},
+            "state": {
+                name: tensor.detach().cpu().numpy().copy()
+                for name, tensor in self.state_dict().items()
+            },
         }
 
     @classmethod

@@ -1,0 +1,96 @@
+"""The design study's pack survives the trip, and a tiny study runs end to end on the CPU."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.data import Aligner, list_identities
+from trainer.study import Pack, StudyConfig, StudyRun, encode_face
+
+
+@pytest.fixture(scope="module")
+def orl_pack(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pack:
+    orl = data_root / "att_orl"
+    faces = Aligner(orl, tmp_path_factory.mktemp("cache"), 32, "resize").load(
+        list_identities(orl, max_identities=8, max_images=6), progress=False
+    )
+    encoded = {s: encode_face(f) for s, f in zip(faces.sources, faces.faces, strict=True)}
+    people = sorted({s.split("/")[0] for s in faces.sources})
+    train_people, pair_people = people[:4], people[4:]
+    pair_faces = [s for s in faces.sources if s.split("/")[0] in pair_people]
+    by_person = {p: [s for s in pair_faces if s.startswith(p + "/")] for p in pair_people}
+    same = [[by_person[p][0], by_person[p][1], True] for p in pair_people]
+    different = [[by_person[a][0], by_person[b][0], False] for a, b in pairwise(pair_people)]
+    parts = {
+        "closed_set": faces.sources,
+        "view1": {
+            "train": [s for s in faces.sources if s.split("/")[0] in train_people],
+            "pair_faces": pair_faces,
+            "train_pairs": same[:2] + different[:2],
+            "test_pairs": same[2:] + different[2:],
+            "missing_pairs": 0,
+        },
+    }
+    return Pack(encoded, parts)
+
+
+def test_pack_round_trip_keeps_every_face_within_jpeg_error(orl_pack: Pack, tmp_path: Path) -> None:
+    path = tmp_path / "pack.npz"
+    orl_pack.save(path)
+    loaded = Pack.load(path)
+    assert loaded.parts == orl_pack.parts
+    assert loaded.faces == orl_pack.faces
+    closed = loaded.closed_set(32)
+    assert closed.faces.shape == (48, 32, 32, 3)
+    assert len(closed.names) == 8
+    view1 = loaded.view1(32)
+    assert len(view1.train.names) == 4
+    assert len(view1.test_pairs) == 3  # two same, one different
+    assert loaded.closed_set(16).faces.shape[1:] == (16, 16, 3)
+
+
+def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path) -> None:
+    study = StudyConfig.model_validate(
+        {
+            "base": {
+                "data": {"dataset": "att_orl", "min_images": 2, "test_fraction": 0.34},
+                "scrambler": {"levels": 2, "widths": [4, 8]},
+                "recognizer": {"backbone": "compact", "embedding_dim": 16},
+                "optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+                "device": "cpu",
+            },
+            "variants": [
+                {"name": "baseline", "change": "none"},
+                {
+                    "name": "distill",
+                    "change": "distillation",
+                    "overrides": {"loss": {"distill_weight": 1.0}},
+                },
+            ],
+            "screen_size": 32,
+            "full_size": 32,
+            "max_abs_correlation": 1.0,
+        }
+    )
+    StudyRun(study, orl_pack, tmp_path).run()
+    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    stages = [entry["stage"] for entry in entries]
+    assert stages == ["start", "screen", "screen", "chosen", "confirm", "confirm"]
+    screens = [e for e in entries if e["stage"] == "screen"]
+    chosen = entries[3]["variant"]
+    assert chosen == max(screens, key=lambda e: e["headline"]["scrambled"])["variant"]
+    closed = entries[4]["headline"]
+    assert set(closed["cross_key"]) == {
+        "key_a_recognizer_and_gallery_key_b_probes",
+        "key_b_recognizer_stolen_key_a_gallery",
+    }
+    assert 0 <= closed["scrambled"] <= 1
+    assert 0 <= entries[5]["headline"]["original"] <= 1
+    # one original-face model per recipe: the distillation variant reused the baseline's
+    assert len(list((tmp_path / "originals").iterdir())) == 2  # screen recipe + View 1 recipe
+    assert np.isfinite(list(screens[0]["adjacent_correlation"].values())).all()

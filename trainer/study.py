@@ -1,0 +1,367 @@
+"""The design study (issue 4): SN variants x recognizers x training recipes, run on a GPU.
+
+Two steps, because the GPU machine has neither the datasets nor MTCNN's dependencies:
+
+1. ``python -m trainer.study pack runs/study-pack/lfw.npz`` (here): aligns the LFW closed-set
+   subset and LFW View 1 with MTCNN (cached) and stores every aligned face once, as JPEG.
+2. ``python -m trainer.study run configs/study/design.yaml runs/study-pack/lfw.npz OUT`` (on
+   the GPU): screens each variant on the closed-set protocol at the screen size, then confirms
+   the best one that passes the privacy screen at full size (closed set with both keys, then
+   View 1). Every result is appended to ``OUT/results.jsonl`` as soon as it exists, so a time
+   limit keeps what finished; ``python -m trainer.study report`` turns it into the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer import hardware
+from trainer.config import ExperimentConfig
+from trainer.data import AlignedFaces, Aligner, list_identities, split_per_identity
+from trainer.experiment import closed_set_protocol, make_key, verification_protocol
+from trainer.metrics import adjacent_correlation
+from trainer.train import comparable_config, pick_device, to_unit
+from trainer.verification import Pair, View1Data, load_view1
+
+log = logging.getLogger(__name__)
+JPEG_QUALITY = 92
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Variant(Strict):
+    name: str = Field(description="Short label of the variant, unique in the study.")
+    change: str = Field(description="The one factor changed from the baseline, in words.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Nested ExperimentConfig fields set by this variant."
+    )
+
+
+class StudyConfig(Strict):
+    base: dict[str, Any] = Field(description="The baseline ExperimentConfig (without `name`).")
+    variants: list[Variant] = Field(description="Screened in order; the first is the baseline.")
+    screen_size: int = Field(64, description="Face size of the screen (aligned faces resized).")
+    full_size: int = Field(112, description="Face size of the confirmation runs.")
+    max_abs_correlation: float = Field(
+        0.1, description="Privacy screen: largest |adjacent-pixel correlation| a winner may have."
+    )
+    screen_budget_s: float = Field(240, description="Stop starting screen variants after this.")
+    confirm_closed_set_budget_s: float = Field(
+        380, description="Skip the full-size closed-set run if it cannot start before this."
+    )
+    view1_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Extra fields of the full-size View 1 run."
+    )
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> StudyConfig:
+        return cls.model_validate(yaml.safe_load(path.read_text()))
+
+    def experiment(
+        self, variant: Variant, size: int, protocol: str, extra: dict[str, Any] | None = None
+    ) -> ExperimentConfig:
+        document = _merge(self.base, variant.overrides)
+        document = _merge(document, extra or {})
+        sizes = {"data": {"size": size}, "recognizer": {"input_size": size}}
+        document = _merge(document, sizes | {"protocol": protocol})
+        return ExperimentConfig.model_validate(
+            document | {"name": f"{variant.name}-{protocol}-{size}"}
+        )
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------- the pack
+
+
+@dataclass
+class Pack:
+    """Aligned faces stored once each as JPEG, plus which faces each protocol uses."""
+
+    faces: dict[str, bytes]  # source ("<identity>/<file>") -> JPEG of the aligned RGB face
+    parts: dict[str, Any]
+
+    def save(self, path: Path) -> None:
+        sources = sorted(self.faces)
+        blobs = [self.faces[source] for source in sources]
+        offsets = np.cumsum([0] + [len(blob) for blob in blobs])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            sources=np.array(sources, dtype=str),
+            offsets=offsets,
+            jpeg=np.frombuffer(b"".join(blobs), np.uint8),
+            parts=np.array(json.dumps(self.parts)),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Pack:
+        with np.load(path, allow_pickle=False) as archive:
+            data, offsets = archive["jpeg"].tobytes(), archive["offsets"]
+            faces = {
+                str(source): data[offsets[i] : offsets[i + 1]]
+                for i, source in enumerate(archive["sources"])
+            }
+            return cls(faces, json.loads(str(archive["parts"])))
+
+    def aligned(self, sources: list[str], size: int) -> AlignedFaces:
+        """Decoded faces of ``sources`` resized to ``size``, labelled by identity."""
+        names = sorted({source.split("/")[0] for source in sources})
+        label_of = {name: label for label, name in enumerate(names)}
+        faces = np.stack([self._decode(source, size) for source in sources])
+        labels = np.array([label_of[source.split("/")[0]] for source in sources], np.int64)
+        return AlignedFaces(faces, labels, names, list(sources))
+
+    def _decode(self, source: str, size: int) -> np.ndarray:
+        bgr = cv2.imdecode(np.frombuffer(self.faces[source], np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"the pack's JPEG of {source} does not decode")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if rgb.shape[0] != size:
+            rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(rgb)
+
+    def closed_set(self, size: int) -> AlignedFaces:
+        return self.aligned(self.parts["closed_set"], size)
+
+    def view1(self, size: int) -> View1Data:
+        part = self.parts["view1"]
+
+        def pairs(rows: list[list[Any]]) -> list[Pair]:
+            return [Pair(first, second, bool(same)) for first, second, same in rows]
+
+        return View1Data(
+            self.aligned(part["train"], size),
+            self.aligned(part["pair_faces"], size),
+            pairs(part["train_pairs"]),
+            pairs(part["test_pairs"]),
+            part["missing_pairs"],
+        )
+
+
+def encode_face(face: np.ndarray) -> bytes:
+    """An aligned RGB face as the pack's JPEG bytes."""
+    bgr = cv2.cvtColor(face, cv2.COLOR_RGB2BGR)
+    ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("cannot encode the face as JPEG")
+    return jpeg.tobytes()
+
+
+def build_pack(lfw: Path, cache: Path, size: int, min_images: int) -> Pack:
+    aligner = Aligner(lfw, cache, size, "mtcnn")
+    closed = aligner.load(list_identities(lfw, min_images))
+    view1 = load_view1(lfw, aligner)
+    pair_sources = sorted(
+        {s for p in view1.train_pairs + view1.test_pairs for s in (p.first, p.second)}
+    )
+    faces: dict[str, bytes] = {}
+    for data in (closed, view1.train, view1.pair_faces):
+        for source, face in zip(data.sources, data.faces, strict=True):
+            if source in faces or (data is view1.pair_faces and source not in pair_sources):
+                continue
+            faces[source] = encode_face(face)
+
+    def rows(pairs: list[Pair]) -> list[list[Any]]:
+        return [[p.first, p.second, p.same] for p in pairs]
+
+    parts = {
+        "alignment": f"MTCNN + 5-point similarity alignment, {size}x{size}, JPEG q{JPEG_QUALITY}",
+        "closed_set": closed.sources,
+        "closed_set_min_images": min_images,
+        "closed_set_without_face": closed.failures,
+        "view1": {
+            "train": view1.train.sources,
+            "pair_faces": pair_sources,
+            "train_pairs": rows(view1.train_pairs),
+            "test_pairs": rows(view1.test_pairs),
+            "missing_pairs": view1.missing_pairs,
+        },
+    }
+    return Pack(faces, parts)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _recipe_key(config: ExperimentConfig) -> str:
+    """Identifies an original-face model: experiments with the same key can share it."""
+    document = comparable_config(config.model_dump(mode="json"), "original")
+    document["optim"]["epochs"] = config.optim.epochs
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, float]:
+    """Adjacent-pixel correlation of key A's output on up to 200 held-out faces."""
+    train_index, test_index = split_per_identity(
+        data.labels, config.data.test_fraction, config.data.split_seed
+    )
+    key = make_key(config, config.key_seeds[0], data.faces[train_index])
+    device = next(key.parameters()).device
+    probes = data.faces[test_index[:200]]
+    scrambled = key.scramble(to_unit(probes, device)).cpu().numpy()
+    return adjacent_correlation(scrambled)
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    if "closed_set" in result:
+        closed = result["closed_set"]
+        cross = closed["cross_key"]
+        return {
+            "original": closed["original"]["accuracy"],
+            "scrambled": closed["scrambled"]["accuracy"],
+            "cross_key": {name: value["accuracy"] for name, value in cross.items()},
+            "chance": closed["original"]["chance"],
+        }
+    view1 = result["verification_view1"]
+    return {view: view1[view]["accuracy"] for view in ("original", "scrambled")}
+
+
+class StudyRun:
+    def __init__(self, study: StudyConfig, pack: Pack, output: Path) -> None:
+        self.study, self.pack, self.output = study, pack, output
+        self.started = time.monotonic()
+        self.results_path = output / "results.jsonl"
+        output.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def record(self, entry: dict[str, Any]) -> None:
+        entry = entry | {"elapsed_s": round(self.elapsed, 1)}
+        with self.results_path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        log.info("%s", json.dumps({k: v for k, v in entry.items() if k != "result"}))
+
+    def closed_set(
+        self, variant: Variant, size: int, stage: str, with_key_b: bool
+    ) -> dict[str, Any]:
+        config = self.study.experiment(variant, size, "closed_set")
+        data = self.pack.closed_set(size)
+        started = time.monotonic()
+        result = closed_set_protocol(
+            config,
+            data,
+            self.output / "runs" / config.name,
+            with_key_b=with_key_b,
+            original_dir=self.output / "originals" / _recipe_key(config),
+        )
+        entry = {
+            "stage": stage,
+            "variant": variant.name,
+            "change": variant.change,
+            "size": size,
+            "seconds": round(time.monotonic() - started, 1),
+            "headline": _headline(result),
+            "adjacent_correlation": privacy_screen(config, data),
+            "result": result,
+        }
+        self.record(entry)
+        return entry
+
+    def view1(self, variant: Variant, size: int) -> None:
+        config = self.study.experiment(
+            variant, size, "verification_view1", self.study.view1_overrides
+        )
+        started = time.monotonic()
+        result = verification_protocol(
+            config,
+            self.pack.view1(size),
+            self.output / "runs" / config.name,
+            original_dir=self.output / "originals" / _recipe_key(config),
+        )
+        self.record(
+            {
+                "stage": "confirm",
+                "variant": variant.name,
+                "change": variant.change,
+                "size": size,
+                "seconds": round(time.monotonic() - started, 1),
+                "headline": _headline(result),
+                "result": result,
+            }
+        )
+
+    def run(self) -> None:
+        self.record({"stage": "start", "hardware": hardware.describe(pick_device("auto"))})
+        screened = []
+        for variant in self.study.variants:
+            if self.elapsed > self.study.screen_budget_s:
+                self.record({"stage": "skipped", "variant": variant.name, "reason": "budget"})
+                continue
+            screened.append(
+                (variant, self.closed_set(variant, self.study.screen_size, "screen", False))
+            )
+        winner = self.choose(screened)
+        self.record({"stage": "chosen", "variant": winner.name})
+        if self.elapsed < self.study.confirm_closed_set_budget_s:
+            self.closed_set(winner, self.study.full_size, "confirm", with_key_b=True)
+        self.view1(winner, self.study.full_size)
+
+    def choose(self, screened: list[tuple[Variant, dict[str, Any]]]) -> Variant:
+        """Best scrambled accuracy among variants whose output passes the privacy screen."""
+        limit = self.study.max_abs_correlation
+
+        def private(entry: dict[str, Any]) -> bool:
+            return all(abs(r) <= limit for r in entry["adjacent_correlation"].values())
+
+        eligible = [(v, e) for v, e in screened if private(e)] or screened
+        return max(eligible, key=lambda item: item[1]["headline"]["scrambled"])[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    pack = commands.add_parser("pack", help="Align LFW here and pack it for the GPU run.")
+    pack.add_argument("output", type=Path)
+    pack.add_argument("--data", type=Path, default=None, help="Data root (default: settings).")
+    pack.add_argument("--size", type=int, default=112)
+    pack.add_argument("--min-images", type=int, default=10)
+    run = commands.add_parser("run", help="Run the study (on a GPU).")
+    run.add_argument("study", type=Path)
+    run.add_argument("pack", type=Path)
+    run.add_argument("output", type=Path)
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if arguments.command == "pack":
+        from rllfpr.config import load_settings
+
+        settings = load_settings()
+        data_root = arguments.data or settings.data
+        built = build_pack(data_root / "lfw", settings.cache, arguments.size, arguments.min_images)
+        built.save(arguments.output)
+        size = arguments.output.stat().st_size / 2**20
+        print(f"{len(built.faces)} faces, {size:.1f} MiB -> {arguments.output}")
+    else:
+        torch.backends.cudnn.benchmark = True
+        StudyRun(
+            StudyConfig.from_yaml(arguments.study), Pack.load(arguments.pack), arguments.output
+        ).run()
+
+
+if __name__ == "__main__":
+    main()
