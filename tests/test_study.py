@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trainer.data import Aligner, list_identities
-from trainer.study import Pack, StudyConfig, StudyRun, encode_face
+from trainer.study import Pack, StudyConfig, StudyRun, encode_face, report
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,8 @@ def test_pack_round_trip_keeps_every_face_within_jpeg_error(orl_pack: Pack, tmp_
     assert len(view1.train.names) == 4
     assert len(view1.test_pairs) == 3  # two same, one different
     assert loaded.closed_set(16).faces.shape[1:] == (16, 16, 3)
+    with pytest.raises(ValueError, match="packed at 32 px"):
+        loaded.closed_set(64)
 
 
 def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path) -> None:
@@ -94,3 +96,7 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     # one original-face model per recipe: the distillation variant reused the baseline's
     assert len(list((tmp_path / "originals").iterdir())) == 2  # screen recipe + View 1 recipe
     assert np.isfinite(list(screens[0]["adjacent_correlation"].values())).all()
+    table = report(entries)
+    assert table.count("| screen |") == 2
+    assert table.count("| confirm |") == 1
+    assert "| View 1 |" in table

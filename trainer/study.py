@@ -57,6 +57,9 @@ class StudyConfig(Strict):
     variants: list[Variant] = Field(description="Screened in order; the first is the baseline.")
     screen_size: int = Field(64, description="Face size of the screen (aligned faces resized).")
     full_size: int = Field(112, description="Face size of the confirmation runs.")
+    view1_size: int | None = Field(
+        None, description="Face size of the View 1 confirmation (default: full_size)."
+    )
     max_abs_correlation: float = Field(
         0.1, description="Privacy screen: largest |adjacent-pixel correlation| a winner may have."
     )
@@ -140,6 +143,8 @@ class Pack:
         if bgr is None:
             raise ValueError(f"the pack's JPEG of {source} does not decode")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if rgb.shape[0] < size:
+            raise ValueError(f"{source} is packed at {rgb.shape[0]} px; {size} px was asked")
         if rgb.shape[0] != size:
             rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(rgb)
@@ -171,10 +176,13 @@ def encode_face(face: np.ndarray) -> bytes:
     return jpeg.tobytes()
 
 
-def build_pack(lfw: Path, cache: Path, size: int, min_images: int) -> Pack:
-    aligner = Aligner(lfw, cache, size, "mtcnn")
-    closed = aligner.load(list_identities(lfw, min_images))
-    view1 = load_view1(lfw, aligner)
+def build_pack(
+    lfw: Path, cache: Path, size: int, min_images: int, view1_size: int | None = None
+) -> Pack:
+    """``view1_size`` (default ``size``) may be smaller: View 1 needs about 11k alignments."""
+    view1_size = view1_size or size
+    closed = Aligner(lfw, cache, size, "mtcnn").load(list_identities(lfw, min_images))
+    view1 = load_view1(lfw, Aligner(lfw, cache, view1_size, "mtcnn"))
     pair_sources = sorted(
         {s for p in view1.train_pairs + view1.test_pairs for s in (p.first, p.second)}
     )
@@ -189,7 +197,9 @@ def build_pack(lfw: Path, cache: Path, size: int, min_images: int) -> Pack:
         return [[p.first, p.second, p.same] for p in pairs]
 
     parts = {
-        "alignment": f"MTCNN + 5-point similarity alignment, {size}x{size}, JPEG q{JPEG_QUALITY}",
+        "alignment": f"MTCNN + 5-point similarity alignment, JPEG q{JPEG_QUALITY}",
+        "closed_set_size": size,
+        "view1_size": view1_size,
         "closed_set": closed.sources,
         "closed_set_min_images": min_images,
         "closed_set_without_face": closed.failures,
@@ -241,8 +251,12 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 class StudyRun:
-    def __init__(self, study: StudyConfig, pack: Pack, output: Path) -> None:
+    def __init__(
+        self, study: StudyConfig, pack: Pack, output: Path, work: Path | None = None
+    ) -> None:
+        """Results go to ``output``/results.jsonl; checkpoints under ``work`` (default: output)."""
         self.study, self.pack, self.output = study, pack, output
+        self.work = work or output
         self.started = time.monotonic()
         self.results_path = output / "results.jsonl"
         output.mkdir(parents=True, exist_ok=True)
@@ -266,9 +280,9 @@ class StudyRun:
         result = closed_set_protocol(
             config,
             data,
-            self.output / "runs" / config.name,
+            self.work / "runs" / config.name,
             with_key_b=with_key_b,
-            original_dir=self.output / "originals" / _recipe_key(config),
+            original_dir=self.work / "originals" / _recipe_key(config),
         )
         entry = {
             "stage": stage,
@@ -291,8 +305,8 @@ class StudyRun:
         result = verification_protocol(
             config,
             self.pack.view1(size),
-            self.output / "runs" / config.name,
-            original_dir=self.output / "originals" / _recipe_key(config),
+            self.work / "runs" / config.name,
+            original_dir=self.work / "originals" / _recipe_key(config),
         )
         self.record(
             {
@@ -320,7 +334,7 @@ class StudyRun:
         self.record({"stage": "chosen", "variant": winner.name})
         if self.elapsed < self.study.confirm_closed_set_budget_s:
             self.closed_set(winner, self.study.full_size, "confirm", with_key_b=True)
-        self.view1(winner, self.study.full_size)
+        self.view1(winner, self.study.view1_size or self.study.full_size)
 
     def choose(self, screened: list[tuple[Variant, dict[str, Any]]]) -> Variant:
         """Best scrambled accuracy among variants whose output passes the privacy screen."""
@@ -333,6 +347,45 @@ class StudyRun:
         return max(eligible, key=lambda item: item[1]["headline"]["scrambled"])[0]
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """Markdown tables of a study's results.jsonl (screen, then confirmation)."""
+    lines = [
+        "| stage | variant | change | size | original | scrambled | gap | cross-key "
+        "(A gallery, B probes) | max abs adjacent corr. | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in results:
+        if entry["stage"] not in ("screen", "confirm") or "cross_key" not in entry["headline"]:
+            continue
+        head = entry["headline"]
+        cross = head["cross_key"]["key_a_recognizer_and_gallery_key_b_probes"]
+        correlation = max(abs(r) for r in entry["adjacent_correlation"].values())
+        lines.append(
+            f"| {entry['stage']} | {entry['variant']} | {entry['change']} | {entry['size']} | "
+            f"{_percent(head['original'])} | {_percent(head['scrambled'])} | "
+            f"{100 * (head['original'] - head['scrambled']):.1f} pt | {_percent(cross)} | "
+            f"{correlation:.3f} | {entry['seconds']} |"
+        )
+    view1 = [e for e in results if e["stage"] == "confirm" and "cross_key" not in e["headline"]]
+    if view1:
+        lines += ["", "| View 1 | size | original | scrambled | gap |", "|---|---|---|---|---|"]
+        for entry in view1:
+            head = entry["headline"]
+            lines.append(
+                f"| {entry['variant']} | {entry['size']} | {_percent(head['original'])} | "
+                f"{_percent(head['scrambled'])} | "
+                f"{100 * (head['original'] - head['scrambled']):.1f} pt |"
+            )
+    skipped = [e["variant"] for e in results if e["stage"] == "skipped"]
+    if skipped:
+        lines += ["", f"Not screened (time budget): {', '.join(skipped)}."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -341,10 +394,14 @@ def main() -> None:
     pack.add_argument("--data", type=Path, default=None, help="Data root (default: settings).")
     pack.add_argument("--size", type=int, default=112)
     pack.add_argument("--min-images", type=int, default=10)
+    pack.add_argument("--view1-size", type=int, default=None, help="Default: --size.")
     run = commands.add_parser("run", help="Run the study (on a GPU).")
     run.add_argument("study", type=Path)
     run.add_argument("pack", type=Path)
-    run.add_argument("output", type=Path)
+    run.add_argument("output", type=Path, help="Where results.jsonl goes.")
+    run.add_argument("--work", type=Path, default=None, help="Checkpoints (default: output).")
+    table = commands.add_parser("report", help="Print the markdown tables of a results.jsonl.")
+    table.add_argument("results", type=Path)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if arguments.command == "pack":
@@ -352,15 +409,23 @@ def main() -> None:
 
         settings = load_settings()
         data_root = arguments.data or settings.data
-        built = build_pack(data_root / "lfw", settings.cache, arguments.size, arguments.min_images)
+        built = build_pack(
+            data_root / "lfw",
+            settings.cache,
+            arguments.size,
+            arguments.min_images,
+            arguments.view1_size,
+        )
         built.save(arguments.output)
         size = arguments.output.stat().st_size / 2**20
         print(f"{len(built.faces)} faces, {size:.1f} MiB -> {arguments.output}")
+    elif arguments.command == "report":
+        lines = arguments.results.read_text().splitlines()
+        print(report([json.loads(line) for line in lines]), end="")
     else:
         torch.backends.cudnn.benchmark = True
-        StudyRun(
-            StudyConfig.from_yaml(arguments.study), Pack.load(arguments.pack), arguments.output
-        ).run()
+        study = StudyConfig.from_yaml(arguments.study)
+        StudyRun(study, Pack.load(arguments.pack), arguments.output, arguments.work).run()
 
 
 if __name__ == "__main__":
