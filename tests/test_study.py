@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from trainer.data import Aligner, list_identities
-from trainer.study import Pack, StudyConfig, StudyRun, encode_face, report
+from trainer.study import Pack, StudyConfig, StudyRun, Variant, encode_face, report
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,26 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     assert table.count("| screen |") == 2
     assert table.count("| confirm |") == 1
     assert "| View 1 |" in table
+
+
+def _screened(name: str, scrambled: float, correlation: float, overrides: dict[str, Any]) -> Any:
+    entry = {"headline": {"scrambled": scrambled}, "adjacent_correlation": {"h": correlation}}
+    return Variant(name=name, change=name, overrides=overrides), entry
+
+
+def test_combined_variant_merges_the_private_gains_larger_gain_winning(tmp_path: Path) -> None:
+    study = StudyConfig.model_validate({"base": {}, "variants": [], "max_abs_correlation": 0.1})
+    run = StudyRun(study, Pack({}, {}), tmp_path)
+    screened = [
+        _screened("baseline", 0.50, 0.0, {}),
+        _screened("small", 0.505, 0.0, {"optim": {"epochs": 99}}),
+        _screened("a", 0.60, 0.05, {"loss": {"distill_weight": 1.0}, "augment": {"shift": 2}}),
+        _screened("b", 0.70, -0.08, {"loss": {"distill_weight": 10.0}}),
+        _screened("leaky", 0.90, 0.3, {"scrambler": {"levels": 2}}),
+    ]
+    combined = run.combine(screened)
+    assert combined is not None
+    assert combined.change == "b + a"
+    assert combined.overrides == {"loss": {"distill_weight": 10.0}, "augment": {"shift": 2}}
+    assert run.choose(screened).name == "b"  # "leaky" fails the privacy screen
+    assert run.combine(screened[:3]) is None  # one helpful change: nothing to combine

@@ -64,6 +64,11 @@ class StudyConfig(Strict):
         0.1, description="Privacy screen: largest |adjacent-pixel correlation| a winner may have."
     )
     screen_budget_s: float = Field(240, description="Stop starting screen variants after this.")
+    combine_min_gain: float = Field(
+        0.01,
+        description="Changes that each raise scrambled accuracy by this much are also screened "
+        "together (the `combined` variant).",
+    )
     confirm_closed_set_budget_s: float = Field(
         380, description="Skip the full-size closed-set run if it cannot start before this."
     )
@@ -330,20 +335,47 @@ class StudyRun:
             screened.append(
                 (variant, self.closed_set(variant, self.study.screen_size, "screen", False))
             )
+        combined = self.combine(screened)
+        if combined is not None and self.elapsed < self.study.screen_budget_s + 60:
+            screened.append(
+                (combined, self.closed_set(combined, self.study.screen_size, "screen", False))
+            )
         winner = self.choose(screened)
         self.record({"stage": "chosen", "variant": winner.name})
         if self.elapsed < self.study.confirm_closed_set_budget_s:
             self.closed_set(winner, self.study.full_size, "confirm", with_key_b=True)
         self.view1(winner, self.study.view1_size or self.study.full_size)
 
+    def combine(self, screened: list[tuple[Variant, dict[str, Any]]]) -> Variant | None:
+        """All single changes that beat the baseline's scrambled accuracy by at least
+        ``combine_min_gain`` and pass the privacy screen, merged (larger gains win conflicts)."""
+        if len(screened) < 2:
+            return None
+        baseline = screened[0][1]["headline"]["scrambled"]
+        gains = [
+            (entry["headline"]["scrambled"] - baseline, variant)
+            for variant, entry in screened[1:]
+            if self._private(entry)
+        ]
+        helpful = sorted(
+            (item for item in gains if item[0] >= self.study.combine_min_gain),
+            key=lambda item: item[0],
+        )
+        if len(helpful) < 2:
+            return None
+        overrides: dict[str, Any] = {}
+        for _, variant in helpful:
+            overrides = _merge(overrides, variant.overrides)
+        names = [variant.name for _, variant in reversed(helpful)]
+        return Variant(name="combined", change=" + ".join(names), overrides=overrides)
+
+    def _private(self, entry: dict[str, Any]) -> bool:
+        limit = self.study.max_abs_correlation
+        return all(abs(r) <= limit for r in entry["adjacent_correlation"].values())
+
     def choose(self, screened: list[tuple[Variant, dict[str, Any]]]) -> Variant:
         """Best scrambled accuracy among variants whose output passes the privacy screen."""
-        limit = self.study.max_abs_correlation
-
-        def private(entry: dict[str, Any]) -> bool:
-            return all(abs(r) <= limit for r in entry["adjacent_correlation"].values())
-
-        eligible = [(v, e) for v, e in screened if private(e)] or screened
+        eligible = [(v, e) for v, e in screened if self._private(e)] or screened
         return max(eligible, key=lambda item: item[1]["headline"]["scrambled"])[0]
 
 
