@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rllfpr import __version__
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.keys import bundle, material
+from recognizer_service.cli import gallery_app, recognizer_app
 from trainer.cli import eval_app, train
 
 app = typer.Typer(
@@ -92,6 +93,8 @@ def keys_inspect(
 
 app.command("train")(train)
 app.add_typer(eval_app, name="eval")
+app.add_typer(recognizer_app, name="recognizer")
+app.add_typer(gallery_app, name="gallery")
 
 if __name__ == "__main__":
     app()

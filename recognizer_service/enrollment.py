@@ -1,0 +1,133 @@
+"""Enrollment station: photos of one person -> aligned -> scrambled -> enrollment face messages.
+
+Everything before the scrambler runs on the station; only scrambled one-channel faces leave it,
+as ordinary face messages with ``purpose: enroll``. Each photo contributes the face nearest its
+centre (MTCNN + 5-point alignment, as the trainer prepares faces). Photos without a usable face
+are reported, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+
+from rllfpr.faces.align import AlignmentError, align
+from rllfpr.faces.detect import Detection, FaceDetector, central_face
+from rllfpr.keys.scrambler_key import ScramblerKey
+from rllfpr.wire import codec, topics
+from rllfpr.wire.messages import CropBox, FaceHeader, PixelFormat, utc_now
+from trainer.data import load_rgb
+from trainer.train import to_unit
+
+log = logging.getLogger(__name__)
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
+
+
+@dataclass(frozen=True)
+class ScrambledFace:
+    source: Path
+    pixels: np.ndarray  # (S, S) uint8 wire pixels
+    detection_score: float
+    crop: CropBox
+
+
+def photos_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder of photos: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def _crop(detection: Detection, shape: tuple[int, ...]) -> CropBox:
+    height, width = shape[:2]
+    x1, y1, x2, y2 = (round(float(v)) for v in detection.box)
+    x1, y1 = min(max(x1, 0), width - 1), min(max(y1, 0), height - 1)
+    x2, y2 = min(max(x2, x1 + 1), width), min(max(y2, y1 + 1), height)
+    return CropBox(
+        x=x1, y=y1, width=x2 - x1, height=y2 - y1, frame_width=width, frame_height=height
+    )
+
+
+def scramble_photos(
+    paths: Sequence[Path], key: ScramblerKey, detector: FaceDetector
+) -> tuple[list[ScrambledFace], list[str]]:
+    """Scrambled faces of the photos, and a reason for each photo that gave none."""
+    size = key.network.config.input_size
+    faces, failures = [], []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            failures.append(f"{path.name}: unreadable ({error})")
+            continue
+        detection = central_face(detector.detect([image])[0], image.shape)
+        if detection is None:
+            failures.append(f"{path.name}: no face found")
+            continue
+        try:
+            aligned = align(image, detection.landmarks, size)
+        except AlignmentError as error:
+            failures.append(f"{path.name}: {error}")
+            continue
+        pixels = key.network.scramble(to_unit(aligned[None], torch.device("cpu")))[0].numpy()
+        faces.append(ScrambledFace(path, pixels, detection.score, _crop(detection, image.shape)))
+    return faces, failures
+
+
+def enrollment_messages(
+    faces: Sequence[ScrambledFace], key: ScramblerKey, subject: str, site: str, station: str
+) -> list[tuple[str, bytes]]:
+    """(topic, payload) of each scrambled face as an enrollment face message."""
+    messages = []
+    for face in faces:
+        height, width = face.pixels.shape
+        header = FaceHeader(
+            purpose="enroll",
+            subject=subject,
+            agent=station,
+            site=site,
+            camera="enrollment",
+            captured_at=utc_now(),
+            key_epoch=key.header.epoch,
+            key_scope=key.header.scope,
+            track_id=0,
+            detection_score=min(1.0, max(0.0, face.detection_score)),
+            quality=0.0,  # not measured: enrollment photos are chosen by an operator
+            crop=face.crop,
+            height=height,
+            width=width,
+            pixel_format=PixelFormat.UINT8,
+        )
+        messages.append((topics.enroll(site, subject), codec.encode(header, face.pixels)))
+    return messages
+
+
+class ApiError(RuntimeError):
+    """The recognizer's HTTP API refused a request or could not be reached."""
+
+
+def api_request(
+    url: str, token: str | None, method: str = "GET", body: bytes | None = None
+) -> object:
+    """One JSON request to the recognizer's HTTP API with the bearer token."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        raise ApiError(f"{method} {url}: HTTP {error.code}: {detail}") from error
+    except urllib.error.URLError as error:
+        raise ApiError(f"{method} {url}: {error.reason}") from error

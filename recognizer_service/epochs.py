@@ -1,0 +1,99 @@
+"""The recognizers of the key epochs this service accepts, several at once during a rotation.
+
+Every published, not revoked epoch of the served scopes is loaded from the model store;
+``refresh`` picks up newly published epochs and drops revoked ones (the key-rotation
+protocol calls ``load``/``revoke`` directly). A face is embedded only by the recognizer of its
+own (scope, epoch): a face of any other epoch is rejected, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from rllfpr.models.scrambler import from_pixels
+from rllfpr.models.store import LoadedModel, ModelStore, ModelStoreError, StoredModel
+
+log = logging.getLogger(__name__)
+EpochKey = tuple[str, int]  # (scope, epoch)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class EpochModels:
+    def __init__(self, store: ModelStore, scopes: Iterable[str], device: torch.device) -> None:
+        self.store = store
+        self.scopes = list(scopes)
+        self.device = device
+        self._models: dict[EpochKey, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> list[EpochKey]:
+        """Load newly published epochs, unload revoked ones; returns the epochs loaded now."""
+        published = {(scope, epoch) for scope in self.scopes for epoch in self.store.epochs(scope)}
+        with self._lock:
+            for gone in set(self._models) - published:
+                log.info("unloading scope %s epoch %d: no longer published", *gone)
+                del self._models[gone]
+        loaded = []
+        for scope, epoch in sorted(published - set(self._models)):
+            try:
+                self.load(scope, epoch)
+                loaded.append((scope, epoch))
+            except ModelStoreError as error:
+                log.error("cannot load scope %s epoch %d: %s", scope, epoch, error)
+        return loaded
+
+    def load(self, scope: str, epoch: int) -> StoredModel:
+        model = self.store.load(scope, epoch, self.device)
+        with self._lock:
+            self._models[(scope, epoch)] = model
+        log.info(
+            "loaded scope %s epoch %d: recognizer %s (%s, %d px, %d-d)",
+            scope,
+            epoch,
+            model.info.recognizer_id,
+            model.info.recognizer.backbone,
+            model.info.recognizer.input_size,
+            model.info.recognizer.embedding_dim,
+        )
+        return model.info
+
+    def revoke(self, scope: str, epoch: int) -> None:
+        """Stop accepting an epoch and delete its model from the store for good."""
+        with self._lock:
+            self._models.pop((scope, epoch), None)
+        self.store.revoke(scope, epoch)
+
+    def get(self, scope: str, epoch: int) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get((scope, epoch))
+
+    def is_revoked(self, scope: str, epoch: int) -> bool:
+        return self.store.is_revoked(scope, epoch)
+
+    def loaded(self) -> list[StoredModel]:
+        with self._lock:
+            return [model.info for _, model in sorted(self._models.items())]
+
+    def embed(self, model: LoadedModel, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, S, S) wire pixels of one epoch -> (N, D) unit float32 embeddings."""
+        batch = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixels]))
+        images = from_pixels(batch.to(self.device)).unsqueeze(1)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            embeddings = model.recognizer(images)
+        return embeddings.float().cpu().numpy()

@@ -1,0 +1,301 @@
+"""The gallery: enrolled templates in Redis >= 8 vector sets, one gallery per key scope and epoch.
+
+Redis keys (``p`` is ``redis.key_prefix``)::
+
+    p:gallery:{scope}:{epoch}:{shard}       vector set; element "{subject}/{template id}",
+                                            attributes {"subject", "site", "enrolled_at"}
+    p:templates:{scope}:{epoch}:{subject}   sorted set of "{shard}/{element}" by enrolment time
+    p:subjects:{scope}:{epoch}              set of enrolled subjects
+    p:galleries                             set of "{scope}:{epoch}" that hold templates
+
+The subject is part of the element name, so a search needs no attribute look-up. A template's
+shard is a hash of its id, so shards fill evenly; the per-subject index finds every template of
+a subject across shards for erasure and retention. A search asks every shard for its best
+``count`` templates (one pipelined round trip for a whole micro-batch) and merges them.
+Enrolling the same template id twice stores it once (QoS 1 redelivery is harmless).
+
+Redis Cluster: the shard sets are independent keys and may live on different nodes; the
+per-subject index and the track state use multi-key transactions and scripts, so they need a
+single primary (or hash tags), see the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+import redis
+from redis.commands.vectorset.commands import QuantizationOptions
+
+from rllfpr.config import RedisSettings
+from rllfpr.wire.topics import level
+
+Quantization = Literal["Q8", "NOQUANT", "BIN"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    subject: str
+    template_id: str
+    score: float  # cosine similarity, -1..1
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    template_id: str
+    subject: str
+    evicted: int  # older templates of the subject removed by the per-subject limit
+
+
+def connect_redis(settings: RedisSettings) -> redis.Redis:
+    """A client for the configured server: ACL credentials, TLS with ``rediss://``."""
+    options: dict[str, Any] = {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 15,
+    }
+    if settings.username:
+        options["username"] = settings.username
+    if settings.password:
+        options["password"] = settings.password.get_secret_value()
+    if settings.url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if settings.ca_file:
+            options["ssl_ca_certs"] = str(settings.ca_file)
+        if settings.cert_file:
+            options["ssl_certfile"] = str(settings.cert_file)
+        if settings.key_file:
+            options["ssl_keyfile"] = str(settings.key_file)
+    return redis.Redis.from_url(settings.url, **options)
+
+
+def _text(value: object) -> str:
+    """A Redis reply item as text (redis-py returns bytes unless told to decode)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def shard_of(template_id: str, shards: int) -> int:
+    return int.from_bytes(hashlib.sha1(template_id.encode()).digest()[:4], "big") % shards
+
+
+def vsim_cosine(score: float) -> float:
+    """VSIM reports (1 + cosine) / 2 for unit vectors; decisions work in cosine."""
+    return 2.0 * score - 1.0
+
+
+class Gallery:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "rllfpr",
+        shards: int = 1,
+        quantization: Quantization = "Q8",
+        hnsw_m: int = 16,
+        search_ef: int = 200,
+        search_count: int = 20,
+        max_templates_per_subject: int = 20,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.shards = shards
+        self.quantization = QuantizationOptions(quantization)
+        self.hnsw_m = hnsw_m
+        self.search_ef = search_ef
+        self.search_count = search_count
+        self.max_templates_per_subject = max_templates_per_subject
+
+    # Key names -------------------------------------------------------------------------------
+
+    def set_key(self, scope: str, epoch: int, shard: int) -> str:
+        return f"{self.prefix}:gallery:{scope}:{epoch}:{shard}"
+
+    def _subjects_key(self, scope: str, epoch: int) -> str:
+        return f"{self.prefix}:subjects:{scope}:{epoch}"
+
+    def _templates_key(self, scope: str, epoch: int, subject: str) -> str:
+        return f"{self.prefix}:templates:{scope}:{epoch}:{subject}"
+
+    @property
+    def _galleries_key(self) -> str:
+        return f"{self.prefix}:galleries"
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        scope: str,
+        epoch: int,
+        subject: str,
+        template_id: str,
+        vector: np.ndarray,
+        site: str,
+        enrolled_at: datetime,
+    ) -> Enrollment:
+        """Add one template (idempotent per template id), then apply the per-subject limit."""
+        subject = level(subject)
+        element = f"{subject}/{template_id}"
+        shard = shard_of(template_id, self.shards)
+        attributes = {"subject": subject, "site": site, "enrolled_at": enrolled_at.isoformat()}
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.vset().vadd(
+                self.set_key(scope, epoch, shard),
+                np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+                element,
+                quantization=self.quantization,
+                numlinks=self.hnsw_m,
+                attributes=attributes,
+            )
+            pipe.zadd(
+                self._templates_key(scope, epoch, subject),
+                {f"{shard}/{element}": enrolled_at.timestamp()},
+            )
+            pipe.sadd(self._subjects_key(scope, epoch), subject)
+            pipe.sadd(self._galleries_key, f"{scope}:{epoch}")
+            pipe.execute()
+        evicted = self._evict_beyond(scope, epoch, subject, self.max_templates_per_subject)
+        return Enrollment(template_id, subject, evicted)
+
+    def _evict_beyond(self, scope: str, epoch: int, subject: str, keep: int) -> int:
+        index = self._templates_key(scope, epoch, subject)
+        surplus = int(self.client.zcard(index)) - keep
+        if surplus <= 0:
+            return 0
+        oldest = [_text(member) for member in self.client.zrange(index, 0, surplus - 1)]
+        return self._remove(scope, epoch, subject, oldest)
+
+    def _remove(self, scope: str, epoch: int, subject: str, members: Sequence[str]) -> int:
+        """Remove templates given as index members "{shard}/{element}"."""
+        if not members:
+            return 0
+        with self.client.pipeline(transaction=True) as pipe:
+            for member in members:
+                shard, element = member.split("/", 1)
+                pipe.vset().vrem(self.set_key(scope, epoch, int(shard)), element)
+            pipe.zrem(self._templates_key(scope, epoch, subject), *members)
+            pipe.execute()
+        if self.client.zcard(self._templates_key(scope, epoch, subject)) == 0:
+            self.client.srem(self._subjects_key(scope, epoch), subject)
+        return len(members)
+
+    def erase(self, subject: str, scope: str | None = None) -> int:
+        """Delete every template of ``subject`` in every epoch (of ``scope``); returns how many."""
+        removed = 0
+        for gallery_scope, epoch in self.galleries():
+            if scope is not None and gallery_scope != scope:
+                continue
+            index = self._templates_key(gallery_scope, epoch, subject)
+            members = [_text(member) for member in self.client.zrange(index, 0, -1)]
+            removed += self._remove(gallery_scope, epoch, subject, members)
+            self.client.srem(self._subjects_key(gallery_scope, epoch), subject)
+        return removed
+
+    def drop(self, scope: str, epoch: int) -> int:
+        """Delete a whole epoch's gallery (revocation); returns the templates it held."""
+        subjects = [_text(s) for s in self.client.smembers(self._subjects_key(scope, epoch))]
+        count = self.size(scope, epoch)
+        keys = [self.set_key(scope, epoch, shard) for shard in range(self.shards)]
+        keys += [self._templates_key(scope, epoch, subject) for subject in subjects]
+        keys.append(self._subjects_key(scope, epoch))
+        # UNLINK frees large sets in the background instead of stalling the server.
+        self.client.unlink(*keys)
+        self.client.srem(self._galleries_key, f"{scope}:{epoch}")
+        return count
+
+    def expire(self, before: datetime) -> int:
+        """Retention: delete templates enrolled before ``before``; returns how many."""
+        removed = 0
+        for scope, epoch in self.galleries():
+            for subject in self.subjects(scope, epoch):
+                index = self._templates_key(scope, epoch, subject)
+                old = self.client.zrangebyscore(index, "-inf", f"({before.timestamp()}")
+                removed += self._remove(scope, epoch, subject, [_text(m) for m in old])
+        return removed
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def galleries(self) -> list[tuple[str, int]]:
+        pairs = (_text(item).rsplit(":", 1) for item in self.client.smembers(self._galleries_key))
+        return sorted((scope, int(epoch)) for scope, epoch in pairs)
+
+    def subjects(self, scope: str, epoch: int) -> dict[str, int]:
+        """Enrolled subjects of a gallery with their template counts."""
+        names = sorted(_text(s) for s in self.client.smembers(self._subjects_key(scope, epoch)))
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(self._templates_key(scope, epoch, name))
+            counts = pipe.execute()
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
+    def size(self, scope: str, epoch: int) -> int:
+        with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(self.shards):
+                pipe.vset().vcard(self.set_key(scope, epoch, shard))
+            return sum(int(count or 0) for count in pipe.execute())
+
+    def search(self, scope: str, epoch: int, vectors: Iterable[np.ndarray]) -> list[list[Hit]]:
+        """Top templates of each probe over all shards, best first (one round trip)."""
+        probes = [np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in vectors]
+        with self.client.pipeline(transaction=False) as pipe:
+            for probe in probes:
+                for shard in range(self.shards):
+                    # Raw VSIM: redis-py's vset().vsim() parser fails on a missing key's [].
+                    pipe.execute_command(
+                        "VSIM",
+                        self.set_key(scope, epoch, shard),
+                        "FP32",
+                        probe,
+                        "WITHSCORES",
+                        "COUNT",
+                        self.search_count,
+                        "EF",
+                        self.search_ef,
+                    )
+            replies = pipe.execute()
+        results = []
+        for index in range(len(probes)):
+            shard_replies = replies[index * self.shards : (index + 1) * self.shards]
+            results.append(self._merge(shard_replies))
+        return results
+
+    def _merge(self, shard_replies: Sequence[Any]) -> list[Hit]:
+        hits = []
+        for reply in shard_replies:
+            pairs = reply.items() if isinstance(reply, dict) else []  # [] for a missing shard
+            for element, score in pairs:
+                subject, template_id = _text(element).split("/", 1)
+                hits.append(Hit(subject, template_id, vsim_cosine(float(score))))
+        hits.sort(key=lambda hit: -hit.score)
+        return hits[: self.search_count]
+
+    def attributes(self, scope: str, epoch: int, subject: str) -> list[dict[str, Any]]:
+        """Attributes of every template of a subject (for listings and audits)."""
+        index = self._templates_key(scope, epoch, subject)
+        members = [_text(member) for member in self.client.zrange(index, 0, -1)]
+        with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                shard, element = member.split("/", 1)
+                pipe.vset().vgetattr(self.set_key(scope, epoch, int(shard)), element)
+            found = pipe.execute()
+        return [
+            {"template_id": member.split("/", 2)[2], **_as_dict(attributes)}
+            for member, attributes in zip(members, found, strict=True)
+        ]
+
+
+def _as_dict(attributes: Any) -> dict[str, Any]:
+    if isinstance(attributes, dict):
+        return attributes
+    if isinstance(attributes, (bytes, str)):
+        parsed = json.loads(attributes)
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def utc_from_timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)

@@ -1,0 +1,369 @@
+"""One micro-batch: validate, embed per key epoch, enroll or search, decide, publish events.
+
+``BatchProcessor.process`` either handles every delivery of the batch (processed, or rejected
+for good with a logged reason and a metric) so the caller may acknowledge them all, or raises
+``TransientError`` and leaves the caller to retry the same batch later without acknowledging
+anything. Every step is idempotent per message id (template ids are message ids; track rounds
+remember their faces), so a retried or redelivered batch does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import redis
+
+from recognizer_service.audit import AuditLog
+from recognizer_service.decision import Decision, decide, observe
+from recognizer_service.epochs import EpochModels
+from recognizer_service.gallery import Enrollment, Gallery
+from recognizer_service.metrics import Metrics
+from recognizer_service.tracks import (
+    FaceObservation,
+    ObserveStatus,
+    Round,
+    RoundRef,
+    TrackId,
+    Tracks,
+)
+from rllfpr.config import RecognizerSettings
+from rllfpr.models.store import LoadedModel
+from rllfpr.wire import codec, topics
+from rllfpr.wire.messages import Candidate, FaceHeader, RecognitionEvent, utc_now
+
+log = logging.getLogger(__name__)
+
+REDIS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class TransientError(RuntimeError):
+    """Processing cannot complete now (Redis or the broker is away): retry, do not acknowledge."""
+
+    def __init__(self, component: str, reason: str) -> None:
+        super().__init__(f"{component}: {reason}")
+        self.component = component
+
+
+class PoisonMessageError(ValueError):
+    """A message that can never be processed: acknowledge it, log and count it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Delivery:
+    topic: str
+    payload: bytes
+    mid: int
+    generation: int  # MQTT connection it arrived on: acknowledgements are per connection
+
+
+@dataclass(frozen=True)
+class Face:
+    delivery: Delivery
+    header: FaceHeader
+    pixels: np.ndarray
+    model: LoadedModel
+
+
+class EventPublisher(Protocol):
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish with QoS 1 and return once the broker confirmed all; else TransientError."""
+
+
+@contextmanager
+def redis_errors_are_transient() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_TRANSIENT as error:
+        raise TransientError("redis", str(error) or type(error).__name__) from error
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: RecognizerSettings,
+        models: EpochModels,
+        gallery: Gallery,
+        tracks: Tracks,
+        audit: AuditLog,
+        metrics: Metrics,
+        publisher: EventPublisher,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.gallery = gallery
+        self.tracks = tracks
+        self.audit = audit
+        self.metrics = metrics
+        self.publisher = publisher
+        self.clock = clock
+
+    # Validation ------------------------------------------------------------------------------
+
+    def validate(self, delivery: Delivery) -> Face:
+        """Decode and check a delivery against its topic and the loaded epochs."""
+        if len(delivery.payload) > self.settings.max_payload_bytes:
+            raise PoisonMessageError(
+                "oversized",
+                f"{len(delivery.payload)} bytes exceed {self.settings.max_payload_bytes}",
+            )
+        try:
+            message = codec.decode(delivery.payload)
+        except codec.CodecError as error:
+            raise PoisonMessageError("malformed", str(error)) from error
+        header = message.header
+        self._check_topic(delivery.topic, header)
+        if header.key_scope not in self.settings.scopes:
+            raise PoisonMessageError(
+                "unknown_scope", f"key scope {header.key_scope!r} is not served here"
+            )
+        model = self.models.get(header.key_scope, header.key_epoch)
+        if model is None:
+            revoked = self.models.is_revoked(header.key_scope, header.key_epoch)
+            raise PoisonMessageError(
+                "revoked_epoch" if revoked else "unknown_epoch",
+                f"key epoch {header.key_epoch} of scope {header.key_scope} is "
+                + ("revoked" if revoked else "not loaded here"),
+            )
+        side = model.info.recognizer.input_size
+        if (header.height, header.width) != (side, side):
+            raise PoisonMessageError(
+                "wrong_size",
+                f"{header.height}x{header.width} face; epoch {header.key_epoch} expects "
+                f"{side}x{side}",
+            )
+        return Face(delivery, header, message.pixels, model)
+
+    @staticmethod
+    def _check_topic(topic: str, header: FaceHeader) -> None:
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[:2] != topics.ROOT.split("/"):
+            raise PoisonMessageError("unexpected_topic", f"not a faces or enroll topic: {topic!r}")
+        kind, site, last = parts[2], parts[3], parts[4]
+        expected_purpose = {"faces": "recognize", "enroll": "enroll"}.get(kind)
+        if expected_purpose is None:
+            raise PoisonMessageError("unexpected_topic", f"not a faces or enroll topic: {topic!r}")
+        if header.purpose != expected_purpose or header.site != site:
+            raise PoisonMessageError("topic_mismatch", f"header does not fit topic {topic!r}")
+        if last != (header.camera if kind == "faces" else header.subject):
+            raise PoisonMessageError("topic_mismatch", f"header does not fit topic {topic!r}")
+
+    # Processing ------------------------------------------------------------------------------
+
+    def process(self, deliveries: Sequence[Delivery]) -> None:
+        faces = []
+        for delivery in deliveries:
+            try:
+                faces.append(self.validate(delivery))
+            except PoisonMessageError as rejection:
+                self.reject(delivery, rejection)
+        embeddings = self._embed(faces)
+        enroll = [(f, e) for f, e in zip(faces, embeddings, strict=True) if f.header.subject]
+        recognize = [(f, e) for f, e in zip(faces, embeddings, strict=True) if not f.header.subject]
+        with redis_errors_are_transient():
+            self._enroll(enroll)
+            claimed = self._observe(recognize)
+            self.publish_rounds(claimed)
+
+    def reject(self, delivery: Delivery, rejection: PoisonMessageError) -> None:
+        log.warning("rejected message on %s: %s: %s", delivery.topic, rejection.reason, rejection)
+        self.metrics.rejected.labels(rejection.reason).inc()
+
+    def _embed(self, faces: Sequence[Face]) -> list[np.ndarray]:
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for index, face in enumerate(faces):
+            groups[(face.header.key_scope, face.header.key_epoch)].append(index)
+        embeddings: list[np.ndarray] = [np.empty(0)] * len(faces)
+        started = time.perf_counter()
+        for indices in groups.values():
+            model = faces[indices[0]].model
+            vectors = self.models.embed(model, [faces[i].pixels for i in indices])
+            for index, vector in zip(indices, vectors, strict=True):
+                embeddings[index] = vector
+        if faces:
+            self.metrics.embed_seconds.observe(time.perf_counter() - started)
+        return embeddings
+
+    def _enroll(
+        self, items: Sequence[tuple[Face, np.ndarray]], actor: str | None = None
+    ) -> list[Enrollment]:
+        results = []
+        for face, vector in items:
+            header = face.header
+            assert header.subject is not None
+            result = self.gallery.enroll(
+                header.key_scope,
+                header.key_epoch,
+                header.subject,
+                str(header.message_id),
+                vector,
+                header.site,
+                header.captured_at,
+            )
+            self.audit.record(
+                "enroll",
+                actor or f"mqtt:{header.agent}",
+                scope=header.key_scope,
+                epoch=header.key_epoch,
+                subject=header.subject,
+                site=header.site,
+                template=result.template_id,
+                evicted=result.evicted or None,
+            )
+            self.metrics.enrollments.inc()
+            if result.evicted:
+                self.metrics.erasures.labels("per_subject_limit").inc(result.evicted)
+            self.metrics.processed.labels("enroll").inc()
+            results.append(result)
+        return results
+
+    def enroll_payload(self, payload: bytes, actor: str) -> Enrollment:
+        """Enroll one scrambled enrollment face message received outside MQTT (HTTP API)."""
+        try:
+            header = codec.decode(payload).header
+        except codec.CodecError as error:
+            raise PoisonMessageError("malformed", str(error)) from error
+        if header.subject is None:
+            raise PoisonMessageError("topic_mismatch", "not an enrollment face (purpose enroll)")
+        face = self.validate(Delivery(topics.enroll(header.site, header.subject), payload, 0, 0))
+        vector = self._embed([face])[0]
+        with redis_errors_are_transient():
+            return self._enroll([(face, vector)], actor)[0]
+
+    def _observe(self, items: Sequence[tuple[Face, np.ndarray]]) -> list[RoundRef]:
+        if not items:
+            return []
+        started = time.perf_counter()
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for index, (face, _) in enumerate(items):
+            groups[(face.header.key_scope, face.header.key_epoch)].append(index)
+        observed: list[tuple[TrackId, FaceObservation]] = [None] * len(items)  # type: ignore[list-item]
+        keep = 2 * self.settings.candidates
+        for (scope, epoch), indices in groups.items():
+            hit_lists = self.gallery.search(scope, epoch, [items[i][1] for i in indices])
+            for index, hits in zip(indices, hit_lists, strict=True):
+                header = items[index][0].header
+                observed[index] = (
+                    TrackId(header.site, header.camera, header.agent, header.track_id),
+                    FaceObservation(
+                        str(header.message_id),
+                        header.captured_at,
+                        scope,
+                        epoch,
+                        observe(hits, keep),
+                    ),
+                )
+        self.metrics.search_seconds.observe(time.perf_counter() - started)
+        statuses = self.tracks.observe_many(observed, int(time.time() * 1000))
+        self.metrics.processed.labels("recognize").inc(len(items))
+        return [ref for status, ref in statuses if status is ObserveStatus.CLAIMED]
+
+    def sweep(self) -> int:
+        """Publish rounds that timed out or whose claimant vanished; returns how many."""
+        with redis_errors_are_transient():
+            refs = self.tracks.sweep(int(time.time() * 1000))
+            return self.publish_rounds(refs)
+
+    def publish_rounds(self, refs: Sequence[RoundRef]) -> int:
+        if not refs:
+            return 0
+        rounds = self.tracks.load(list(refs))
+        decided = [(r, self._decide(r)) for r in rounds]
+        events = [(r, event) for r, event in decided if event is not None]
+        self.publisher.publish(
+            [
+                (topics.events(event.site, event.camera), event.model_dump_json().encode())
+                for _, event in events
+            ]
+        )
+        self.tracks.finish(list(refs))
+        self.audit.record_many([_search_entry(event) for _, event in events])
+        for _, event in events:
+            self.metrics.events.labels(event.decision).inc()
+            self.metrics.decision_latency.observe(event.decision_latency_ms / 1000)
+        return len(events)
+
+    def _decide(self, round_: Round) -> RecognitionEvent | None:
+        usable = [f for f in round_.faces if self.models.get(f.key_scope, f.key_epoch)]
+        if len(usable) < len(round_.faces):
+            dropped = len(round_.faces) - len(usable)
+            log.warning("round %s: %d faces of epochs no longer accepted", round_.event_id, dropped)
+            self.metrics.rejected.labels("revoked_epoch").inc(dropped)
+        if not usable:
+            return None
+        latest = max(usable, key=lambda f: f.captured_at)
+        model = self.models.get(latest.key_scope, latest.key_epoch)
+        assert model is not None
+        calibration = model.info.calibration
+        threshold = (
+            self.settings.threshold
+            if self.settings.threshold is not None
+            else calibration.threshold
+        )
+        margin = (
+            self.settings.min_margin
+            if self.settings.min_margin is not None
+            else calibration.min_margin
+        )
+        decision = decide(
+            [f.observation for f in usable], threshold, margin, self.settings.candidates
+        )
+        return self._event(round_, usable, latest, decision)
+
+    def _event(
+        self,
+        round_: Round,
+        faces: Sequence[FaceObservation],
+        latest: FaceObservation,
+        decision: Decision,
+    ) -> RecognitionEvent:
+        decided_at = self.clock()
+        latency = max(timedelta(0), decided_at - latest.captured_at)
+        track = round_.track
+        return RecognitionEvent(
+            event_id=round_.event_id,
+            decision=decision.decision,
+            subject=decision.subject,
+            score=round(decision.score, 6),
+            margin=round(decision.margin, 6),
+            candidates=[Candidate(subject=s, score=score) for s, score in decision.candidates],
+            site=track.site,
+            camera=track.camera,
+            agent=track.agent,
+            track_id=track.track_id,
+            message_ids=[uuid.UUID(f.message_id) for f in faces],
+            captured_at=latest.captured_at,
+            decided_at=decided_at,
+            decision_latency_ms=latency.total_seconds() * 1000,
+            key_epoch=latest.key_epoch,
+        )
+
+
+def _search_entry(event: RecognitionEvent) -> tuple[str, str, dict[str, object]]:
+    return (
+        "search",
+        "recognizer",
+        {
+            "event": event.event_id,
+            "decision": event.decision,
+            "subject": event.subject,
+            "score": f"{event.score:.4f}",
+            "site": event.site,
+            "camera": event.camera,
+            "epoch": event.key_epoch,
+            "faces": len(event.message_ids),
+        },
+    )
