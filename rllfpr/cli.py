@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.cli import agent_app
 from rllfpr import __version__
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.keys import bundle, material
@@ -93,6 +94,7 @@ def keys_inspect(
 
 app.command("train")(train)
 app.add_typer(eval_app, name="eval")
+app.add_typer(agent_app, name="agent")
 app.add_typer(recognizer_app, name="recognizer")
 app.add_typer(gallery_app, name="gallery")
 

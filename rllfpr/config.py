@@ -74,6 +74,140 @@ class MqttSettings(Section):
     )
 
 
+_TOPIC_LEVEL = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class AgentSettings(Section):
+    """The edge agent (`rllfpr agent run`): one camera, scrambled faces out, never raw ones."""
+
+    id: str | None = Field(
+        None,
+        pattern=_TOPIC_LEVEL,
+        description="Agent id: its status topic, the `agent` of its faces and, in the broker "
+        "ACL, its identity (certificate CN or username). Defaults to `{site}-{camera}`.",
+    )
+    site: str | None = Field(None, pattern=_TOPIC_LEVEL, description="Site of the camera.")
+    camera: str | None = Field(None, pattern=_TOPIC_LEVEL, description="Camera within the site.")
+    replay_fps: float = Field(
+        10.0,
+        ge=0,
+        description="Frame rate at which image folders and video files are replayed; 0 replays "
+        "as fast as the pipeline runs. Cameras and streams run at their own rate.",
+    )
+    sequence: bool = Field(
+        False,
+        description="Treat an image folder as consecutive frames of one scene (tracks continue "
+        "across images) instead of independent photos (tracks reset at every image).",
+    )
+    frame_buffer: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Frames read ahead of the pipeline. Live sources drop the oldest frame when "
+        "it is full (counted); files and folders wait.",
+    )
+    reconnect_initial_s: float = Field(
+        1.0, gt=0, description="First wait before reopening a camera or stream that failed."
+    )
+    reconnect_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between reopen attempts (the wait doubles)."
+    )
+    detect_every: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Run the face detector on every N-th frame of a scene (always on a scene's "
+        "first frame); the tracker links detections across frames.",
+    )
+    detect_width: int = Field(
+        320,
+        ge=64,
+        description="Frames wider than this are downscaled to this width for detection; "
+        "alignment still crops from the full-resolution frame.",
+    )
+    max_batch_frames: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most frames taken from the buffer at once; their detections run as one "
+        "MTCNN batch. Batches grow only when the pipeline falls behind.",
+    )
+    min_face_size: int = Field(
+        40, ge=12, description="Smallest face kept, in full-resolution pixels (box side)."
+    )
+    min_detection_score: float = Field(
+        0.95, ge=0, le=1, description="Faces the detector is less sure of are rejected."
+    )
+    min_sharpness: float = Field(
+        20.0,
+        ge=0,
+        description="Blur gate: variance of the Laplacian of the aligned grey face; blurrier "
+        "faces are rejected. It is also the quality that ranks a track's faces.",
+    )
+    iou_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Least box overlap (IoU) that continues a track."
+    )
+    max_missed_detections: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="A track ends after this many detection passes in a row without its face.",
+    )
+    max_messages_per_track: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Most faces published per track: its first usable face at once, then only "
+        "faces sharper than every face it published before by `improvement_ratio`.",
+    )
+    improvement_ratio: float = Field(
+        1.25, ge=1, description="How much sharper a later face of a track must be to be sent."
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="Scrambler backend. `auto`: TensorRT on a GPU when installed, else ONNX "
+        "Runtime, else torch.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where torch runs the scrambler (`auto`: the GPU when there is one)."
+    )
+    spool_dir: Path = Field(
+        Path("~/.local/share/rllfpr/agent"),
+        description="Directory of the store-and-forward spool (`{agent id}.sqlite3`, mode "
+        "0600). It holds only encoded, scrambled face messages.",
+    )
+    spool_max_messages: int = Field(
+        20_000, ge=1, description="Spool bound in messages; the oldest are dropped (counted)."
+    )
+    spool_max_mb: float = Field(
+        256.0, gt=0, description="Spool bound in megabytes of payload; oldest dropped first."
+    )
+    max_inflight: int = Field(
+        32, ge=1, le=1024, description="Face messages published and not yet acknowledged."
+    )
+    key_settle_s: float = Field(
+        0.3,
+        ge=0,
+        le=10,
+        description="Key messages are applied after this quiet time, sorted (revocations, then "
+        "bundles by epoch, then announcements): retained topics arrive in any order.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of /metrics and /healthz.")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of /metrics and /healthz; 0 picks a free one."
+    )
+    stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz answers 503 when no frame was read for this long.",
+    )
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
 class RedisSettings(Section):
     """Connection to the Redis >= 8 server holding the vector-set galleries."""
 
@@ -269,6 +403,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis store.")
     keys: KeySettings = Field(default_factory=KeySettings, description="Key material.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="Edge agent.")
     recognizer: RecognizerSettings = Field(
         default_factory=RecognizerSettings, description="Recognizer service."
     )

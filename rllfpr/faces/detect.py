@@ -6,7 +6,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
+
+MTCNN_SMALLEST_FACE = 12  # P-Net's window: MTCNN finds no smaller face at any scale
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class FaceDetector:
         from facenet_pytorch import MTCNN  # heavy import, only where detection is needed
 
         self.min_score = min_score
+        self.min_face_size = min_face_size
         self._mtcnn: Any = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
@@ -50,6 +54,43 @@ class FaceDetector:
                     if score >= self.min_score
                 ]
         return results
+
+    def detect_downscaled(
+        self, images: list[np.ndarray], max_width: int, min_face_size: int
+    ) -> list[list[Detection]]:
+        """Detect on copies at most ``max_width`` wide, with boxes and landmarks mapped back
+        to the original pixels. MTCNN's cost grows with the pixel count, so this is the cheap
+        way to find faces that are large enough; ``min_face_size`` is in original pixels."""
+        if not images:
+            return []
+        width = images[0].shape[1]
+        scale = min(1.0, max_width / width)
+        if any(image.shape[1] != width for image in images):
+            raise ValueError("detect_downscaled expects images of one width")
+        original_height = images[0].shape[0]
+        height = max(1, round(original_height * scale))
+        small = images
+        if scale < 1.0:
+            size = (max_width, height)
+            small = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
+        self._mtcnn.min_face_size = max(MTCNN_SMALLEST_FACE, int(min_face_size * scale))
+        try:
+            found = self.detect(small)
+        finally:
+            self._mtcnn.min_face_size = self.min_face_size
+        if scale == 1.0:
+            return found
+        factors = np.array([width / max_width, original_height / height], dtype=np.float32)
+        return [[_rescaled(detection, factors) for detection in row] for row in found]
+
+
+def _rescaled(detection: Detection, factors: np.ndarray) -> Detection:
+    """Map a detection by per-axis ``factors`` (x, y)."""
+    return Detection(
+        box=detection.box * np.tile(factors, 2),
+        score=detection.score,
+        landmarks=detection.landmarks * factors,
+    )
 
 
 def central_face(detections: list[Detection], image_shape: tuple[int, ...]) -> Detection | None:

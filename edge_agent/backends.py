@@ -1,0 +1,209 @@
+"""Scrambler backends: one small interface, three runtimes, the same wire pixels.
+
+Every backend turns aligned RGB uint8 faces (N, S, S, 3) into the SN's wire pixels
+(N, S, S) uint8 through the one fixed conversion of ``rllfpr.models.scrambler``:
+
+- ``torch``: the ``ScramblerNetwork`` itself, on the CPU or a CUDA GPU;
+- ``onnxruntime``: the graph of ``rllfpr.models.export`` (CPU; CUDA and TensorRT execution
+  providers are used when the installed ONNX Runtime has them);
+- ``tensorrt``: an engine built from the same ONNX graph (``edge_agent.tensorrt_backend``).
+
+Runtimes sum in different orders, so a face's float output can differ in the last bits and
+a grey level sitting on a .5 boundary can round the other way; a 2x2 max-pool whose window
+holds near-equal values can also pick another position. Equivalence is therefore stated as a
+tolerance (``EQUIVALENCE``) and tested, not assumed. TF32 is switched off on GPUs: it would
+add visible differences for no useful speed-up on a network this small.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from rllfpr.models.export import INPUT_NAME, export_onnx
+from rllfpr.models.scrambler import ScramblerNetwork
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+BackendChoice = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far two backends' uint8 outputs of the same batch of faces may differ."""
+
+    max_differing_fraction: float  # of all pixels of the batch
+    max_mean_abs_difference: float  # grey levels, over all pixels of the batch
+
+
+# Measured on 199 aligned LFW faces, default SN, 4 keys (tests/test_agent_backends.py): CPU
+# torch and ONNX Runtime differ on 0.03-0.09 % of pixels, mean |difference| 0.001-0.005 grey
+# levels. Most differences are one grey level (a .5 rounding boundary); the rest come from a
+# 2x2 max-pool window whose two largest values are within float error of each other, where
+# the runtimes keep different positions and the decoder spreads that over a patch: a single
+# face can then differ on a few percent of its pixels, by up to ~60 levels. So the bound is
+# stated per batch, not per pixel.
+EQUIVALENCE = Tolerance(max_differing_fraction=0.005, max_mean_abs_difference=0.05)
+
+
+def within_tolerance(a: np.ndarray, b: np.ndarray, tolerance: Tolerance = EQUIVALENCE) -> bool:
+    """Whether two backends' outputs of one batch agree within ``tolerance``."""
+    if a.shape != b.shape:
+        return False
+    difference = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return bool(
+        (difference > 0).mean() <= tolerance.max_differing_fraction
+        and difference.mean() <= tolerance.max_mean_abs_difference
+    )
+
+
+class ScramblerBackend(Protocol):
+    """Aligned RGB uint8 faces (N, S, S, 3) in, wire pixels (N, S, S) uint8 out."""
+
+    name: str
+    input_size: int
+
+    def scramble(self, faces: np.ndarray) -> np.ndarray: ...
+
+
+def faces_to_input(faces: np.ndarray, in_channels: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB -> (N, C, S, S) float32 in [0, 1], as the trainer feeds the SN."""
+    if faces.ndim != 4 or faces.shape[3] != 3 or faces.dtype != np.uint8:
+        raise ValueError(f"expected (N, S, S, 3) uint8 faces, got {faces.dtype} {faces.shape}")
+    unit = faces.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    if in_channels == 1:
+        return np.einsum("nchw,c->nhw", unit, _GREY)[:, None].astype(np.float32)
+    return np.ascontiguousarray(unit)
+
+
+def to_uint8(grey_levels: np.ndarray) -> np.ndarray:
+    """(N, 1, S, S) integral float grey levels -> (N, S, S) uint8."""
+    return np.clip(grey_levels[:, 0], 0, 255).astype(np.uint8)
+
+
+def _empty(size: int) -> np.ndarray:
+    return np.zeros((0, size, size), np.uint8)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, network: ScramblerNetwork, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = False  # see the module docstring
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.network = network.to(self.device).eval()
+        self.input_size = network.config.input_size
+        self._channels = network.config.in_channels
+
+    def scramble(self, faces: np.ndarray) -> np.ndarray:
+        if not len(faces):
+            return _empty(self.input_size)
+        batch = torch.from_numpy(faces_to_input(faces, self._channels)).to(self.device)
+        return self.network.scramble(batch).cpu().numpy()
+
+
+ORT_PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        network: ScramblerNetwork,
+        engine_dir: Path | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        available = set(ort.get_available_providers())
+        chosen = providers or [p for p in ORT_PROVIDER_PREFERENCE if p in available]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            export_onnx(network),
+            options,
+            providers=[(name, _provider_options(name, engine_dir)) for name in chosen],
+        )
+        self.providers = self.session.get_providers()
+        self.input_size = network.config.input_size
+        self._channels = network.config.in_channels
+
+    def scramble(self, faces: np.ndarray) -> np.ndarray:
+        if not len(faces):
+            return _empty(self.input_size)
+        grey = self.session.run(None, {INPUT_NAME: faces_to_input(faces, self._channels)})[0]
+        return to_uint8(np.asarray(grey))
+
+
+def _provider_options(provider: str, engine_dir: Path | None) -> dict[str, str]:
+    if provider == "CUDAExecutionProvider":
+        return {"use_tf32": "0"}
+    if provider == "TensorrtExecutionProvider" and engine_dir is not None:
+        # The engine holds the key's weights: it lives with the key and goes with it.
+        engine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engine_dir)}
+    return {}
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def available_backends() -> list[BackendName]:
+    found: list[BackendName] = ["torch"]
+    if onnxruntime_available():
+        found.append("onnxruntime")
+    if tensorrt_available():
+        found.append("tensorrt")
+    return found
+
+
+def resolve(choice: BackendChoice) -> BackendName:
+    """``auto``: TensorRT on a GPU when installed, else ONNX Runtime, else torch."""
+    if choice != "auto":
+        if choice not in available_backends():
+            raise RuntimeError(
+                f"scrambler backend {choice!r} is not available here "
+                f"(available: {', '.join(available_backends())})"
+            )
+        return choice
+    return available_backends()[-1]
+
+
+def torch_device(choice: Literal["auto", "cpu", "cuda"]) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def build_backend(
+    name: BackendName, network: ScramblerNetwork, *, device: str, engine_dir: Path
+) -> ScramblerBackend:
+    """A backend for one key. ``engine_dir`` is where compiled engines of this key are
+    cached; it belongs to the key and is deleted with it."""
+    if name == "torch":
+        return TorchBackend(network, device)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(network, engine_dir)
+    from edge_agent.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(network, engine_dir)

@@ -1,0 +1,255 @@
+"""The agent's MQTT link: key topics in, spooled face messages and retained status out.
+
+paho-mqtt 2.x, MQTT v5, QoS 1, TLS and credentials from ``MqttSettings`` (``rllfpr.mqtt``).
+The client connects asynchronously and reconnects by itself with exponential back-off, so
+the agent starts and keeps scrambling into the spool while the broker is unreachable.
+
+A sender thread moves spooled messages to the broker while connected, at most
+``max_inflight`` unacknowledged at a time, each with the MQTT v5 message expiry that is left
+of its lifetime; the broker's PUBACK deletes it from the spool. On a reconnection paho sends
+the unacknowledged ones again (DUP); after a restart the spool sends them again. A PUBACK
+with a failure reason (an ACL refusal, say) drops the message, counted as ``refused``.
+
+The retained status (``AgentStatus``) says ``online`` with the active key epoch, or
+``degraded`` with the reason; the last will, retained too, says ``offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.metrics import AgentMetrics
+from edge_agent.spool import Spool
+from rllfpr import __version__, mqtt
+from rllfpr.config import MqttSettings
+from rllfpr.wire import topics
+from rllfpr.wire.messages import AgentStatus
+
+log = logging.getLogger(__name__)
+
+STATUS = -1  # stands for the spool id of a status message: nothing to delete
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        agent: str,
+        site: str,
+        camera: str,
+        key_scope: str,
+        spool: Spool,
+        metrics: AgentMetrics,
+        on_key_message: Callable[[bytes], None],
+        max_inflight: int,
+        reconnect_initial_s: float,
+        reconnect_max_s: float,
+    ) -> None:
+        self.settings = settings
+        self.agent, self.site, self.camera = agent, site, camera
+        self.key_filter = topics.keys_of_scope(key_scope)
+        self.spool = spool
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self._on_key_message = on_key_message
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._wakeup = threading.Condition()
+        # paho may deliver a PUBACK before publish() has returned its message id: acks are
+        # matched under this lock, whichever comes first (never held while calling paho).
+        self._ack_lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # MQTT message id -> spool id (or STATUS)
+        self._early_acks: dict[int, ReasonCode] = {}
+        self._last_taken = 0  # highest spool id handed to paho in this process
+        self._status = self._status_message("degraded", None, "starting")
+        self.client = mqtt.make_client(settings, "agent", client_id=settings.client_id or agent)
+        self.client.will_set(
+            topics.agent_status(agent),
+            self._status_message("offline", None, "connection lost").model_dump_json(),
+            qos=1,
+            retain=True,
+        )
+        self.client.reconnect_delay_set(
+            max(1, round(reconnect_initial_s)), max(1, round(reconnect_max_s))
+        )
+        self.client.max_inflight_messages_set(max_inflight + 4)  # room for status messages
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self._sender = threading.Thread(target=self._send_loop, name="agent-sender", daemon=True)
+
+    def _status_message(self, state: str, epoch: int | None, reason: str | None) -> AgentStatus:
+        return AgentStatus.model_validate(
+            {
+                "agent": self.agent,
+                "site": self.site,
+                "state": state,
+                "key_epoch": epoch,
+                "cameras": [self.camera],
+                "version": __version__,
+                "reason": reason,
+            }
+        )
+
+    # ----- life cycle
+    def start(self) -> None:
+        self.client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            properties=mqtt.connect_properties(self.settings),
+        )
+        self.client.loop_start()
+        self._sender.start()
+
+    def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Send what is in flight (up to a timeout), say ``offline``, disconnect."""
+        deadline = time.monotonic() + flush_timeout_s
+        while self._inflight and self.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stop.set()
+        with self._wakeup:
+            self._wakeup.notify_all()
+        self._sender.join(timeout=5)
+        if self.connected.is_set():
+            self._publish_status(self._status_message("offline", None, "stopped"), wait_s=2)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wake(self) -> None:
+        """New messages are in the spool."""
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    # ----- status
+    def set_status(self, epoch: int | None, reason: str | None) -> None:
+        state = "online" if epoch is not None and reason is None else "degraded"
+        self._status = self._status_message(state, epoch, reason)
+        if self.connected.is_set():
+            self._publish_status(self._status)
+
+    def _publish_status(self, status: AgentStatus, wait_s: float = 0.0) -> None:
+        info = self.client.publish(
+            topics.agent_status(self.agent), status.model_dump_json(), qos=1, retain=True
+        )
+        self._claim(info.mid, STATUS)
+        if wait_s:
+            info.wait_for_publish(timeout=wait_s)
+
+    # ----- acknowledgements
+    def _claim(self, mid: int, spool_id: int) -> None:
+        """Record what a just-published message id stands for."""
+        with self._ack_lock:
+            reason = self._early_acks.pop(mid, None)
+            if reason is None:
+                self._inflight[mid] = spool_id
+                return
+        self._settle(spool_id, reason)
+
+    def _settle(self, spool_id: int, reason: ReasonCode) -> None:
+        if spool_id == STATUS:
+            return
+        if reason.is_failure:
+            log.error("broker refused a face message: %s", reason)
+            self.spool.remove(spool_id, reason="refused")
+        elif self.spool.remove(spool_id):
+            self.metrics.faces_published.inc()
+        self._update_gauges()
+        self.wake()
+
+    # ----- paho callbacks (network thread)
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        log.info("connected to %s:%d", self.settings.host, self.settings.port)
+        client.subscribe(self.key_filter, qos=1)
+        self._publish_status(self._status)
+        self.connected.set()
+        self.metrics.broker_connected.set(1)
+        self.wake()
+
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from the broker (%s); spooling", reason)
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        _properties: object,
+    ) -> None:
+        with self._ack_lock:
+            spool_id = self._inflight.pop(mid, None)
+            if spool_id is None:
+                self._early_acks[mid] = reason
+                return
+        self._settle(spool_id, reason)
+
+    def _on_message(
+        self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage
+    ) -> None:
+        self._on_key_message(bytes(message.payload))
+
+    # ----- sender thread
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            sent = self._send_some() if self.connected.is_set() else 0
+            if not sent:
+                with self._wakeup:
+                    self._wakeup.wait(0.2)
+
+    def _send_some(self) -> int:
+        self.spool.expire()
+        with self._ack_lock:
+            room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return 0
+        batch = self.spool.take(self._last_taken, room)
+        now = time.time()
+        for message in batch:
+            remaining = math.ceil(message.expires_at - now)
+            if remaining <= 0:
+                self.spool.remove(message.id, reason="expired")
+                continue
+            info = self.client.publish(
+                message.topic,
+                message.payload,
+                qos=1,
+                properties=mqtt.publish_properties(remaining),
+            )
+            self._last_taken = message.id
+            self._claim(info.mid, message.id)
+        self._update_gauges()
+        return len(batch)
+
+    def _update_gauges(self) -> None:
+        self.metrics.spool_depth.set(self.spool.depth)
+        self.metrics.spool_bytes.set(self.spool.size_bytes)
