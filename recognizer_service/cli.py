@@ -44,6 +44,12 @@ def run(
         None, help="Stable MQTT client id of this replica (default: mqtt.client_id or host)."
     ),
     http: bool = typer.Option(True, help="Serve the HTTP API (health, metrics, gallery)."),
+    leave_on_exit: bool = typer.Option(
+        False,
+        help="On exit, leave the shared subscription for good (scale-down): drain the faces "
+        "already assigned to this replica and end its session. Without it a stopped replica's "
+        "share waits for its return.",
+    ),
 ) -> None:
     """Consume scrambled faces, publish recognition events; serve the HTTP API."""
     import uvicorn
@@ -79,7 +85,7 @@ def run(
             signal.signal(signal.SIGINT, lambda *_: stopped.set())
             stopped.wait()
     finally:
-        service.stop()
+        service.stop(leave_group=leave_on_exit)
 
 
 @recognizer_app.command("models")

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Sequence
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from recognizer_service.metrics import Metrics
@@ -79,11 +81,25 @@ class MqttLink:
             self.stop()
             raise mqtt.MqttError(f"no SUBACK for {self.filters} within {timeout_s} s")
 
-    def stop(self) -> None:
-        """Disconnect; the broker keeps the session (and unacknowledged faces) for our return."""
-        self.client.disconnect()
+    def stop(self, end_session: bool = False) -> None:
+        """Disconnect. The broker keeps the session (and the faces in flight or queued for it)
+        for this client id's return, unless ``end_session``: then it is discarded."""
+        properties = None
+        if end_session:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+        self.client.disconnect(properties=properties)
         self.client.loop_stop()
         self.metrics.mqtt_connected.set(0)
+
+    def leave_group(self, timeout_s: float = 10.0) -> None:
+        """Unsubscribe: the broker stops assigning new faces to this member (those already
+        assigned to its session are still delivered)."""
+        done = threading.Event()
+        self.client.on_unsubscribe = lambda *_: done.set()
+        result, _ = self.client.unsubscribe(self.filters)
+        if result != paho.MQTT_ERR_SUCCESS or not done.wait(timeout_s):
+            raise mqtt.MqttError(f"could not unsubscribe from {self.filters}")
 
     def is_connected(self) -> bool:
         return bool(self.client.is_connected())

@@ -104,6 +104,7 @@ class RecognizerService:
             options, self.models, self.gallery, self.tracks, self.audit, self.metrics, self.link
         )
         self._stop = threading.Event()
+        self._busy = threading.Event()  # a batch is in hand
         self._worker: threading.Thread | None = None
         self._last_maintenance = 0.0
 
@@ -125,12 +126,30 @@ class RecognizerService:
         self._worker.start()
         log.info("recognizer %s consuming %s", self.link.client_id, self.link.filters)
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then disconnect (the session and its queue stay)."""
+    def stop(self, leave_group: bool = False) -> None:
+        """Finish the batch in hand, then disconnect. The session stays, with the faces the
+        broker assigned to it, for this replica's return (a restart). ``leave_group`` is for a
+        replica that is removed for good: it unsubscribes, drains what was already assigned to
+        it, and ends its session, so nothing waits for a member that will not come back."""
+        if leave_group and self.worker_alive:
+            self.link.leave_group()
+            self._drain()
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=30)
-        self.link.stop()
+        self.link.stop(end_session=leave_group)
+
+    def _drain(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+        """Wait until no delivery arrived for ``quiet_s`` and every one was handled."""
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if not self.link.intake.empty() or self._busy.is_set():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
+                return
+            time.sleep(0.05)
+        log.warning("leaving the group with deliveries still in hand after %.0f s", timeout_s)
 
     def readiness(self) -> Readiness:
         try:
@@ -180,6 +199,13 @@ class RecognizerService:
         return [delivery for delivery in batch if delivery.generation == current]
 
     def _handle(self, batch: list[Delivery]) -> None:
+        self._busy.set()
+        try:
+            self._retry_until_processed(batch)
+        finally:
+            self._busy.clear()
+
+    def _retry_until_processed(self, batch: list[Delivery]) -> None:
         self.metrics.batch_size.observe(len(batch))
         attempt = 0
         while True:
