@@ -114,6 +114,43 @@ def _accuracy_table(result: dict[str, Any]) -> Any:
     return table
 
 
+@eval_app.command("privacy")
+def eval_privacy(
+    experiment: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Privacy config YAML (configs/privacy-*.yaml)."
+    ),
+    runs: Path = RunsOption,
+    output: Path = typer.Option(
+        Path("docs/results"), help="Writes privacy.json, privacy.md and privacy/*.png here."
+    ),
+    config: Path | None = ConfigOption,
+) -> None:
+    """The paper's privacy metrics and baselines side by side, plus inversion, linkage and
+    revocation attacks; writes the report, its JSON and its figures."""
+    from pydantic import ValidationError
+
+    from trainer.privacy.config import PrivacyConfig
+    from trainer.privacy.evaluation import run_privacy
+    from trainer.privacy.goals import check
+    from trainer.privacy.report import write
+
+    settings = settings_or_fail(config)
+    try:
+        spec = PrivacyConfig.from_yaml(experiment)
+    except (OSError, ValidationError) as error:
+        raise fail(f"invalid privacy config {experiment}:\n{error}") from error
+    command = f"rllfpr eval privacy {experiment}"
+    try:
+        result, figures = run_privacy(spec, settings.data, settings.cache, runs, command)
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from error
+    markdown = write(result, figures, output)
+    for goal in check(result):
+        status = "met" if goal.met else f"missed by {goal.shortfall:.3f}"
+        console.print(f"{goal.name}: {goal.measured:.3f} ({status})")
+    console.print(f"written: {markdown}, {markdown.with_suffix('.json')}")
+
+
 @eval_app.command("screen")
 def eval_screen(
     dataset: str = typer.Option("att_orl", help="Folder under the data root, or a path."),

@@ -1,0 +1,1 @@
+"""Attacks the paper does not run: inversion, linkage across keys, revocation."""
