@@ -87,13 +87,19 @@ class EpochModels:
 
     def embed(self, model: LoadedModel, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """(N, S, S) wire pixels of one epoch -> (N, D) unit float32 embeddings."""
-        batch = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixels]))
-        images = from_pixels(batch.to(self.device)).unsqueeze(1)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            embeddings = model.recognizer(images)
-        return embeddings.float().cpu().numpy()
+        return embed_pixels(model.recognizer, pixels, self.device)
+
+
+def embed_pixels(
+    recognizer: torch.nn.Module, pixels: Sequence[np.ndarray], device: torch.device
+) -> np.ndarray:
+    """The service's embedding path: wire pixels (uint8 or float16 grey levels) to unit
+    embeddings; bf16 autocast on a GPU, float32 on the CPU."""
+    batch = torch.from_numpy(np.stack(pixels)).to(device, non_blocking=True)
+    images = from_pixels(batch).unsqueeze(1)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        embeddings = recognizer(images)
+    return embeddings.float().cpu().numpy()
