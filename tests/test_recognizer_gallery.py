@@ -6,13 +6,16 @@ from __future__ import annotations
 import ssl
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
 from recognizer_service.audit import AuditLog
+from recognizer_service.decision import Observation
 from recognizer_service.gallery import Gallery, connect_redis, shard_of
+from recognizer_service.tracks import FaceObservation, TrackId, Tracks
 from rllfpr import local_services
 from rllfpr.config import RedisSettings
 from rllfpr.local_services import Endpoint
@@ -160,3 +163,37 @@ def test_tls_settings_reach_the_client() -> None:
     assert pool.connection_class is redis.SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/rllfpr/ca.crt"
     assert pool.connection_kwargs["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+
+
+def test_the_shipped_redis_acl_lets_the_recognizer_do_its_work(redis_endpoint: Endpoint) -> None:
+    """deploy/redis/users.acl: every operation of the gallery, the tracks and the audit log
+    succeeds as user ``rllfpr``, and keys outside ``rllfpr:*`` stay out of reach."""
+    text = (Path(__file__).resolve().parents[1] / "deploy" / "redis" / "users.acl").read_text()
+    line = next(row for row in text.splitlines() if row.startswith("user rllfpr "))
+    rules = [rule for rule in line.split()[2:] if not rule.startswith("#")]
+    admin = redis.Redis(host=redis_endpoint.host, port=redis_endpoint.port)
+    user = f"rllfpr-{uuid.uuid4().hex[:6]}"
+    admin.execute_command("ACL", "SETUSER", user, "reset", *rules, ">acl-test-password")
+    client = redis.Redis(
+        host=redis_endpoint.host,
+        port=redis_endpoint.port,
+        username=user,
+        password="acl-test-password",
+    )
+    store, tracks, audit = Gallery(client, shards=2), Tracks(client), AuditLog(client)
+    vector = unit_rows(np.random.default_rng(7), 1)[0]
+    store.enroll("fleet", 1, "alice", "t1", vector, "lobby", NOW)
+    assert store.search("fleet", 1, [vector])[0][0].subject == "alice"
+    assert store.attributes("fleet", 1, "alice")[0]["site"] == "lobby"
+    assert store.expire(NOW - timedelta(days=1)) == 0
+    observation = FaceObservation("m1", NOW, "fleet", 1, Observation({"alice": 0.9}))
+    tracks.observe_many([(TrackId("lobby", "cam-0", "agent-1", 1), observation)], 0)
+    assert tracks.sweep(10**13)
+    audit.record("erase", "test", subject="alice")
+    assert audit.trim() == 0
+    assert store.erase("alice") == 1
+    assert store.drop("fleet", 1) == 0
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("elsewhere", 1)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.flushall()
