@@ -1,10 +1,11 @@
 """One micro-batch: validate, embed per key epoch, enroll or search, decide, publish events.
 
-``BatchProcessor.process`` either handles every delivery of the batch (processed, or rejected
-for good with a logged reason and a metric) so the caller may acknowledge them all, or raises
-``TransientError`` and leaves the caller to retry the same batch later without acknowledging
-anything. Every step is idempotent per message id (template ids are message ids; track rounds
-remember their faces), so a retried or redelivered batch does no harm.
+``BatchProcessor.triage`` rejects, once and for good, what can never be processed (logged
+with the reason, counted); ``handle`` then either completes every remaining face, so the caller
+may acknowledge the whole batch, or raises ``TransientError`` and leaves the caller to retry
+the same faces later without acknowledging anything. Every step is idempotent per message id
+(template ids are message ids; track rounds remember their faces), so a retried or
+redelivered batch does no harm.
 """
 
 from __future__ import annotations
@@ -163,19 +164,23 @@ class BatchProcessor:
 
     # Processing ------------------------------------------------------------------------------
 
-    def process(self, deliveries: Sequence[Delivery]) -> None:
+    def triage(self, deliveries: Sequence[Delivery]) -> list[Face]:
+        """The deliveries that can be processed; the others are rejected (logged, counted)."""
         faces = []
         for delivery in deliveries:
             try:
                 faces.append(self.validate(delivery))
             except PoisonMessageError as rejection:
                 self.reject(delivery, rejection)
+        return faces
+
+    def handle(self, faces: Sequence[Face]) -> None:
+        """Embed, enroll or search, decide and publish; raises ``TransientError``."""
         embeddings = self._embed(faces)
-        enroll = [(f, e) for f, e in zip(faces, embeddings, strict=True) if f.header.subject]
-        recognize = [(f, e) for f, e in zip(faces, embeddings, strict=True) if not f.header.subject]
+        pairs = list(zip(faces, embeddings, strict=True))
         with redis_errors_are_transient():
-            self._enroll(enroll)
-            claimed = self._observe(recognize)
+            self._enroll([(face, vector) for face, vector in pairs if face.header.subject])
+            claimed = self._observe([(f, v) for f, v in pairs if not f.header.subject])
             self.publish_rounds(claimed)
 
     def reject(self, delivery: Delivery, rejection: PoisonMessageError) -> None:
@@ -267,14 +272,14 @@ class BatchProcessor:
                     ),
                 )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
-        statuses = self.tracks.observe_many(observed, int(time.time() * 1000))
+        statuses = self.tracks.observe_many(observed)
         self.metrics.processed.labels("recognize").inc(len(items))
         return [ref for status, ref in statuses if status is ObserveStatus.CLAIMED]
 
     def sweep(self) -> int:
         """Publish rounds that timed out or whose claimant vanished; returns how many."""
         with redis_errors_are_transient():
-            refs = self.tracks.sweep(int(time.time() * 1000))
+            refs = self.tracks.sweep()
             return self.publish_rounds(refs)
 
     def publish_rounds(self, refs: Sequence[RoundRef]) -> int:

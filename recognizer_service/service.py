@@ -29,6 +29,7 @@ from recognizer_service.pipeline import (
     REDIS_TRANSIENT,
     BatchProcessor,
     Delivery,
+    Face,
     PoisonMessageError,
     TransientError,
 )
@@ -207,10 +208,11 @@ class RecognizerService:
 
     def _retry_until_processed(self, batch: list[Delivery]) -> None:
         self.metrics.batch_size.observe(len(batch))
+        faces = self.processor.triage(batch)
         attempt = 0
         while True:
             try:
-                self._process_isolating(batch)
+                self._handle_isolating(faces)
                 break
             except TransientError as error:
                 self._note_transient(error)
@@ -227,24 +229,26 @@ class RecognizerService:
         self.metrics.redis_up.set(1)
         self.link.acknowledge(batch)
 
-    def _process_isolating(self, batch: list[Delivery]) -> None:
-        """Process a batch; if it fails for an unforeseen reason, one message at a time, so a
-        single poison message is rejected instead of blocking the queue."""
+    def _handle_isolating(self, faces: list[Face]) -> None:
+        """Handle a batch's faces; if that fails for an unforeseen reason, one face at a time,
+        so a single poison message is rejected instead of blocking the queue."""
         try:
-            self.processor.process(batch)
+            self.processor.handle(faces)
             return
         except TransientError:
             raise
         except Exception:
-            log.exception("batch of %d failed; processing its messages one by one", len(batch))
-        for delivery in batch:
+            log.exception("batch of %d failed; processing its faces one by one", len(faces))
+        for face in faces:
             try:
-                self.processor.process([delivery])
+                self.processor.handle([face])
             except TransientError:
                 raise
             except Exception as error:
-                log.exception("message on %s cannot be processed", delivery.topic)
-                self.processor.reject(delivery, PoisonMessageError("internal_error", str(error)))
+                log.exception("message on %s cannot be processed", face.delivery.topic)
+                self.processor.reject(
+                    face.delivery, PoisonMessageError("internal_error", str(error))
+                )
 
     def _backoff(self, attempt: int) -> float:
         options = self.settings.recognizer

@@ -39,11 +39,19 @@ from recognizer_service.decision import Observation
 
 EVENT_NAMESPACE = uuid.UUID("5b2f8f0e-3c1d-4f57-9a0e-7a52f1f3c6d1")
 
-_OBSERVE = """
+# Deadlines use the Redis server's clock, so replicas' clocks do not matter.
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+_OBSERVE = (
+    _NOW_MS
+    + """
 local track, due = KEYS[1], KEYS[2]
 local mid, obs = ARGV[1], ARGV[2]
-local now, need, timeout = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local idle, lease, incarnation = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local need, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
+local idle, lease, incarnation = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 redis.call('HSETNX', track, 'inc', incarnation)
 local seen = redis.call('HGET', track, 'm:' .. mid)
 local round
@@ -68,10 +76,13 @@ local published = redis.call('HEXISTS', track, 'd:' .. round)
 local current = tonumber(redis.call('HGET', track, 'round') or '0')
 return {round, claimed, published, current}
 """
+)
 
-_SWEEP = """
+_SWEEP = (
+    _NOW_MS
+    + """
 local due = KEYS[1]
-local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
 local claimed = {}
 for _, member in ipairs(members) do
@@ -90,6 +101,7 @@ for _, member in ipairs(members) do
 end
 return claimed
 """
+)
 
 
 class ObserveStatus(IntEnum):
@@ -194,7 +206,7 @@ class Tracks:
         return f"{self.prefix}:rounds"
 
     def observe_many(
-        self, faces: list[tuple[TrackId, FaceObservation]], now_ms: int
+        self, faces: list[tuple[TrackId, FaceObservation]]
     ) -> list[tuple[ObserveStatus, RoundRef]]:
         """Record observations (one round trip); returns each face's round and status."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -204,7 +216,6 @@ class Tracks:
                     args=[
                         face.message_id,
                         face.to_json(),
-                        now_ms,
                         self.consensus_faces,
                         self.timeout_ms,
                         self.idle_s,
@@ -221,11 +232,9 @@ class Tracks:
             )
         ]
 
-    def sweep(self, now_ms: int, limit: int = 100) -> list[RoundRef]:
+    def sweep(self, limit: int = 100) -> list[RoundRef]:
         """Claim rounds past their deadline (timed out, or an expired claimant's lease)."""
-        members: list[Any] = self._sweep(
-            keys=[self.outbox_key], args=[now_ms, self.lease_ms, limit]
-        )
+        members: list[Any] = self._sweep(keys=[self.outbox_key], args=[self.lease_ms, limit])
         refs = []
         for member in members:
             text = member.decode() if isinstance(member, bytes) else str(member)

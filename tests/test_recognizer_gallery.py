@@ -4,6 +4,7 @@ authentication."""
 from __future__ import annotations
 
 import ssl
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -180,15 +181,17 @@ def test_the_shipped_redis_acl_lets_the_recognizer_do_its_work(redis_endpoint: E
         username=user,
         password="acl-test-password",
     )
-    store, tracks, audit = Gallery(client, shards=2), Tracks(client), AuditLog(client)
+    store, audit = Gallery(client, shards=2), AuditLog(client)
+    tracks = Tracks(client, consensus_faces=2, consensus_timeout_ms=1)
     vector = unit_rows(np.random.default_rng(7), 1)[0]
     store.enroll("fleet", 1, "alice", "t1", vector, "lobby", NOW)
     assert store.search("fleet", 1, [vector])[0][0].subject == "alice"
     assert store.attributes("fleet", 1, "alice")[0]["site"] == "lobby"
     assert store.expire(NOW - timedelta(days=1)) == 0
     observation = FaceObservation("m1", NOW, "fleet", 1, Observation({"alice": 0.9}))
-    tracks.observe_many([(TrackId("lobby", "cam-0", "agent-1", 1), observation)], 0)
-    assert tracks.sweep(10**13)
+    tracks.observe_many([(TrackId("lobby", "cam-0", "agent-1", 1), observation)])
+    time.sleep(0.01)  # past the round's 1 ms timeout
+    assert tracks.sweep()
     audit.record("erase", "test", subject="alice")
     assert audit.trim() == 0
     assert store.erase("alice") == 1

@@ -385,3 +385,29 @@ def test_a_batch_larger_than_the_broker_window_is_cut_short_instead_of_stalling(
 def test_events_carry_the_published_schema() -> None:
     schema = json.loads(Path("docs/schemas/recognition-event.schema.json").read_text())
     assert set(RecognitionEvent.model_fields) == set(schema["properties"])
+
+
+def test_an_unforeseen_failure_rejects_only_the_face_that_causes_it(
+    start_service: Callable[..., RecognizerService],
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = start_service(max_wait_ms=300)
+    embed = service.models.embed
+
+    def fragile(model: Any, pixels: Any) -> Any:
+        if any(int(p.max()) == 0 for p in pixels):  # a black face trips a (simulated) bug
+            raise RuntimeError("simulated bug")
+        return embed(model, pixels)
+
+    monkeypatch.setattr(service.models, "embed", fragile)
+    sent = []
+    for index in range(4):
+        pixels = np.zeros((SIDE, SIDE), np.uint8) if index == 1 else image(90 + index)
+        topic, payload, message_id = face(pixels, track=index)
+        client.publish(topic, payload)
+        sent.append(message_id)
+    wait_until(lambda: len(client.received()) == 3)
+    assert covered(client.received()) == set(sent) - {sent[1]}
+    assert counter(service, "rllfpr_faces_rejected_total", reason="internal_error") == 1
+    wait_until(lambda: counter(service, "rllfpr_faces_acknowledged_total") == 4)
