@@ -199,6 +199,14 @@ class Agent:
         finally:
             reader.close()
 
+    def wait_for_key(self, timeout_s: float) -> bool:
+        """Wait until a key is active (restored from disk or received); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.keys.current() is None and time.monotonic() < deadline:
+            if self.stop_event.wait(0.05):
+                break
+        return self.keys.current() is not None
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (everything acknowledged); False on timeout."""
         deadline = time.monotonic() + timeout_s
@@ -239,21 +247,15 @@ class Agent:
         with self.metrics.timed("detect"):
             detections, rejected = self.preparer.detect([frame.image for frame in chosen])
         self._count("faces_rejected", rejected)
-        by_frame = dict(zip((id(frame) for frame in chosen), detections, strict=True))
-        tracked: list[tuple[Frame, list[Detection], list[int]]] = []
-        for frame in frames:
-            if self._scene != frame.scene:
-                self._scene = frame.scene
-                self.tracker.new_scene()
-            found = by_frame.get(id(frame))
-            if found is None:
-                continue
-            self.metrics.faces_detected.inc(len(found))
-            ids, _ended = self.tracker.update([d.box for d in found])
-            tracked.append((frame, found, ids))
-        self.metrics.tracks.set(len(self.tracker.tracks))
-        if any(found for _, found, _ in tracked):
-            self._scramble_and_spool(tracked)
+        found = dict(zip((id(frame) for frame in chosen), detections, strict=True))
+        with self.keys.using() as key:
+            with self.metrics.timed("align"):
+                candidates = self._track_and_select(frames, found, key)
+            if key is None or not candidates:
+                return
+            with self.metrics.timed("scramble"):
+                pixels = key.backend.scramble(np.stack([c.aligned.face for c in candidates]))
+        self._spool(candidates, key, pixels)
 
     def _detect_now(self, frame: Frame) -> bool:
         """A scene's first frame, then every ``detect_every``-th (decided before detecting)."""
@@ -264,18 +266,43 @@ class Agent:
         self._since_detection += 1
         return self._since_detection % self.config.detect_every == 0
 
-    def _scramble_and_spool(self, tracked: list[tuple[Frame, list[Detection], list[int]]]) -> None:
-        with self.keys.using() as key:
+    def _track_and_select(
+        self, frames: list[Frame], found: dict[int, list[Detection]], key: ActiveKey | None
+    ) -> list[Candidate]:
+        """In frame order: link detections to tracks, then keep the aligned faces that pass
+        the sharpness gate and that their track wants sent. Without a key, nothing is aligned
+        and every face is dropped."""
+        rejected: Counter[str] = Counter()
+        suppressed: Counter[str] = Counter()
+        chosen = []
+        for frame in frames:
+            if self._scene != frame.scene:
+                self._scene = frame.scene
+                self.tracker.new_scene()
+            detections = found.get(id(frame))
+            if detections is None:
+                continue
+            self.metrics.faces_detected.inc(len(detections))
+            track_ids, _ended = self.tracker.update([d.box for d in detections])
             if key is None:
-                lost = sum(len(found) for _, found, _ in tracked)
-                self.metrics.faces_dropped.labels("no_key").inc(lost)
-                return
-            with self.metrics.timed("align"):
-                candidates = self._select(tracked, key.input_size)
-            if not candidates:
-                return
-            with self.metrics.timed("scramble"):
-                pixels = key.backend.scramble(np.stack([c.aligned.face for c in candidates]))
+                self.metrics.faces_dropped.labels("no_key").inc(len(detections))
+                continue
+            for detection, track_id in zip(detections, track_ids, strict=True):
+                aligned = self.preparer.align(frame.image, detection, key.input_size)
+                if isinstance(aligned, str):
+                    rejected[aligned] += 1
+                    continue
+                verdict = self.tracker.judge(track_id, aligned.sharpness)
+                if verdict is Verdict.PUBLISH:
+                    chosen.append(Candidate(frame, track_id, aligned))
+                else:
+                    suppressed[verdict.value] += 1
+        self.metrics.tracks.set(len(self.tracker.tracks))
+        self._count("faces_rejected", rejected)
+        self._count("faces_suppressed", suppressed)
+        return chosen
+
+    def _spool(self, candidates: list[Candidate], key: ActiveKey, pixels: np.ndarray) -> None:
         with self.metrics.timed("encode"):
             messages = [
                 self._encode(candidate, key, image)
@@ -288,28 +315,6 @@ class Agent:
         self.metrics.faces_queued.inc(len(messages))
         self.metrics.spool_depth.set(self.spool.depth)
         self.link.wake()
-
-    def _select(
-        self, tracked: list[tuple[Frame, list[Detection], list[int]]], size: int
-    ) -> list[Candidate]:
-        """Aligned faces that pass the sharpness gate and that their track wants sent."""
-        rejected: Counter[str] = Counter()
-        suppressed: Counter[str] = Counter()
-        chosen = []
-        for frame, found, ids in tracked:
-            for detection, track_id in zip(found, ids, strict=True):
-                aligned = self.preparer.align(frame.image, detection, size)
-                if isinstance(aligned, str):
-                    rejected[aligned] += 1
-                    continue
-                verdict = self.tracker.judge(track_id, aligned.sharpness)
-                if verdict is Verdict.PUBLISH:
-                    chosen.append(Candidate(frame, track_id, aligned))
-                else:
-                    suppressed[verdict.value] += 1
-        self._count("faces_rejected", rejected)
-        self._count("faces_suppressed", suppressed)
-        return chosen
 
     def _encode(self, candidate: Candidate, key: ActiveKey, pixels: np.ndarray) -> bytes:
         frame, detection = candidate.frame, candidate.aligned.detection

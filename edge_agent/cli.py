@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -23,11 +25,12 @@ agent_app = typer.Typer(
     help="The edge agent: camera to scrambled faces over MQTT.", no_args_is_help=True
 )
 
-_SUMMARY = (
-    ("frames", "frames read"),
-    ("faces_detected", "faces detected"),
-    ("faces_queued", "faces scrambled and queued"),
-    ("faces_published", "faces acknowledged by the broker"),
+_SUMMARY: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("frames", "frames read", {}),
+    ("faces_detected", "faces detected", {}),
+    ("faces_queued", "faces scrambled and queued", {}),
+    ("faces_dropped", "faces dropped without a key", {"reason": "no_key"}),
+    ("faces_published", "faces acknowledged by the broker", {}),
 )
 
 
@@ -38,12 +41,19 @@ def _settings(config: Path | None, overrides: dict[str, Any]) -> Settings:
         raise fail(str(error)) from error
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the agent cleanly (offline status, spool kept)."""
+
     def handler(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @agent_app.command("run")
@@ -58,6 +68,9 @@ def run(
     fps: float | None = typer.Option(None, help="Replay rate of folders and files (0: max)."),
     sequence: bool | None = typer.Option(
         None, "--sequence/--independent", help="An image folder is one scene, or photos."
+    ),
+    key_timeout: float = typer.Option(
+        30.0, help="Wait this long for an active key before reading frames (0: don't)."
     ),
     drain_timeout: float = typer.Option(
         30.0, help="When a folder or file ends, wait this long for the spool to empty."
@@ -84,21 +97,27 @@ def run(
         agent = Agent(settings, source)
     except (AgentConfigError, SourceError, KeyMaterialError, TopicError, RuntimeError) as error:
         raise fail(str(error)) from error
-    _stop_on_signals(agent.stop_event)
-    agent.start()
     failure: str | None = None
-    try:
-        agent.run()
-        if not agent.stop_event.is_set() and not agent.drain(drain_timeout):
-            console.print(f"[yellow]{agent.spool.depth} messages still spooled[/yellow]")
-    except SourceError as error:
-        failure = str(error)
-    finally:
-        agent.close()
-    for name, label in _SUMMARY:
-        console.print(f"{label:34} {agent.metrics.value(name):.0f}")
+    with _stop_on_signals(agent.stop_event):
+        agent.start()
+        try:
+            _run_agent(agent, key_timeout, drain_timeout)
+        except SourceError as error:
+            failure = str(error)
+        finally:
+            agent.close()
+    for name, label, labels in _SUMMARY:
+        console.print(f"{label:34} {agent.metrics.value(name, **labels):.0f}")
     if failure:
         raise fail(failure)
+
+
+def _run_agent(agent: Agent, key_timeout: float, drain_timeout: float) -> None:
+    if key_timeout and not agent.wait_for_key(key_timeout):
+        console.print("[yellow]no active key yet: faces are dropped until one comes[/yellow]")
+    agent.run()
+    if not agent.stop_event.is_set() and not agent.drain(drain_timeout):
+        console.print(f"[yellow]{agent.spool.depth} messages stay spooled for later[/yellow]")
 
 
 @agent_app.command("backends")

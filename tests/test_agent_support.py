@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import socket
@@ -22,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.backends import faces_to_input
 from rllfpr import mqtt
 from rllfpr.config import AgentSettings, KeySettings, MqttSettings, Settings
-from rllfpr.keys import bundle, envelope, material
 from rllfpr.faces.detect import FaceDetector
+from rllfpr.keys import bundle, envelope, material
 from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire import topics
@@ -206,19 +207,21 @@ class Outage:
                 self._listener.close()
                 self._listener = None
             for sock in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self._sockets.clear()
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
+        listener.settimeout(0.05)  # closing a socket does not wake a blocked accept()
+        while self._listener is listener:
             try:
                 client, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             upstream = socket.create_connection((self.target.host, self.target.port))
             with self._lock:
                 self._sockets += [client, upstream]
@@ -234,10 +237,8 @@ class Outage:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def agent_settings(

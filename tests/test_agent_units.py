@@ -114,7 +114,8 @@ def test_spool_byte_bound_expiry_and_revoked_epochs(tmp_path: Path) -> None:
     assert [m.payload[:1] for m in spool.take(0, 10)] == [b"x"]
     assert spool.dropped() == {"spool_full": 1, "expired": 1, "revoked": 1}
     first = spool.take(0, 1)[0]
-    assert spool.remove(first.id) and not spool.remove(first.id)
+    assert spool.remove(first.id)
+    assert not spool.remove(first.id)
     assert spool.depth == 0
 
 
@@ -135,7 +136,8 @@ def test_image_folder_skips_corrupt_files_and_makes_one_scene_per_image(tmp_path
     frames = list(source.frames(threading.Event()))
     assert [f.origin for f in frames] == ["000.png", "001.png", "002.png"]
     assert len({f.scene for f in frames}) == 3
-    assert frames[1].image.shape == (60, 80, 3) and frames[1].image[0, 0, 0] == 20
+    assert frames[1].image.shape == (60, 80, 3)
+    assert frames[1].image[0, 0, 0] == 20
     assert len(skipped) == 2
     sequence = ImageFolderSource(tmp_path / "photos", 0, True)
     assert {f.scene for f in sequence.frames(threading.Event())} == {0}
@@ -171,13 +173,14 @@ def test_unreadable_sources_are_clear_errors(
 
 def test_video_file_plays_once_as_one_scene(tmp_path: Path) -> None:
     path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
     for index in range(5):
         writer.write(np.full((48, 64, 3), index * 40, np.uint8))
     writer.release()
     source = open_source(str(path), fps=0, sequence=False, backoff=Backoff(1, 1))
     frames = list(source.frames(threading.Event()))
-    assert len(frames) == 5 and not source.live
+    assert len(frames) == 5
+    assert not source.live
     assert {f.scene for f in frames} == {0}
     assert frames[0].image.shape == (48, 64, 3)
 

@@ -1,0 +1,184 @@
+"""The agent's key manager without a broker: staging, activation, replays, revocation."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.backends import TorchBackend
+from edge_agent.keys import AgentKeys
+from edge_agent.metrics import AgentMetrics
+from rllfpr.keys.material import KeyMaterialError
+from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.wire.messages import KeyState
+from tests.test_agent_support import SMALL_SN, KeyFactory, self_learned, wait_until
+
+FACES = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+
+
+@functools.cache
+def network(seed: int) -> ScramblerNetwork:
+    return self_learned(SMALL_SN, seed, FACES)
+
+
+class Harness:
+    """An ``AgentKeys`` on a temporary directory, recording what it told the agent."""
+
+    def __init__(self, factory: KeyFactory, key_dir: Path) -> None:
+        self.factory = factory
+        self.metrics = AgentMetrics()
+        self.changes: list[int | None] = []
+        self.revoked: list[int] = []
+        self.keys = AgentKeys(
+            factory.settings(key_dir),
+            key_dir / "agent",
+            lambda net, _engine_dir: TorchBackend(net),
+            self.metrics,
+            settle_s=0.05,
+            on_change=lambda key: self.changes.append(None if key is None else key.epoch),
+            on_revoke=self.revoked.append,
+        )
+        self.keys.start()
+
+    def send(self, *payloads: bytes) -> None:
+        before = self.applied_or_refused()
+        for payload in payloads:
+            self.keys.submit(payload)
+        wait_until(lambda: self.applied_or_refused() >= before + len(payloads))
+
+    def applied_or_refused(self) -> float:
+        return sum(
+            self.metrics.value("key_messages", kind=kind, outcome=outcome)
+            for kind in ("bundle", "announcement", "revocation", "unknown")
+            for outcome in ("applied", "refused")
+        )
+
+    def refused(self, kind: str) -> float:
+        return self.metrics.value("key_messages", kind=kind, outcome="refused")
+
+    @property
+    def epoch(self) -> int | None:
+        key = self.keys.current()
+        return None if key is None else key.epoch
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> KeyFactory:
+    return KeyFactory(tmp_path / "trainer")
+
+
+@pytest.fixture
+def harness(factory: KeyFactory, tmp_path: Path) -> Harness:
+    return Harness(factory, tmp_path / "keys")
+
+
+def test_the_sn_comes_from_the_bundle_and_activates_in_any_arrival_order(
+    harness: Harness, factory: KeyFactory
+) -> None:
+    sn = network(1)
+    sealed = factory.bundle(sn, epoch=1)
+    harness.send(factory.announcement(sealed), sealed)  # retained order is arbitrary
+    assert harness.epoch == 1
+    key = harness.keys.current()
+    assert key is not None
+    expected = TorchBackend(sn).scramble(FACES)
+    assert np.array_equal(key.backend.scramble(FACES), expected)
+    assert harness.changes == [1]
+    assert harness.metrics.value("key_epoch") == 1
+
+
+def test_staged_is_not_active_until_announced(harness: Harness, factory: KeyFactory) -> None:
+    sealed = factory.bundle(network(1), epoch=1)
+    harness.send(sealed, factory.announcement(sealed, KeyState.STAGED))
+    assert harness.epoch is None
+    harness.send(factory.announcement(sealed))
+    assert harness.epoch == 1
+
+
+def test_forged_bundles_and_announcements_are_refused(
+    harness: Harness, factory: KeyFactory
+) -> None:
+    impostor = Ed25519PrivateKey.generate()
+    forged = factory.bundle(network(1), epoch=1, signer=impostor)
+    harness.send(forged, b'{"kind": "nonsense"}', b"RLKB garbage")
+    assert harness.epoch is None
+    assert harness.refused("bundle") == 1
+    assert harness.refused("unknown") == 2
+    genuine = factory.bundle(network(2), epoch=2)
+    tampered = bytearray(factory.announcement(genuine))
+    tampered[tampered.index(b'\\"epoch\\":2') + 10] = ord("3")
+    harness.send(genuine, bytes(tampered))
+    assert harness.epoch is None
+    assert harness.refused("announcement") == 1
+
+
+def test_stale_bundles_and_replayed_activations_never_roll_back(
+    harness: Harness, factory: KeyFactory
+) -> None:
+    first = factory.bundle(network(1), epoch=1)
+    second = factory.bundle(network(2), epoch=2)
+    harness.send(first, factory.announcement(first))
+    harness.send(second, factory.announcement(second))
+    assert harness.epoch == 2
+    assert not (harness.keys.state_dir / "bundles" / f"{factory.scope}-1.rlkb").exists()
+    old_again = factory.bundle(network(3), epoch=1)  # a new bundle claiming an old epoch
+    harness.send(old_again, factory.announcement(old_again), factory.announcement(first))
+    assert harness.epoch == 2
+    assert harness.refused("bundle") == 1
+    assert harness.refused("announcement") == 2
+
+
+def test_activation_must_name_the_staged_bundle(harness: Harness, factory: KeyFactory) -> None:
+    staged = factory.bundle(network(1), epoch=1)
+    other = factory.bundle(network(2), epoch=1)  # same epoch, another bundle
+    harness.send(staged)
+    harness.send(factory.announcement(other))
+    assert harness.epoch is None
+    assert harness.refused("announcement") == 1
+
+
+def test_revocation_forgets_the_key_in_memory_and_on_disk(
+    harness: Harness, factory: KeyFactory
+) -> None:
+    sealed = factory.bundle(network(1), epoch=1)
+    harness.send(sealed, factory.announcement(sealed))
+    state_dir = harness.keys.state_dir
+    (harness.keys.engine_dir(1) / "cached.engine").parent.mkdir(parents=True)
+    (harness.keys.engine_dir(1) / "cached.engine").write_bytes(b"engine with the weights")
+    stored = sorted(p.name for p in state_dir.rglob("*") if p.is_file())
+    assert f"{factory.scope}-1.rlkb" in stored
+    assert f"active-{factory.scope}.json" in stored
+    harness.send(factory.revocation(1))
+    assert harness.keys.current() is None
+    assert harness.changes == [1, None]
+    assert harness.revoked == [1]
+    left = sorted(p.name for p in state_dir.rglob("*") if p.is_file())
+    assert left == ["keyring.json"]  # only the policy state (epochs and ids, no weights)
+    harness.send(sealed, factory.announcement(sealed))  # retained copies come back
+    assert harness.keys.current() is None
+    assert harness.refused("bundle") == 1
+
+
+def test_a_restarted_agent_resumes_its_key_without_the_broker(
+    factory: KeyFactory, tmp_path: Path
+) -> None:
+    first = Harness(factory, tmp_path / "keys")
+    sealed = factory.bundle(network(1), epoch=1)
+    first.send(sealed, factory.announcement(sealed))
+    first.keys.close()
+    again = Harness(factory, tmp_path / "keys")
+    assert again.epoch == 1
+    again.send(sealed, factory.announcement(sealed))  # the retained copies: no-ops
+    assert again.epoch == 1
+    assert again.refused("bundle") == again.refused("announcement") == 0
+
+
+def test_an_agent_without_key_material_refuses_to_start(tmp_path: Path) -> None:
+    factory = KeyFactory(tmp_path / "trainer")
+    settings = factory.settings(tmp_path / "keys").model_copy(update={"fleet_key_file": None})
+    with pytest.raises(KeyMaterialError, match="fleet_key_file"):
+        AgentKeys(settings, tmp_path / "agent", lambda n, _d: TorchBackend(n), AgentMetrics(), 0)
