@@ -203,7 +203,7 @@ class _Run:
         self.recognizer.load_state_dict(checkpoint["recognizer"])
         self.head.load_state_dict(checkpoint["head"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.generator.set_state(checkpoint["generator"])
+        self.generator.set_state(checkpoint["generator"].cpu())  # map_location moved it
         self.epochs_done, self.history = checkpoint["epoch"], checkpoint["history"]
         self.seconds = checkpoint["seconds"]
         log.info("resumed %s at epoch %d", self.run_dir, self.epochs_done)

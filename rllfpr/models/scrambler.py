@@ -151,6 +151,18 @@ class ScramblerNetwork(nn.Module):
                 f"SN expects (N, {self.config.in_channels}, {size}, {size}), "
                 f"got {tuple(faces.shape)}"
             )
+        if faces.dtype != torch.float32:
+            raise ValueError(f"SN expects float32 faces, got {faces.dtype}")
+        # TF32 convolutions (PyTorch's cuDNN default) changed 22 % of the wire pixels, by up to
+        # 46 grey levels, against the CPU on an H100 (docs/results/bench-gpu.json); float32
+        # leaves < 0.01 % off by one grey level. Autocast would change them too.
+        with (
+            torch.backends.cudnn.flags(enabled=True, allow_tf32=False),
+            torch.autocast(faces.device.type, enabled=False),
+        ):
+            return self._forward(faces, size)
+
+    def _forward(self, faces: torch.Tensor, size: int) -> torch.Tensor:
         pad = self.config.padded_size - size
         x = functional.pad(faces, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
         masks = []
