@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
-from trainer.config import ExperimentConfig
+from trainer.config import AugmentConfig, ExperimentConfig
 from trainer.data import Aligner, list_identities, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key
@@ -69,12 +69,33 @@ def test_training_resumes_from_its_checkpoint(orl, tmp_path: Path) -> None:
         train(other, train_data, "original", None, tmp_path, progress=False)
 
 
-def test_augmentation_happens_before_scrambling() -> None:
+def test_flip_augmentation_flips_or_keeps_each_face() -> None:
     faces = torch.rand(4, 3, 16, 16)
     generator = torch.Generator().manual_seed(0)
-    flipped = augment(faces, flip=True, shift=0, generator=generator)
+    flipped = augment(faces, AugmentConfig(flip=True, shift=0), generator)
     for original, out in zip(faces, flipped, strict=True):
         assert torch.equal(out, original) or torch.equal(out, original.flip(-1))
+
+
+def test_shift_augmentation_is_an_integer_translation_with_replicated_border() -> None:
+    faces = torch.rand(6, 3, 16, 16)
+    shifted = augment(faces, AugmentConfig(flip=False, shift=2), torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(faces, (2, 2, 2, 2), mode="replicate")
+    for face, out in zip(padded, shifted, strict=True):
+        windows = [face[:, dy : dy + 16, dx : dx + 16] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out, window) for window in windows)
+
+
+def test_rotation_and_scale_keep_shape_and_change_pixels_reproducibly() -> None:
+    faces = torch.rand(3, 3, 16, 16)
+    spec = AugmentConfig(flip=False, shift=0, rotate=10, scale=0.1)
+    first = augment(faces, spec, torch.Generator().manual_seed(2))
+    again = augment(faces, spec, torch.Generator().manual_seed(2))
+    assert first.shape == faces.shape
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, faces)
+    identity = augment(faces, AugmentConfig(flip=False, shift=0), torch.Generator())
+    assert torch.equal(identity, faces)
 
 
 @pytest.mark.parametrize("backbone", ["compact", "resnet18", "densenet121"])

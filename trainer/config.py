@@ -35,6 +35,10 @@ class AugmentConfig(Strict):
 
     flip: bool = Field(True, description="Random horizontal flip.")
     shift: int = Field(2, ge=0, le=16, description="Random translation, up to this many pixels.")
+    rotate: float = Field(0.0, ge=0, le=30, description="Random rotation, up to this many degrees.")
+    scale: float = Field(
+        0.0, ge=0, le=0.3, description="Random zoom by a factor in [1 - scale, 1 + scale]."
+    )
 
 
 class OptimConfig(Strict):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
-from trainer.config import ExperimentConfig
+from trainer.config import AugmentConfig, ExperimentConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace
 
@@ -39,23 +39,30 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def augment(
-    faces: torch.Tensor, flip: bool, shift: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Random flip and translation of (N, 3, S, S) original faces (before any scrambling)."""
-    if flip:
-        flipped = torch.rand(len(faces), generator=generator) < 0.5
+def augment(faces: torch.Tensor, spec: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random flip, small rotation and scaling, and integer shift of (N, 3, S, S) ORIGINAL faces
+    (before any scrambling), on the faces' device; random numbers come from the CPU
+    ``generator`` so a run is reproducible on any device."""
+    count, size, device = len(faces), faces.shape[-1], faces.device
+    if spec.flip:
+        flipped = (torch.rand(count, generator=generator) < 0.5).to(device)
         faces = torch.where(flipped[:, None, None, None], faces.flip(-1), faces)
-    if shift:
-        size = faces.shape[-1]
-        padded = functional.pad(faces, (shift,) * 4, mode="replicate")
-        offsets = torch.randint(0, 2 * shift + 1, (len(faces), 2), generator=generator)
-        faces = torch.stack(
-            [
-                padded[i, :, dy : dy + size, dx : dx + size]
-                for i, (dy, dx) in enumerate(offsets.tolist())
-            ]
+    if spec.rotate or spec.scale:
+        angle = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(spec.rotate)
+        zoom = 1 + (torch.rand(count, generator=generator) * 2 - 1) * spec.scale
+        cos, sin, zero = torch.cos(angle) / zoom, torch.sin(angle) / zoom, torch.zeros(count)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
         )
+        grid = functional.affine_grid(theta.to(device), list(faces.shape), align_corners=False)
+        faces = functional.grid_sample(faces, grid, padding_mode="border", align_corners=False)
+    if spec.shift:
+        padded = functional.pad(faces, (spec.shift,) * 4, mode="replicate")
+        offsets = torch.randint(0, 2 * spec.shift + 1, (count, 2), generator=generator).to(device)
+        span = torch.arange(size, device=device)
+        rows, cols = offsets[:, :1] + span, offsets[:, 1:] + span  # (N, S) each
+        batch = torch.arange(count, device=device)[:, None, None]
+        faces = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     return faces
 
 
@@ -227,12 +234,9 @@ class _Run:
             factor = _schedule(epoch * steps + step, epochs * steps, optim.warmup_epochs * steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = optim.lr * factor
-            original = to_unit(data.faces[index], torch.device("cpu"))
-            faces = augment(
-                original, self.config.augment.flip, self.config.augment.shift, self.generator
-            )
+            original = to_unit(data.faces[index], self.device)
+            faces = augment(original, self.config.augment, self.generator)
             labels = torch.from_numpy(data.labels[index]).to(self.device)
-            faces = faces.to(self.device)
             inputs = view(faces)  # outside autocast: the SN's output must be exact
             with self._autocast():
                 embeddings = self.recognizer(inputs).float()
