@@ -46,8 +46,20 @@ def train(
     train_index, _ = split_per_identity(data.labels, spec.data.test_fraction, spec.data.split_seed)
     train_data = data.subset(train_index)
     key = make_key(spec, spec.key_seeds[0], train_data.faces) if view == "scrambled" else None
+    teacher = None
+    if view == "scrambled" and spec.loss.distill_weight:
+        console.print("distillation: training (or loading) the original-face teacher first")
+        original = run_training(spec, train_data, "original", None, runs / spec.name / "original")
+        teacher = original.recognizer
     run_dir = runs / spec.name / ("original" if view == "original" else "scrambled-key-a")
-    result = run_training(spec, train_data, view, key, run_dir)  # type: ignore[arg-type]
+    result = run_training(
+        spec,
+        train_data,
+        view,  # type: ignore[arg-type]
+        key,
+        run_dir,
+        teacher=teacher,
+    )
     console.print(f"trained in {result.seconds:.0f} s; last epoch: {result.history[-1]}")
 
 
