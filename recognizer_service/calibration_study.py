@@ -1,15 +1,15 @@
 """Open-set identification on LFW with an honest split of people (``rllfpr recognizer calibrate``).
 
 Recognizers: the experiment's original-face and scrambled-face (key A) models, trained on the
-people of ``peopleDevTrain.txt`` (trained here if the run does not exist yet). Evaluation
-people: ``peopleDevTest.txt``, none of whom the recognizers saw. They are shuffled and split
-into two disjoint halves, *calibration* and *test*. In each half, half of the people with at
-least two photos are *known*: their first photos (two when they have three or more, else one)
-are enrolled, the rest (at most ``MAX_PROBES``) are mated searches. Everyone else of the half
-(including every single-photo person) is *unknown*, never enrolled: their photos (at most
-``MAX_UNKNOWN_PHOTOS``) are non-mated searches. The threshold and margin are chosen on the
-calibration half (``openset.calibrate``) and FNIR / FPIR are reported on the test half.
-*Tracks*: the same operating point applied to the consensus of three photos of one person
+people of peopleDevTrain.txt (trained here if the run does not exist yet). Evaluation people:
+the 1,711 of peopleDevTest.txt (at most 10 photos each), none of whom the recognizers saw.
+They are shuffled and split into two disjoint halves, calibration and test. In each half, half
+of the people with at least two photos are known: their first photos (two when they have three
+or more, else one) are enrolled, the rest (at most 8) are mated searches. Everyone else in the
+half, every single-photo person included, is unknown, never enrolled: their photos (at most 3)
+are non-mated searches. Threshold and margin are chosen on the calibration half
+(``openset.calibrate``: lowest FNIR at FPIR <= the target); FNIR and FPIR are reported on the
+test half. Tracks: the same operating point applied to the consensus of 3 photos of one person
 (mean subject scores, as the service decides a track), for people with enough photos.
 """
 

@@ -173,9 +173,11 @@ def start_service(
 ) -> Iterator[Callable[..., RecognizerService]]:
     started: list[RecognizerService] = []
 
-    def start(settings: Settings | None = None, **recognizer: Any) -> RecognizerService:
+    def start(
+        settings: Settings | None = None, client_id: str | None = None, **recognizer: Any
+    ) -> RecognizerService:
         settings = settings or make_settings(mqtt_broker, redis_endpoint, model_store, **recognizer)
-        service = RecognizerService(settings, client_id=f"rec-{uuid.uuid4().hex[:8]}")
+        service = RecognizerService(settings, client_id=client_id or f"rec-{uuid.uuid4().hex[:8]}")
         service.start()
         started.append(service)
         return service
