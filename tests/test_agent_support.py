@@ -128,7 +128,7 @@ class KeyFactory:
         """Publish a bundle and its activation (retained), as the trainer would."""
         sealed = self.bundle(network, epoch)
         retain(endpoint, topics.key_bundle(self.scope, epoch), sealed)
-        retain(endpoint, topics.key_announcements(self.scope), self.announcement(sealed))
+        retain(endpoint, topics.key_announcements(self.scope, epoch), self.announcement(sealed))
         return sealed
 
 

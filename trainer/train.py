@@ -171,6 +171,7 @@ class _Run:
         classes: int,
         run_dir: Path,
         teacher: Recognizer | None = None,
+        initial: Recognizer | None = None,
     ) -> None:
         self.config, self.view = config, view
         self.teacher = teacher.eval() if teacher is not None else None
@@ -179,6 +180,8 @@ class _Run:
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.recognizer = Recognizer(config.recognizer).to(self.device)
+        if initial is not None:  # fine-tuning (a key rotation starts from the previous epoch)
+            self.recognizer.load_state_dict(initial.state_dict())
         loss = config.loss
         self.head = CosFace(config.recognizer.embedding_dim, classes, loss.scale, loss.margin)
         self.head.to(self.device)
@@ -294,15 +297,17 @@ def train(
     progress: bool = True,
     target_view: FaceView | None = None,
     teacher: Recognizer | None = None,
+    initial: Recognizer | None = None,
 ) -> TrainResult:
     """Train (or resume, or load a finished) recognizer for ``view`` on ``data``.
     ``target_view`` replaces the scrambled view (a privacy baseline's protected faces, trained
     on the scrambled schedule); pretraining stages still see original faces. ``teacher`` (a
-    recognizer of original faces) is used when ``loss.distill_weight`` > 0."""
+    recognizer of original faces) is used when ``loss.distill_weight`` > 0; ``initial`` gives the
+    starting weights (fine-tuning) unless a checkpoint is resumed."""
     if config.loss.distill_weight and view == "scrambled" and teacher is None:
         raise ValueError("loss.distill_weight needs the original-face recognizer as teacher")
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, view, len(data.names), run_dir, teacher)
+    run = _Run(config, view, len(data.names), run_dir, teacher, initial)
     run.resume()
     epoch_index = 0
     for stage_view, epochs in _stages(config, view):

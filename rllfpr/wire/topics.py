@@ -57,8 +57,9 @@ def key_bundle(scope: str, epoch: int) -> str:
     return f"{ROOT}/keys/{level(scope)}/bundles/{level(epoch)}"
 
 
-def key_announcements(scope: str) -> str:
-    return f"{ROOT}/keys/{level(scope)}/announcements"
+def key_announcements(scope: str, epoch: int) -> str:
+    """One retained announcement per epoch: a late subscriber learns every live epoch's state."""
+    return f"{ROOT}/keys/{level(scope)}/announcements/{level(epoch)}"
 
 
 def key_revocation(scope: str, epoch: int) -> str:
