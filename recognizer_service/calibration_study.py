@@ -91,7 +91,8 @@ def split_people(labels: np.ndarray, seed: int) -> dict[str, Half]:
     return {"calibration": _split_half(halves[0]), "test": _split_half(halves[1])}
 
 
-def _searches(embeddings: np.ndarray, half: Half) -> Searches:
+def searches_of(embeddings: np.ndarray, half: Half) -> Searches:
+    """Face-level searches of a half: its mated probes and its unknown people."""
     gallery = embeddings[half.gallery]
     probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
     mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
@@ -112,11 +113,11 @@ def _track_searches(embeddings: np.ndarray, half: Half) -> Searches:
 
 def _evaluate(embeddings: np.ndarray, halves: dict[str, Half], target_fpir: float) -> Any:
     calibration = calibrate(
-        _searches(embeddings, halves["calibration"]),
+        searches_of(embeddings, halves["calibration"]),
         target_fpir,
         protocol=f"LFW peopleDevTest, calibration half; target FPIR {target_fpir}",
     )
-    test = _searches(embeddings, halves["test"])
+    test = searches_of(embeddings, halves["test"])
     tracks = _track_searches(embeddings, halves["test"])
     point = (calibration.threshold, calibration.min_margin)
     return calibration, {

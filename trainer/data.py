@@ -70,6 +70,12 @@ class AlignedFaces:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def relabeled(self) -> AlignedFaces:
+        """The same faces with labels 0..k-1 over the k identities present (after a subset)."""
+        present, labels = np.unique(self.labels, return_inverse=True)
+        names = [self.names[label] for label in present]
+        return AlignedFaces(self.faces, labels.astype(np.int64), names, self.sources)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> AlignedFaces:
         index = np.asarray(indices, dtype=np.int64)
         return AlignedFaces(

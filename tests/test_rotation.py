@@ -1,0 +1,170 @@
+"""Key rotation on the trainer: gated epoch builds and signed key-state messages on the broker."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from rllfpr import mqtt
+from rllfpr.config import MqttSettings
+from rllfpr.keys import bundle, envelope, material
+from rllfpr.local_services import Endpoint
+from rllfpr.models.store import ModelStore
+from rllfpr.wire import topics
+from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from trainer.data import Aligner, list_identities
+from trainer.rotation import EpochBuilder, GateError, KeyPublisher, RotationConfig, split_corpus
+
+SIDE = 32
+
+
+def _config(**changes: object) -> RotationConfig:
+    document = {
+        "experiment": {
+            "name": "rotation-test",
+            "data": {"dataset": "att_orl", "alignment": "resize", "size": SIDE},
+            "scrambler": {"levels": 2, "widths": [4, 8]},
+            "recognizer": {"backbone": "compact", "input_size": SIDE, "embedding_dim": 16},
+            "augment": {"shift": 1},
+            "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0},
+            "loss": {"distill_weight": 1.0},
+            "device": "cpu",
+        },
+        "fine_tune_epochs": 1,
+        "calibration_people": 0.5,
+        "accuracy_floor": 0.0,
+        "cross_key_margin": 1.0,
+    }
+    return RotationConfig.model_validate(document | changes)
+
+
+@pytest.fixture(scope="module")
+def corpus(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    orl = data_root / "att_orl"
+    return Aligner(orl, tmp_path_factory.mktemp("cache"), SIDE, "resize").load(
+        list_identities(orl, max_identities=12, max_images=6), progress=False
+    )
+
+
+def _builder(corpus: object, tmp_path: Path, config: RotationConfig) -> EpochBuilder:
+    return EpochBuilder(
+        config,
+        corpus,  # type: ignore[arg-type]
+        ModelStore(tmp_path / "models"),
+        Ed25519PrivateKey.generate(),
+        material.FleetKey.generate(),
+        tmp_path / "trainer",
+    )
+
+
+def test_corpus_split_keeps_calibration_people_out_of_training(corpus: object) -> None:
+    split = split_corpus(corpus, _config())  # type: ignore[arg-type]
+    calibration_people = set(split.calibration.names)
+    assert len(calibration_people) == 6
+    assert not calibration_people & set(split.fit.names)
+    assert split.held_out.names == split.fit.names
+    assert sorted(set(split.fit.labels.tolist())) == list(range(6))  # contiguous for CosFace
+
+
+def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_path: Path) -> None:
+    builder = _builder(corpus, tmp_path, _config())
+    first = builder.build("fleet", 1, previous_key=None)
+    assert not first.report["fine_tuned"]
+    assert first.report["gates"]["passed"]
+    assert first.report["gates"]["unsupported_onnx_operators"] == []
+    trusted = {
+        material.signer_id(builder.signing_key.public_key()): builder.signing_key.public_key()
+    }
+    opened = bundle.open_bundle(
+        first.bundle, trusted, {builder.fleet_key.key_id: builder.fleet_key}
+    )
+    assert opened.header.recognizer_id == first.recognizer_id
+    assert builder.store.info("fleet", 1).recognizer_id == first.recognizer_id
+    assert builder.bundle_path("fleet", 1).read_bytes() == first.bundle
+    assert builder.bundle_path("fleet", 1).stat().st_mode & 0o077 == 0
+
+    from rllfpr.models.scrambler import ScramblerNetwork
+
+    first_key = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    second = builder.build("fleet", 2, previous_key=first_key)
+    assert second.report["fine_tuned"]
+    assert second.recognizer_id != first.recognizer_id
+    assert builder.store.epochs("fleet") == [1, 2]
+    calibration = builder.store.info("fleet", 2).calibration
+    assert -1 <= calibration.threshold <= 1
+    assert calibration.target_fpir == pytest.approx(0.01)
+
+
+def test_a_failed_gate_publishes_nothing(corpus: object, tmp_path: Path) -> None:
+    builder = _builder(corpus, tmp_path, _config(accuracy_floor=1.0))
+    with pytest.raises(GateError, match="accuracy"):
+        builder.build("fleet", 1, previous_key=None)
+    assert builder.store.epochs("fleet") == []
+    assert not builder.bundle_path("fleet", 1).exists()
+    assert (tmp_path / "trainer" / "fleet" / "epoch-00000001.json").exists()  # the report stays
+
+
+def _retained(endpoint: Endpoint, scope: str) -> dict[str, bytes]:
+    """Every retained message under the scope's key topics."""
+    settings = MqttSettings(host=endpoint.host, port=endpoint.port)
+    client = mqtt.make_client(settings, "reader", client_id=f"reader-{uuid.uuid4().hex[:8]}")
+    received: dict[str, bytes] = {}
+    quiet = threading.Event()
+
+    def on_message(_client: object, _userdata: object, message: object) -> None:
+        received[message.topic] = message.payload  # type: ignore[attr-defined]
+
+    client.on_message = on_message
+    mqtt.connect(client, settings, clean_start=True)
+    client.subscribe(topics.keys_of_scope(scope), qos=1)
+    quiet.wait(1.0)  # retained messages arrive right after the subscription
+    client.disconnect()
+    client.loop_stop()
+    return received
+
+
+def test_stage_activate_revoke_leave_the_right_retained_messages(mqtt_broker: Endpoint) -> None:
+    signing = Ed25519PrivateKey.generate()
+    fleet = material.FleetKey.generate()
+    scope = f"site{uuid.uuid4().hex[:6]}"
+    sealed = bundle.seal(
+        epoch=7,
+        scope=scope,
+        recognizer_id="r7",
+        architecture={"scrambler": {}, "seed": 1},
+        state={"w": np.zeros(2, np.float32)},
+        signing_key=signing,
+        fleet_key=fleet,
+    )
+    settings = MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port)
+    client = mqtt.make_client(settings, "trainer", client_id=f"trainer-{uuid.uuid4().hex[:8]}")
+    mqtt.connect(client, settings, clean_start=True)
+    publisher = KeyPublisher(client, signing)
+    trusted = {material.signer_id(signing.public_key()): signing.public_key()}
+    try:
+        publisher.stage(sealed)
+        retained = _retained(mqtt_broker, scope)
+        assert retained[topics.key_bundle(scope, 7)] == sealed
+        announcement = retained[topics.key_announcements(scope, 7)]
+        staged = envelope.open_signed(announcement, KeyAnnouncement, trusted)
+        assert staged.state is KeyState.STAGED
+
+        publisher.activate(sealed, grace_s=30)
+        announcement = _retained(mqtt_broker, scope)[topics.key_announcements(scope, 7)]
+        active = envelope.open_signed(announcement, KeyAnnouncement, trusted)
+        assert (active.state, active.grace_s) == (KeyState.ACTIVE, 30)
+
+        publisher.revoke(scope, 7)
+        retained = _retained(mqtt_broker, scope)
+        assert topics.key_bundle(scope, 7) not in retained
+        assert topics.key_announcements(scope, 7) not in retained
+        revoked = retained[topics.key_revocation(scope, 7)]
+        assert envelope.open_signed(revoked, Revocation, trusted).epoch == 7
+    finally:
+        client.disconnect()
+        client.loop_stop()

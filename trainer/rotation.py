@@ -1,0 +1,322 @@
+"""Key rotation on the trainer: build and gate a key epoch, then stage, activate or revoke it.
+
+Building epoch e+1 uses only the trainer's training corpus (a public or licensed face corpus;
+never the faces of enrolled people):
+
+1. a fresh SN key (seed from the OS's CSPRNG), BN self-learned on the corpus's training faces;
+2. the recognizer fine-tuned from epoch e's (trained from scratch for the first epoch), with the
+   experiment's recipe (augmentation before the SN, distillation from an original-face teacher);
+3. gates, measured on corpus faces the recognizer never saw: closed-set accuracy on held-out
+   images of the training people at least ``accuracy_floor``; cross-key accuracy (the new
+   recognizer and gallery probed with the previous key's scrambles) no better than the
+   majority-class rate plus ``cross_key_margin``; an ONNX export that TensorRT can parse;
+4. the open-set operating point calibrated on corpus people held out of training entirely;
+5. the recognizer published to the model store, the bundle sealed (Ed25519 signature, AES-256-GCM
+   for the fleet key) with the recognizer's id, and kept with the gate report.
+
+Nothing is staged when a gate fails. Staging, activation and revocation are signed messages on
+retained topics (``docs/protocol.md``, "Key rotation").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field
+
+from rllfpr.keys import bundle, envelope
+from rllfpr.keys.material import FleetKey
+from rllfpr.models.export import export_onnx, unsupported_operators
+from rllfpr.models.recognizer import Recognizer
+from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.models.store import ModelStore, OpenSetCalibration
+from rllfpr.mqtt import MqttError
+from rllfpr.wire import topics
+from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from trainer.config import ExperimentConfig
+from trainer.data import AlignedFaces, split_per_identity
+from trainer.evaluate import closed_set
+from trainer.metrics import majority_rate
+from trainer.train import FaceView, embed, pick_device, train
+
+log = logging.getLogger(__name__)
+
+
+class RotationConfig(BaseModel):
+    """How the trainer builds and gates each key epoch (one YAML file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: ExperimentConfig = Field(description="Corpus and training recipe of each epoch.")
+    fine_tune_epochs: int = Field(
+        10, ge=1, description="Epochs when fine-tuning from the previous epoch's recognizer."
+    )
+    calibration_people: float = Field(
+        0.25, gt=0, lt=1, description="Share of corpus people kept out of training to calibrate."
+    )
+    accuracy_floor: float = Field(
+        0.5, ge=0, le=1, description="Gate: least closed-set accuracy on held-out corpus images."
+    )
+    cross_key_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Gate: cross-key accuracy may exceed the majority rate by this.",
+    )
+    target_fpir: float = Field(
+        0.01, gt=0, lt=1, description="False-positive identification rate the threshold aims at."
+    )
+    grace_s: int = Field(
+        600, ge=0, description="After activation, how long recognizers accept the previous epoch."
+    )
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> RotationConfig:
+        return cls.model_validate(yaml.safe_load(path.read_text()))
+
+
+class GateError(RuntimeError):
+    """A built epoch failed a gate; nothing was published or staged."""
+
+
+@dataclass(frozen=True)
+class CorpusSplit:
+    fit: AlignedFaces  # training people, training images
+    held_out: AlignedFaces  # training people, held-out images (gates)
+    calibration: AlignedFaces  # people never trained on (open-set calibration)
+
+
+def split_corpus(corpus: AlignedFaces, config: RotationConfig) -> CorpusSplit:
+    spec = config.experiment.data
+    people = np.random.default_rng(spec.split_seed).permutation(len(corpus.names))
+    held_people = set(people[: max(2, round(config.calibration_people * len(people)))].tolist())
+    in_calibration = np.isin(corpus.labels, list(held_people))
+    training = corpus.subset(np.flatnonzero(~in_calibration)).relabeled()
+    fit, held_out = split_per_identity(training.labels, spec.test_fraction, spec.split_seed)
+    return CorpusSplit(
+        training.subset(fit),
+        training.subset(held_out),
+        corpus.subset(np.flatnonzero(in_calibration)).relabeled(),
+    )
+
+
+def draw_key(experiment: ExperimentConfig, faces: np.ndarray, seed: int) -> ScramblerNetwork:
+    from trainer.experiment import make_key
+
+    return make_key(experiment, seed, faces)
+
+
+@dataclass(frozen=True)
+class BuiltEpoch:
+    scope: str
+    epoch: int
+    recognizer_id: str
+    bundle: bytes
+    report: dict[str, Any]
+
+
+def _gates(
+    config: RotationConfig,
+    recognizer: Recognizer,
+    key: ScramblerNetwork,
+    other_key: ScramblerNetwork,
+    split: CorpusSplit,
+) -> dict[str, Any]:
+    device = pick_device(config.experiment.device)
+    view, other = FaceView("scrambled", key, device), FaceView("scrambled", other_key, device)
+    gallery = embed(recognizer, view, split.fit.faces)
+    accuracy = closed_set(
+        gallery,
+        split.fit.labels,
+        embed(recognizer, view, split.held_out.faces),
+        split.held_out.labels,
+    )
+    cross = closed_set(
+        gallery,
+        split.fit.labels,
+        embed(recognizer, other, split.held_out.faces),
+        split.held_out.labels,
+    )
+    majority = majority_rate(split.fit.labels, split.held_out.labels)
+    unsupported = sorted(unsupported_operators(export_onnx(key.cpu())))
+    key.to(device)
+    checks = {
+        "accuracy": accuracy["accuracy"] >= config.accuracy_floor,
+        "cross_key": cross["accuracy"] <= majority + config.cross_key_margin,
+        "tensorrt_operators": not unsupported,
+    }
+    return {
+        "closed_set_accuracy": accuracy["accuracy"],
+        "accuracy_floor": config.accuracy_floor,
+        "cross_key_accuracy": cross["accuracy"],
+        "majority_class_rate": majority,
+        "cross_key_limit": majority + config.cross_key_margin,
+        "unsupported_onnx_operators": unsupported,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+def calibrate_open_set(
+    config: RotationConfig, recognizer: Recognizer, key: ScramblerNetwork, people: AlignedFaces
+) -> tuple[OpenSetCalibration, dict[str, float]]:
+    """Threshold and margin from one half of the held-out people; rates on the other half."""
+    from recognizer_service.calibration_study import searches_of, split_people
+    from recognizer_service.openset import calibrate, rates
+
+    view = FaceView("scrambled", key, pick_device(config.experiment.device))
+    embeddings = embed(recognizer, view, people.faces)
+    halves = split_people(people.labels, config.experiment.data.split_seed)
+    calibration = calibrate(
+        searches_of(embeddings, halves["calibration"]),
+        config.target_fpir,
+        protocol=f"{len(people.names)} corpus people never trained on, half of them; "
+        f"target FPIR {config.target_fpir}",
+    )
+    point = (calibration.threshold, calibration.min_margin)
+    return calibration, rates(searches_of(embeddings, halves["test"]), *point)
+
+
+class EpochBuilder:
+    """Builds epochs of one scope from the trainer's corpus; keeps bundles and gate reports."""
+
+    def __init__(
+        self,
+        config: RotationConfig,
+        corpus: AlignedFaces,
+        store: ModelStore,
+        signing_key: Ed25519PrivateKey,
+        fleet_key: FleetKey,
+        work: Path,
+    ) -> None:
+        self.config, self.store, self.work = config, store, work
+        self.signing_key, self.fleet_key = signing_key, fleet_key
+        self.split = split_corpus(corpus, config)
+
+    def bundle_path(self, scope: str, epoch: int) -> Path:
+        return self.work / scope / f"epoch-{epoch:08d}.rlkb"
+
+    def build(self, scope: str, epoch: int, previous_key: ScramblerNetwork | None) -> BuiltEpoch:
+        experiment = self.config.experiment
+        key = draw_key(experiment, self.split.fit.faces, secrets.randbits(31))
+        previous = self._previous_recognizer(scope, epoch)
+        recipe = experiment
+        if previous is not None:
+            optim = experiment.optim.model_copy(update={"epochs": self.config.fine_tune_epochs})
+            recipe = experiment.model_copy(update={"optim": optim})
+        teacher = None
+        if experiment.loss.distill_weight:  # the original-face teacher does not depend on the key
+            teacher = train(experiment, self.split.fit, "original", None, self.work / "teacher")
+        trained = train(
+            recipe,
+            self.split.fit,
+            "scrambled",
+            key,
+            self.work / scope / f"epoch-{epoch:08d}-run",
+            teacher=teacher.recognizer if teacher else None,
+            initial=previous,
+        )
+        other = previous_key or draw_key(experiment, self.split.fit.faces, secrets.randbits(31))
+        report: dict[str, Any] = {
+            "scope": scope,
+            "epoch": epoch,
+            "fine_tuned": previous is not None,
+        }
+        report["gates"] = _gates(self.config, trained.recognizer, key, other, self.split)
+        if not report["gates"]["passed"]:
+            self._write_report(scope, epoch, report)
+            raise GateError(f"epoch {epoch} failed its gates: {report['gates']['checks']}")
+        calibration, test_rates = calibrate_open_set(
+            self.config, trained.recognizer, key, self.split.calibration
+        )
+        report["open_set"] = {"calibration": calibration.model_dump(mode="json")}
+        report["open_set"]["other_half"] = test_rates
+        info = self.store.publish(scope, epoch, trained.recognizer, calibration, source="rotation")
+        state = key.key_state()
+        sealed = bundle.seal(
+            epoch=epoch,
+            scope=scope,
+            recognizer_id=info.recognizer_id,
+            architecture=state["architecture"],
+            state=state["state"],
+            signing_key=self.signing_key,
+            fleet_key=self.fleet_key,
+        )
+        path = self.bundle_path(scope, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_bytes(sealed)
+        path.chmod(0o600)
+        report["recognizer_id"] = info.recognizer_id
+        self._write_report(scope, epoch, report)
+        return BuiltEpoch(scope, epoch, info.recognizer_id, sealed, report)
+
+    def _previous_recognizer(self, scope: str, epoch: int) -> Recognizer | None:
+        earlier = [e for e in self.store.epochs(scope) if e < epoch]
+        if not earlier:
+            return None
+        return self.store.load(scope, max(earlier)).recognizer
+
+    def _write_report(self, scope: str, epoch: int, report: dict[str, Any]) -> None:
+        path = self.work / scope / f"epoch-{epoch:08d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+class KeyPublisher:
+    """Signed key-state changes on the retained key topics of a scope (trainer side).
+
+    Each epoch has its own retained topics (bundle, announcement, revocation), so a process that
+    connects late still learns the state of every live epoch, not only the latest change.
+    """
+
+    def __init__(self, client: mqtt.Client, signing_key: Ed25519PrivateKey) -> None:
+        self.client, self.signing_key = client, signing_key
+
+    def _retain(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout=30)
+        if not info.is_published():
+            raise MqttError(f"the broker did not acknowledge {topic}")
+
+    def _announce(self, sealed: bytes, state: KeyState, grace_s: int = 0) -> KeyAnnouncement:
+        header = bundle.read_header(sealed)
+        announcement = KeyAnnouncement(
+            scope=header.scope,
+            epoch=header.epoch,
+            state=state,
+            bundle_id=header.bundle_id,
+            bundle_sha256=hashlib.sha256(sealed).hexdigest(),
+            grace_s=grace_s,
+        )
+        topic = topics.key_announcements(header.scope, header.epoch)
+        self._retain(topic, envelope.sign(announcement, self.signing_key))
+        return announcement
+
+    def stage(self, sealed: bytes) -> KeyAnnouncement:
+        """Bundle out first, then the announcement that names it."""
+        header = bundle.read_header(sealed)
+        self._retain(topics.key_bundle(header.scope, header.epoch), sealed)
+        return self._announce(sealed, KeyState.STAGED)
+
+    def activate(self, sealed: bytes, grace_s: int) -> KeyAnnouncement:
+        return self._announce(sealed, KeyState.ACTIVE, grace_s)
+
+    def revoke(self, scope: str, epoch: int, reason: str = "rotation") -> Revocation:
+        """Signed revocation (retained), then the epoch's bundle and announcement cleared."""
+        revocation = Revocation(scope=scope, epoch=epoch, reason=reason)
+        self._retain(
+            topics.key_revocation(scope, epoch), envelope.sign(revocation, self.signing_key)
+        )
+        self._retain(topics.key_bundle(scope, epoch), b"")  # an empty retained message clears it
+        self._retain(topics.key_announcements(scope, epoch), b"")
+        return revocation
