@@ -9,11 +9,12 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.cli import agent_app
+from recognizer_service.cli import gallery_app, recognizer_app
 from rllfpr import __version__
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.keys import bundle, material
-from recognizer_service.cli import gallery_app, recognizer_app
 from trainer.cli import eval_app, train
+from trainer.keys_cli import keys_activate, keys_revoke, keys_rotate, keys_status
 
 app = typer.Typer(
     help="RLLFPR: privacy-preserving face recognition at the edge.", no_args_is_help=True
@@ -93,6 +94,10 @@ def keys_inspect(
 
 
 app.command("train")(train)
+keys_app.command("rotate")(keys_rotate)
+keys_app.command("activate")(keys_activate)
+keys_app.command("revoke")(keys_revoke)
+keys_app.command("status")(keys_status)
 app.add_typer(eval_app, name="eval")
 app.add_typer(agent_app, name="agent")
 app.add_typer(recognizer_app, name="recognizer")

@@ -171,6 +171,13 @@ class AgentSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch runs the scrambler (`auto`: the GPU when there is one)."
     )
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads of torch (MTCNN, torch SN) and ONNX Runtime; 0 keeps their "
+        "defaults (all cores). With several agents on one machine, split the cores.",
+    )
     spool_dir: Path = Field(
         Path("~/.local/share/rllfpr/agent"),
         description="Directory of the store-and-forward spool (`{agent id}.sqlite3`, mode "
@@ -379,6 +386,29 @@ class RecognizerSettings(Section):
         return path.expanduser()
 
 
+class TrainerSettings(Section):
+    """The trainer: builds, signs and publishes key epochs (keep this machine offline-capable)."""
+
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM, from `rllfpr keys init`) that signs bundles and "
+        "key announcements; refused unless readable by its owner only.",
+    )
+    rotation_config: Path = Field(
+        Path("configs/rotation.yaml"),
+        description="RotationConfig YAML: corpus, recipe and gates of every new epoch.",
+    )
+    work_directory: Path = Field(
+        Path("~/.local/share/rllfpr/trainer"),
+        description="Built epochs (sealed bundles, gate reports) and their training runs.",
+    )
+
+    @field_validator("signing_key_file", "rotation_config", "work_directory")
+    @classmethod
+    def _expand(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+
 class Settings(BaseSettings):
     """Root of the configuration tree, shared by the agent, the recognizer and the trainer."""
 
@@ -406,6 +436,9 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings, description="Edge agent.")
     recognizer: RecognizerSettings = Field(
         default_factory=RecognizerSettings, description="Recognizer service."
+    )
+    trainer: TrainerSettings = Field(
+        default_factory=TrainerSettings, description="Trainer and key rotation."
     )
 
     @field_validator("data", "cache")

@@ -168,3 +168,58 @@ def test_stage_activate_revoke_leave_the_right_retained_messages(mqtt_broker: En
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_cli_rotates_activates_and_revokes(
+    mqtt_broker: Endpoint, data_root: Path, tmp_path: Path
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from rllfpr.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "init", str(tmp_path / "keys")]).exit_code == 0
+    rotation = tmp_path / "rotation.yaml"
+    rotation.write_text(yaml.safe_dump(_config().model_dump(mode="json")))
+    scope = f"site{uuid.uuid4().hex[:6]}"
+    config = tmp_path / "rllfpr.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(data_root),
+                "cache": str(tmp_path / "cache"),
+                "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port},
+                "keys": {
+                    "scope": scope,
+                    "fleet_key_file": str(tmp_path / "keys" / "fleet.key"),
+                    "trusted_signers": [str(tmp_path / "keys" / "signing.pub.pem")],
+                },
+                "recognizer": {"model_store": str(tmp_path / "models")},
+                "trainer": {
+                    "signing_key_file": str(tmp_path / "keys" / "signing.pem"),
+                    "rotation_config": str(rotation),
+                    "work_directory": str(tmp_path / "trainer"),
+                },
+            }
+        )
+    )
+
+    def invoke(*arguments: str) -> str:
+        result = runner.invoke(app, ["keys", *arguments, "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "staged epoch 1" in invoke("rotate")
+    assert "activated epoch 2" in invoke("rotate", "--activate")
+    status = invoke("status")
+    assert "staged" in status
+    assert "active" in status
+    invoke("revoke", "1")
+    status = invoke("status")
+    assert "revoked" in status
+    assert ModelStore(tmp_path / "models").epochs(scope) == [2]
+    assert not (tmp_path / "trainer" / scope / "epoch-00000001.rlkb").exists()
+    refused = runner.invoke(app, ["keys", "activate", "1", "--config", str(config)])
+    assert refused.exit_code != 0
+    assert "not built here" in refused.output
