@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edge_agent.backends import ScramblerBackend, build_backend, resolve, torch_device
 from edge_agent.keys import ActiveKey, AgentKeys
@@ -89,11 +90,15 @@ class Agent:
             int(config.spool_max_mb * 1024 * 1024),
             on_drop=lambda reason, count: self.metrics.faces_dropped.labels(reason).inc(count),
         )
+        if config.threads:
+            torch.set_num_threads(config.threads)
         backend_name = resolve(config.backend)
         device = torch_device(config.device)
 
         def make_backend(network: ScramblerNetwork, engine_dir: Path) -> ScramblerBackend:
-            return build_backend(backend_name, network, device=device, engine_dir=engine_dir)
+            return build_backend(
+                backend_name, network, device=device, engine_dir=engine_dir, threads=config.threads
+            )
 
         self.backend_name = backend_name
         self.keys = AgentKeys(

@@ -11,8 +11,9 @@ Every backend turns aligned RGB uint8 faces (N, S, S, 3) into the SN's wire pixe
 Runtimes sum in different orders, so a face's float output can differ in the last bits and
 a grey level sitting on a .5 boundary can round the other way; a 2x2 max-pool whose window
 holds near-equal values can also pick another position. Equivalence is therefore stated as a
-tolerance (``EQUIVALENCE``) and tested, not assumed. TF32 is switched off on GPUs: it would
-add visible differences for no useful speed-up on a network this small.
+tolerance (``EQUIVALENCE``) and tested, not assumed. TF32 stays off on GPUs (the SN itself
+turns it off in torch; here for ONNX Runtime's CUDA provider and TensorRT): on an H100 it
+changed 22 % of the wire pixels (``docs/results/bench-gpu.json``).
 """
 
 from __future__ import annotations
@@ -98,9 +99,6 @@ class TorchBackend:
 
     def __init__(self, network: ScramblerNetwork, device: str = "cpu") -> None:
         self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False  # see the module docstring
-            torch.backends.cuda.matmul.allow_tf32 = False
         self.network = network.to(self.device).eval()
         self.input_size = network.config.input_size
         self._channels = network.config.in_channels
@@ -127,6 +125,7 @@ class OnnxRuntimeBackend:
         network: ScramblerNetwork,
         engine_dir: Path | None = None,
         providers: list[str] | None = None,
+        threads: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -134,6 +133,7 @@ class OnnxRuntimeBackend:
         chosen = providers or [p for p in ORT_PROVIDER_PREFERENCE if p in available]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
         self.session = ort.InferenceSession(
             export_onnx(network),
             options,
@@ -196,14 +196,19 @@ def torch_device(choice: Literal["auto", "cpu", "cuda"]) -> str:
 
 
 def build_backend(
-    name: BackendName, network: ScramblerNetwork, *, device: str, engine_dir: Path
+    name: BackendName,
+    network: ScramblerNetwork,
+    *,
+    device: str,
+    engine_dir: Path,
+    threads: int = 0,
 ) -> ScramblerBackend:
     """A backend for one key. ``engine_dir`` is where compiled engines of this key are
     cached; it belongs to the key and is deleted with it."""
     if name == "torch":
         return TorchBackend(network, device)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(network, engine_dir)
+        return OnnxRuntimeBackend(network, engine_dir, threads=threads)
     from edge_agent.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(network, engine_dir)
