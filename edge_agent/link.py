@@ -119,7 +119,8 @@ class MqttLink:
         self._stop.set()
         with self._wakeup:
             self._wakeup.notify_all()
-        self._sender.join(timeout=5)
+        if self._sender.is_alive():
+            self._sender.join(timeout=5)
         if self.connected.is_set():
             self._publish_status(self._status_message("offline", None, "stopped"), wait_s=2)
         self.client.disconnect()

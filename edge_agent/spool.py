@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     expires_at REAL NOT NULL,
     key_epoch INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_expiry ON outbox (expires_at);
+CREATE INDEX IF NOT EXISTS outbox_epoch ON outbox (key_epoch);
 CREATE TABLE IF NOT EXISTS dropped (
     reason TEXT PRIMARY KEY,
     count INTEGER NOT NULL
