@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 
@@ -35,6 +36,7 @@ class EpochModels:
         self.scopes = list(scopes)
         self.device = device
         self._models: dict[EpochKey, LoadedModel] = {}
+        self._not_after: dict[EpochKey, float] = {}  # retirement deadlines, UNIX seconds
         self._lock = threading.Lock()
 
     def refresh(self) -> list[EpochKey]:
@@ -74,9 +76,28 @@ class EpochModels:
             self._models.pop((scope, epoch), None)
         self.store.revoke(scope, epoch)
 
+    def retire(self, scope: str, epoch: int, not_after: float) -> None:
+        """A newer epoch is active: accept this one's faces until ``not_after`` (the grace
+        window), none after. An earlier deadline wins (a replayed announcement cannot extend)."""
+        with self._lock:
+            current = self._not_after.get((scope, epoch), float("inf"))
+            self._not_after[(scope, epoch)] = min(current, not_after)
+
+    def is_retired(self, scope: str, epoch: int) -> bool:
+        with self._lock:
+            return time.time() > self._not_after.get((scope, epoch), float("inf"))
+
     def get(self, scope: str, epoch: int) -> LoadedModel | None:
+        """The model of an epoch whose faces are accepted now; None when unknown, revoked or
+        past its grace window."""
+        if self.is_retired(scope, epoch):
+            return None
         with self._lock:
             return self._models.get((scope, epoch))
+
+    def epochs_of(self, scope: str) -> list[int]:
+        with self._lock:
+            return sorted(epoch for s, epoch in self._models if s == scope)
 
     def is_revoked(self, scope: str, epoch: int) -> bool:
         return self.store.is_revoked(scope, epoch)

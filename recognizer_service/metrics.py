@@ -78,6 +78,12 @@ class Metrics:
         self.enrollments = Counter(
             "rllfpr_templates_enrolled", "Templates enrolled.", registry=registry
         )
+        self.key_messages_refused = Counter(
+            "rllfpr_key_messages_refused",
+            "Key announcements or revocations not acted on (bad signature, error).",
+            ["reason"],
+            registry=registry,
+        )
         self.erasures = Counter(
             "rllfpr_templates_erased",
             "Templates erased (by request or retention).",

@@ -133,11 +133,14 @@ class BatchProcessor:
             )
         model = self.models.get(header.key_scope, header.key_epoch)
         if model is None:
-            revoked = self.models.is_revoked(header.key_scope, header.key_epoch)
+            if self.models.is_revoked(header.key_scope, header.key_epoch):
+                reason, state = "revoked_epoch", "revoked"
+            elif self.models.is_retired(header.key_scope, header.key_epoch):
+                reason, state = "retired_epoch", "past its grace window"
+            else:
+                reason, state = "unknown_epoch", "not loaded here"
             raise PoisonMessageError(
-                "revoked_epoch" if revoked else "unknown_epoch",
-                f"key epoch {header.key_epoch} of scope {header.key_scope} is "
-                + ("revoked" if revoked else "not loaded here"),
+                reason, f"key epoch {header.key_epoch} of scope {header.key_scope} is {state}"
             )
         side = model.info.recognizer.input_size
         if (header.height, header.width) != (side, side):

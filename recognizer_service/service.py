@@ -24,9 +24,9 @@ from recognizer_service.audit import AuditLog
 from recognizer_service.consumer import MqttLink
 from recognizer_service.epochs import EpochModels, pick_device
 from recognizer_service.gallery import Gallery, connect_redis
+from recognizer_service.keywatch import KeyWatch
 from recognizer_service.metrics import Metrics
 from recognizer_service.pipeline import (
-    REDIS_TRANSIENT,
     BatchProcessor,
     Delivery,
     Face,
@@ -104,6 +104,17 @@ class RecognizerService:
         self.processor = BatchProcessor(
             options, self.models, self.gallery, self.tracks, self.audit, self.metrics, self.link
         )
+        self.keywatch = (
+            KeyWatch(
+                settings,
+                self.models.epochs_of,
+                self.models.retire,
+                lambda scope, epoch: self.drop_epoch(scope, epoch, actor="key-revocation"),
+                on_refused=lambda reason: self.metrics.key_messages_refused.labels(reason).inc(),
+            )
+            if settings.keys.trusted_signers
+            else None
+        )
         self._stop = threading.Event()
         self._busy = threading.Event()  # a batch is in hand
         self._worker: threading.Thread | None = None
@@ -123,6 +134,10 @@ class RecognizerService:
             )
         self._last_maintenance = time.monotonic()
         self.link.start()
+        if self.keywatch is not None:
+            self.keywatch.start()
+        else:
+            log.warning("no trusted signer configured: key activations and revocations are ignored")
         self._worker = threading.Thread(target=self._run, name="recognizer-worker", daemon=True)
         self._worker.start()
         log.info("recognizer %s consuming %s", self.link.client_id, self.link.filters)
@@ -139,6 +154,8 @@ class RecognizerService:
         if self._worker is not None:
             self._worker.join(timeout=30)
         self.link.stop(end_session=leave_group)
+        if self.keywatch is not None:
+            self.keywatch.close()
 
     def _drain(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
         """Wait until no delivery arrived for ``quiet_s`` and every one was handled."""
@@ -155,7 +172,7 @@ class RecognizerService:
     def readiness(self) -> Readiness:
         try:
             redis_ok = bool(self.redis.ping())
-        except (*REDIS_TRANSIENT, redis.RedisError):
+        except redis.RedisError:
             redis_ok = False
         return Readiness(
             mqtt=self.link.is_connected(),
@@ -172,11 +189,15 @@ class RecognizerService:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._collect()
-            if batch:
-                self._handle(batch)
-            self._sweep()
-            self._maintain_if_due()
+            try:
+                batch = self._collect()
+                if batch:
+                    self._handle(batch)
+                self._sweep()
+                self._maintain_if_due()
+            except Exception:  # the worker must outlive any bug; /healthz watches it
+                log.exception("recognizer worker iteration failed")
+                self._stop.wait(1.0)
 
     def _collect(self) -> list[Delivery]:
         options = self.settings.recognizer
@@ -275,7 +296,7 @@ class RecognizerService:
         self._last_maintenance = time.monotonic()
         try:
             self.maintain()
-        except (*REDIS_TRANSIENT, redis.RedisError) as error:
+        except redis.RedisError as error:
             log.warning("maintenance postponed: %s", error)
 
     def maintain(self) -> None:

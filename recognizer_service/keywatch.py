@@ -1,0 +1,112 @@
+"""The recognizer follows the trainer's signed key announcements and revocations.
+
+It subscribes to the retained key topics of every scope it serves (its own MQTT connection,
+apart from the face consumer) and acts on what verifies against the trusted signers:
+
+- ``active`` epoch e: every loaded epoch below e of that scope is retired at the announcement's
+  ``issued_at + grace_s``: its faces are still recognized until then (agents switch at slightly
+  different moments, and faces already queued carry e-1), rejected after;
+- a ``Revocation`` (or a ``revoked`` announcement) of epoch e: the gallery of e is deleted and its
+  model dropped; its faces are rejected from then on;
+- ``staged`` needs nothing here: the trainer publishes the model to the model store, which the
+  service rescans (``EpochModels.refresh``).
+
+Bundles are ignored: a recognizer never needs the SN key. Unsigned, forged or malformed messages
+are logged and counted, never acted on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from rllfpr import mqtt
+from rllfpr.config import Settings
+from rllfpr.keys import envelope, material
+from rllfpr.wire import topics
+from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+
+log = logging.getLogger(__name__)
+
+Retire = Callable[[str, int, float], None]  # scope, epoch below the active one, not_after
+Drop = Callable[[str, int], object]  # scope, revoked epoch
+Loaded = Callable[[str], list[int]]  # scope -> epochs loaded now
+
+
+class KeyWatch:
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: Loaded,
+        retire: Retire,
+        drop: Drop,
+        on_refused: Callable[[str], None] = lambda _reason: None,
+    ) -> None:
+        self.settings = settings
+        self.trusted: dict[str, Ed25519PublicKey] = material.trusted_signers(
+            settings.keys.trusted_signers
+        )
+        self.loaded, self.retire, self.drop, self.on_refused = loaded, retire, drop, on_refused
+        self.client = mqtt.make_client(
+            settings.mqtt, "recognizer-keys", client_id=f"keys-{uuid.uuid4().hex[:12]}"
+        )
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        mqtt.connect(self.client, self.settings.mqtt, clean_start=True)
+        self._on_connect(self.client)
+        self.client.on_connect = (
+            self._on_connect
+        )  # after connect(), which sets its own: resubscribe
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: paho.Client, *_args: object) -> None:
+        for scope in self.settings.recognizer.scopes:
+            client.subscribe(topics.keys_of_scope(scope), qos=1)
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        if not msg.payload or "/bundles/" in msg.topic:
+            return  # a cleared retained topic, or a bundle (the SN is not needed here)
+        try:
+            self.handle(msg.topic, bytes(msg.payload))
+        except envelope.SignatureError as error:
+            log.warning("refused key message on %s: %s", msg.topic, error)
+            self.on_refused("signature")
+        except Exception:  # a callback must not kill paho's network thread
+            log.exception("cannot apply key message on %s", msg.topic)
+            self.on_refused("error")
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        if "/revocations/" in topic:
+            revocation = envelope.open_signed(payload, Revocation, self.trusted)
+            self._revoke(revocation.scope, revocation.epoch, topic)
+            return
+        announcement = envelope.open_signed(payload, KeyAnnouncement, self.trusted)
+        if announcement.state is KeyState.REVOKED:
+            self._revoke(announcement.scope, announcement.epoch, topic)
+        elif announcement.state is KeyState.ACTIVE:
+            not_after = announcement.issued_at.timestamp() + announcement.grace_s
+            for epoch in self.loaded(announcement.scope):
+                if epoch < announcement.epoch:
+                    log.info(
+                        "scope %s epoch %d active: epoch %d accepted for %d s more",
+                        announcement.scope,
+                        announcement.epoch,
+                        epoch,
+                        announcement.grace_s,
+                    )
+                    self.retire(announcement.scope, epoch, not_after)
+
+    def _revoke(self, scope: str, epoch: int, topic: str) -> None:
+        if scope not in self.settings.recognizer.scopes:
+            log.warning("ignoring a revocation for scope %s on %s: not served here", scope, topic)
+            return
+        log.info("scope %s epoch %d revoked: deleting its gallery and model", scope, epoch)
+        self.drop(scope, epoch)
