@@ -59,9 +59,8 @@ class KeyWatch:
     def start(self) -> None:
         mqtt.connect(self.client, self.settings.mqtt, clean_start=True)
         self._on_connect(self.client)
-        self.client.on_connect = (
-            self._on_connect
-        )  # after connect(), which sets its own: resubscribe
+        # connect() installs its own on_connect; ours resubscribes after a reconnection
+        self.client.on_connect = self._on_connect
 
     def close(self) -> None:
         self.client.disconnect()
