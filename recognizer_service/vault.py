@@ -25,10 +25,14 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from recognizer_service.enrollment import ScrambledFace
 from rllfpr.faces.align import align, similarity_transform
 from rllfpr.faces.detect import Detection
 from rllfpr.keys.material import KeyMaterialError
+from rllfpr.keys.scrambler_key import ScramblerKey
+from rllfpr.wire.messages import CropBox
 from rllfpr.wire.topics import level
+from trainer.train import to_unit
 
 MAGIC = b"RLPV"
 FORMAT_VERSION = 1
@@ -45,6 +49,7 @@ class VaultFace:
     region: np.ndarray  # (H, W, 3) uint8 RGB face region
     landmarks: np.ndarray  # (5, 2) in region coordinates
     source: str  # the photo's file name, for the operator
+    score: float = 1.0  # the detector's confidence when the photo was enrolled
 
     def aligned(self, size: int) -> np.ndarray:
         return align(self.region, self.landmarks, size)
@@ -63,7 +68,7 @@ def face_region(image: np.ndarray, detection: Detection, source: str) -> VaultFa
     bottom = int(np.clip(np.ceil(footprint[:, 1].max()) + MARGIN, top + 1, height))
     region = np.ascontiguousarray(image[top:bottom, left:right])
     landmarks = detection.landmarks.astype(np.float64) - np.array([left, top], np.float64)
-    return VaultFace(region, landmarks, source)
+    return VaultFace(region, landmarks, source, float(detection.score))
 
 
 def create_vault_key(path: Path) -> None:
@@ -99,7 +104,10 @@ class PhotoVault:
         kept = self.faces(subject) if self._path(subject).exists() else []
         everything = kept + faces
         buffer = io.BytesIO()
-        arrays: dict[str, np.ndarray] = {"sources": np.array([f.source for f in everything])}
+        arrays: dict[str, np.ndarray] = {
+            "sources": np.array([f.source for f in everything]),
+            "scores": np.array([f.score for f in everything], np.float32),
+        }
         for index, face in enumerate(everything):
             arrays[f"region_{index}"] = face.region
             arrays[f"landmarks_{index}"] = face.landmarks
@@ -126,10 +134,10 @@ class PhotoVault:
         except InvalidTag as error:
             raise VaultError(f"{path} does not decrypt: wrong key, tampered, or renamed") from error
         with np.load(io.BytesIO(plain), allow_pickle=False) as archive:
-            sources = archive["sources"].tolist()
+            sources, scores = archive["sources"].tolist(), archive["scores"].tolist()
             return [
-                VaultFace(archive[f"region_{i}"], archive[f"landmarks_{i}"], source)
-                for i, source in enumerate(sources)
+                VaultFace(archive[f"region_{i}"], archive[f"landmarks_{i}"], source, score)
+                for i, (source, score) in enumerate(zip(sources, scores, strict=True))
             ]
 
     def subjects(self) -> list[str]:
@@ -145,3 +153,20 @@ class PhotoVault:
     @staticmethod
     def _associated(subject: str) -> bytes:
         return MAGIC + subject.encode()
+
+
+def scramble(faces: list[VaultFace], key: ScramblerKey) -> list[ScrambledFace]:
+    """The vault's faces aligned at the key's input size and scrambled with it, ready for
+    ``enrollment_messages``; the crop box is the stored region (no frame exists any more)."""
+    if not faces:
+        return []
+    size = key.network.config.input_size
+    aligned = np.stack([face.aligned(size) for face in faces])
+    device = next(key.network.parameters()).device
+    pixels = key.network.scramble(to_unit(aligned, device)).cpu().numpy()
+    scrambled = []
+    for face, wire in zip(faces, pixels, strict=True):
+        height, width = face.region.shape[:2]
+        crop = CropBox(x=0, y=0, width=width, height=height, frame_width=width, frame_height=height)
+        scrambled.append(ScrambledFace(Path(face.source), wire, face.score, crop))
+    return scrambled

@@ -93,6 +93,29 @@ def keys_inspect(
         raise fail(str(error)) from error
 
 
+@app.command("demo")
+def demo(
+    output: Path = typer.Option(Path("runs/demo"), help="Where report.md, report.json go."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """The whole pipeline on this machine: local Mosquitto and Redis 8, trainer-built key
+    epochs, enrollment, an edge agent replaying LFW photos, live events, a key rotation."""
+    from demo.run import run
+    from rllfpr.local_services import ServiceError
+
+    settings = settings_or_fail(config)
+    try:
+        result = run(settings, output, console)
+    except (ServiceError, FileNotFoundError, TimeoutError) as error:
+        raise fail(f"demo stopped: {error}") from error
+    for index, row in enumerate(result["rounds"], start=1):
+        console.print(
+            f"round {index}: {row['events']} events, accuracy {row['accuracy']}, key epochs "
+            f"{row['key_epochs']}"
+        )
+    console.print(f"report: {output / 'report.md'}")
+
+
 app.command("train")(train)
 keys_app.command("rotate")(keys_rotate)
 keys_app.command("activate")(keys_activate)

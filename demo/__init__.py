@@ -1,0 +1,1 @@
+"""``rllfpr demo``: the whole pipeline on one machine, with a key rotation in the middle."""
