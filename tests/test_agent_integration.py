@@ -77,6 +77,9 @@ def test_a_broker_outage_and_an_agent_restart_lose_nothing(
     agent = started(Agent(settings, str(photos), detector=shared_detector()))
     outage.down()
     wait_until(lambda: not agent.link.connected.is_set())
+    wait_until(lambda: last_status(capture, agent).reason == "connection lost")  # the will
+    assert last_status(capture, agent).state == "offline"
+    assert last_status(capture, agent).key_epoch is None
     agent.run()  # the broker is unreachable: everything goes to the spool
     queued = int(agent.metrics.value("faces_queued"))
     assert queued >= 4
@@ -107,6 +110,14 @@ def test_a_broker_outage_and_an_agent_restart_lose_nothing(
     ]
     assert {s.state for s in statuses} >= {"online"}
     assert all(s.key_epoch in (None, 1) for s in statuses)
+
+
+def last_status(capture: Capture, agent: Agent) -> AgentStatus:
+    """The latest status of ``agent`` (an empty ``degraded`` one before any arrived)."""
+    messages = capture.on(topics.agent_status(agent.who.agent))
+    if not messages:
+        return AgentStatus(agent=agent.who.agent, site="none", state="degraded", version="")
+    return AgentStatus.model_validate_json(messages[-1].payload)
 
 
 class LoopingCamera:

@@ -129,6 +129,8 @@ def test_only_scrambled_faces_leave_the_agent(
 
     unmatched = list(range(len(expected)))
     for message in capture.on(face_topic):
+        assert message.expiry_s is not None
+        assert 0 < message.expiry_s <= settings.mqtt.message_expiry_s  # stale faces expire
         decoded = codec.decode(message.payload)
         (header_length,) = struct.unpack(">I", message.payload[6:10])
         pixels = decoded.header.height * decoded.header.width

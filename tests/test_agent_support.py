@@ -148,6 +148,7 @@ class Captured:
     topic: str
     payload: bytes
     retain: bool
+    expiry_s: int | None  # the MQTT v5 message expiry left when delivered
 
 
 class Capture:
@@ -168,7 +169,9 @@ class Capture:
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: Any) -> None:
         with self._lock:
-            self.messages.append(Captured(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            expiry = getattr(msg.properties, "MessageExpiryInterval", None)
+            captured = Captured(msg.topic, bytes(msg.payload), bool(msg.retain), expiry)
+            self.messages.append(captured)
 
     def on(self, prefix: str) -> list[Captured]:
         with self._lock:
