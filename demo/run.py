@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,28 +98,30 @@ class Shown:
 
 
 class ReplayCamera:
-    """LFW photos as frames: one scene per visit (tracks reset between people); pauses between
-    the two rounds until the rotation is done. Remembers what it showed when."""
+    """Photos as frames: one scene per visit (tracks reset between people), in rounds; round
+    i > 0 starts only once ``release(i)`` is called. Remembers what it showed when."""
 
     live = False
-    description = "LFW photos replayed as camera frames"
+    description = "photos replayed as camera frames"
 
-    def __init__(self, rounds: tuple[list[Visit], list[Visit]], fps: float) -> None:
+    def __init__(self, rounds: Sequence[Sequence[Visit]], fps: float) -> None:
         self.rounds, self.fps = rounds, fps
         self.shown: dict[str, Shown] = {}  # captured_at (ISO) -> what was in front of the camera
-        self.first_round_done = threading.Event()
-        self.go_on = threading.Event()
+        self.finished = [threading.Event() for _ in rounds]  # every frame of the round yielded
+        self._gates = [threading.Event() for _ in rounds]
+        self._gates[0].set()
+
+    def release(self, round_: int) -> None:
+        self._gates[round_].set()
 
     def frames(self, stop: threading.Event) -> Iterator[Any]:
         from edge_agent.sources import Frame
 
         index = scene = 0
         for round_, visits in enumerate(self.rounds):
-            if round_ == 1:
-                self.first_round_done.set()
-                while not self.go_on.wait(0.1):
-                    if stop.is_set():
-                        return
+            while not self._gates[round_].wait(0.1):
+                if stop.is_set():
+                    return
             for visit in visits:
                 scene += 1
                 for photo in visit.photos:
@@ -129,6 +131,7 @@ class ReplayCamera:
                     self.shown[captured.isoformat()] = Shown(visit, round_)
                     yield Frame(load_rgb(photo), index, scene, captured, photo.name)
                     index += 1
+            self.finished[round_].set()
 
 
 # ----------------------------------------------------------------------------- observing
@@ -446,7 +449,7 @@ def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
         console.rule("round 1 · key epoch 1")
         runner.start()
         rounds = [len(r) for r in people.rounds]
-        camera.first_round_done.wait(600)
+        camera.finished[0].wait(600)
         wait_quietly(lambda: observer.events_for(0) >= rounds[0], 20)
 
         console.rule("key rotation: epoch 1 -> 2")
@@ -463,7 +466,7 @@ def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
         )
         console.print(f"trainer: epoch 2 active; the agent switched; epoch 1 accepted {GRACE_S} s")
         console.rule("round 2 · key epoch 2")
-        camera.go_on.set()
+        camera.release(1)
         time.sleep(GRACE_S + 1)
         publisher.revoke(SCOPE, 1)
         wait_until(lambda: recognizer.gallery.size(SCOPE, 1) == 0, 30, "gallery 1 deleted")

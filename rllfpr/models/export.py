@@ -7,6 +7,7 @@ to uint8 happens in the backend), so every backend produces the same wire pixels
 from __future__ import annotations
 
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -49,11 +50,16 @@ class _WirePixels(nn.Module):
         return self.network.to_pixels(self.network(faces))
 
 
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(network: ScramblerNetwork, path: Path | None = None) -> bytes:
     """Export with a dynamic batch dimension; returns the model bytes (and writes ``path``)."""
     size = network.config.input_size
     example = torch.zeros(1, network.config.in_channels, size, size)
-    with tempfile.TemporaryDirectory() as workdir, warnings.catch_warnings():
+    # torch.onnx.export keeps global state: two agents of one process that switch keys at the
+    # same moment would collide ("GLOBALS.in_onnx_export must be False").
+    with _EXPORT_LOCK, tempfile.TemporaryDirectory() as workdir, warnings.catch_warnings():
         target = Path(workdir) / "scrambler.onnx"
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
