@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -476,6 +477,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": "python benchmarks/bench_recognizer.py " + " ".join(sys.argv[1:]),
         "hardware": hardware.describe(device),
+        # other work on the same cores skews CPU timings: say how busy the machine was
+        "load_average_1_5_15_min_at_start": [round(v, 2) for v in os.getloadavg()],
     }
     if arguments.embedding_only:
         result["embedding"] = embedding_throughput(
@@ -499,6 +502,7 @@ def main() -> None:
             )
         if not arguments.skip_e2e:
             result["end_to_end"] = end_to_end(arguments.e2e_faces, arguments.e2e_gallery)
+    result["load_average_1_5_15_min_at_end"] = [round(v, 2) for v in os.getloadavg()]
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_recognizer.py"
 
 
-def test_embedding_only_mode_writes_throughput_per_stem(tmp_path: Path) -> None:
+def test_embedding_only_mode_writes_throughput_per_stem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     output = tmp_path / "embedding.json"
-    command = [sys.executable, "benchmarks/bench_recognizer.py", "--embedding-only"]
-    command += ["--device", "cpu", "--backbone", "compact", "--size", "32", "--batch", "4"]
-    command += ["--seconds", "0.2", "--output", str(output)]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    arguments = ["--embedding-only", "--device", "cpu", "--backbone", "compact"]
+    arguments += ["--size", "32", "--batch", "4", "--seconds", "0.2", "--output", str(output)]
+    monkeypatch.setattr("sys.argv", [str(SCRIPT), *arguments])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
     result = json.loads(output.read_text())
     embedding = result["embedding"]
     assert (embedding["backbone"], embedding["batch"], embedding["precision"]) == (
