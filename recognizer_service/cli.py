@@ -307,3 +307,93 @@ def erase(
     except ApiError as error:
         raise fail(str(error)) from error
     console.print(f"erased {result['templates_erased']} templates of {subject}")
+
+
+VaultOption = typer.Option(..., help="The station's vault folder (encrypted face regions).")
+VaultKeyOption = typer.Option(
+    ..., help="The station's 32-byte vault key (created 0600 when missing with --create-key)."
+)
+
+
+@gallery_app.command("keep")
+def keep(
+    folder: Path = typer.Argument(..., help="Folder of photos of one person."),
+    subject: str = typer.Option(..., help="Subject id (a topic level)."),
+    vault: Path = VaultOption,
+    vault_key: Path = VaultKeyOption,
+    create_key: bool = typer.Option(False, help="Create the vault key if it does not exist."),
+) -> None:
+    """Keep a person's enrollment faces in the station's encrypted vault, so that every future
+    key epoch can be enrolled (`gallery reenroll`) without the photos leaving the station."""
+    from recognizer_service.enrollment import photos_in
+    from recognizer_service.vault import PhotoVault, create_vault_key, face_region, load_vault_key
+    from rllfpr.faces.detect import FaceDetector, central_face
+    from rllfpr.keys.material import KeyMaterialError
+    from rllfpr.wire.topics import TopicError, level
+    from trainer.data import load_rgb
+
+    try:
+        level(subject)
+        if create_key and not vault_key.exists():
+            create_vault_key(vault_key)
+        store = PhotoVault(vault, load_vault_key(vault_key))
+        photos = photos_in(folder)
+    except (TopicError, KeyMaterialError, FileNotFoundError) as error:
+        raise fail(str(error)) from error
+    detector, faces = FaceDetector(min_face_size=40), []
+    for photo in photos:
+        try:
+            image = load_rgb(photo)
+        except (OSError, ValueError) as error:
+            console.print(f"[yellow]skipped[/yellow] {photo.name}: unreadable ({error})")
+            continue
+        found = central_face(detector.detect([image])[0], image.shape)
+        if found is None:
+            console.print(f"[yellow]skipped[/yellow] {photo.name}: no face found")
+            continue
+        faces.append(face_region(image, found, photo.name))
+    if not faces:
+        raise fail(f"no usable face in {len(photos)} photos of {folder}")
+    total = store.add(subject, faces)
+    console.print(f"kept {len(faces)} faces of {subject} ({total} in the vault, encrypted)")
+
+
+@gallery_app.command("reenroll")
+def reenroll(
+    bundle: Path = typer.Option(
+        ..., exists=True, dir_okay=False, help="Key bundle of the (staged) epoch to enroll under."
+    ),
+    vault: Path = VaultOption,
+    vault_key: Path = VaultKeyOption,
+    site: str = typer.Option(..., help="Site of the enrollment station."),
+    station: str = typer.Option("enrollment-station", help="Id of this station (agent id)."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Scramble everyone in the vault with a new epoch's key and send it for enrollment: run
+    it when an epoch is staged, so its gallery is full before the epoch is activated."""
+    from recognizer_service.enrollment import enrollment_messages
+    from recognizer_service.vault import PhotoVault, VaultError, load_vault_key, scramble
+    from rllfpr.keys.bundle import BundleError
+    from rllfpr.keys.material import KeyMaterialError
+    from rllfpr.keys.scrambler_key import open_scrambler_bundle
+
+    settings = settings_or_fail(config)
+    try:
+        key = open_scrambler_bundle(bundle.read_bytes(), settings.keys)
+        store = PhotoVault(vault, load_vault_key(vault_key))
+        messages = [
+            message
+            for subject in store.subjects()
+            for message in enrollment_messages(
+                scramble(store.faces(subject), key), key, subject, site, station
+            )
+        ]
+    except (BundleError, KeyMaterialError, VaultError) as error:
+        raise fail(str(error)) from error
+    if not messages:
+        raise fail(f"the vault {vault} holds nobody")
+    _send_mqtt(settings, messages, station)
+    console.print(
+        f"sent {len(messages)} scrambled faces of {len(store.subjects())} subjects for scope "
+        f"{key.header.scope} epoch {key.header.epoch}"
+    )

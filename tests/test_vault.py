@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,74 @@ def test_vault_key_must_be_private(tmp_path: Path) -> None:
     with pytest.raises(KeyMaterialError, match="readable by others"):
         load_vault_key(path)
     assert isinstance(VaultFace, type)
+
+
+def test_station_keeps_photos_and_reenrolls_them_under_a_new_epoch(
+    mqtt_broker: object, data_root: Path, tmp_path: Path
+) -> None:
+    import threading
+    import uuid
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from rllfpr import mqtt
+    from rllfpr.cli import app
+    from rllfpr.config import MqttSettings
+    from rllfpr.wire import codec
+    from tests.test_agent_support import SMALL_SN, KeyFactory, self_learned
+
+    keys = KeyFactory(tmp_path)
+    network = self_learned(
+        SMALL_SN.model_copy(update={"input_size": 64}), 5, _image(9)[None, :64, :64]
+    )
+    bundle_file = tmp_path / "epoch5.rlkb"
+    bundle_file.write_bytes(keys.bundle(network, 5))
+    endpoint = mqtt_broker
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"host": endpoint.host, "port": endpoint.port},  # type: ignore[attr-defined]
+                "keys": keys.settings(tmp_path / "station-keys").model_dump(mode="json"),
+            }
+        )
+    )
+    received: list[bytes] = []
+    arrived = threading.Event()
+    settings = MqttSettings(host=endpoint.host, port=endpoint.port)  # type: ignore[attr-defined]
+    client = mqtt.make_client(settings, "watch", client_id=f"w-{uuid.uuid4().hex[:8]}")
+
+    def on_message(_c: object, _u: object, message: object) -> None:
+        received.append(bytes(message.payload))  # type: ignore[attr-defined]
+        arrived.set()
+
+    client.on_message = on_message
+    mqtt.connect(client, settings, clean_start=True)
+    client.subscribe("rllfpr/v1/enroll/#", qos=1)
+    photos = data_root / "lfw" / "Colin_Powell"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in sorted(photos.glob("*.jpg"))[:3]:
+        (folder / photo.name).symlink_to(photo)
+    runner = CliRunner()
+    vault = ["--vault", str(tmp_path / "vault"), "--vault-key", str(tmp_path / "vault.key")]
+    kept = runner.invoke(
+        app, ["gallery", "keep", str(folder), "--subject", "colin", *vault, "--create-key"]
+    )
+    assert kept.exit_code == 0, kept.output
+    assert "kept 3 faces" in kept.output
+    sent = runner.invoke(
+        app,
+        ["gallery", "reenroll", "--bundle", str(bundle_file), *vault, "--site", "hq",
+         "--config", str(config)],
+    )  # fmt: skip
+    assert sent.exit_code == 0, sent.output
+    deadline = time.monotonic() + 10
+    while len(received) < 3 and time.monotonic() < deadline:
+        arrived.wait(0.2)
+    client.disconnect()
+    client.loop_stop()
+    headers = [codec.decode(payload).header for payload in received]
+    assert [(h.subject, h.key_epoch, h.purpose) for h in headers] == [("colin", 5, "enroll")] * 3
+    assert all(h.height == 64 for h in headers)
