@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
+from edge_agent.prepare import crop_box, sharpness
 from rllfpr.faces.align import AlignmentError, align
-from rllfpr.faces.detect import Detection, FaceDetector, central_face
+from rllfpr.faces.detect import FaceDetector, central_face
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import CropBox, FaceHeader, PixelFormat, utc_now
@@ -38,22 +39,13 @@ class ScrambledFace:
     pixels: np.ndarray  # (S, S) uint8 wire pixels
     detection_score: float
     crop: CropBox
+    quality: float = 0.0  # sharpness of the aligned face, as the edge agent measures it
 
 
 def photos_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder of photos: {folder}")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
-
-
-def _crop(detection: Detection, shape: tuple[int, ...]) -> CropBox:
-    height, width = shape[:2]
-    x1, y1, x2, y2 = (round(float(v)) for v in detection.box)
-    x1, y1 = min(max(x1, 0), width - 1), min(max(y1, 0), height - 1)
-    x2, y2 = min(max(x2, x1 + 1), width), min(max(y2, y1 + 1), height)
-    return CropBox(
-        x=x1, y=y1, width=x2 - x1, height=y2 - y1, frame_width=width, frame_height=height
-    )
 
 
 def scramble_photos(
@@ -78,7 +70,8 @@ def scramble_photos(
             failures.append(f"{path.name}: {error}")
             continue
         pixels = key.network.scramble(to_unit(aligned[None], torch.device("cpu")))[0].numpy()
-        faces.append(ScrambledFace(path, pixels, detection.score, _crop(detection, image.shape)))
+        crop = crop_box(detection.box, image.shape)
+        faces.append(ScrambledFace(path, pixels, detection.score, crop, sharpness(aligned)))
     return faces, failures
 
 
@@ -100,7 +93,7 @@ def enrollment_messages(
             key_scope=key.header.scope,
             track_id=0,
             detection_score=min(1.0, max(0.0, face.detection_score)),
-            quality=0.0,  # not measured: enrollment photos are chosen by an operator
+            quality=face.quality,
             crop=face.crop,
             height=height,
             width=width,
