@@ -192,7 +192,10 @@ class AgentKeys:
                     self._inbox_changed.wait(self._settle_s - quiet_for)
                     continue
                 batch, self._inbox = self._inbox, []
-            self._apply_all(batch)
+            try:
+                self._apply_all(batch)
+            except Exception:  # keep listening: the next bundle or revocation must get through
+                log.exception("unexpected failure while applying key messages")
 
     # ----- the pipeline's side
     def current(self) -> ActiveKey | None:
@@ -261,7 +264,13 @@ class AgentKeys:
             raise KeyRefusedError(
                 f"bundle of epoch {key.header.epoch} does not hold a usable SN: {error}"
             ) from error
-        return self._build_backend(network, self.engine_dir(key.header.epoch))
+        try:
+            return self._build_backend(network, self.engine_dir(key.header.epoch))
+        except Exception as error:  # a runtime's own failure must not stop the key thread
+            log.exception("cannot build the scrambler backend of epoch %d", key.header.epoch)
+            raise KeyRefusedError(
+                f"scrambler backend for epoch {key.header.epoch} failed to build: {error}"
+            ) from error
 
     def _announce(self, announcement: KeyAnnouncement, payload: bytes) -> None:
         if announcement.scope != self.scope:

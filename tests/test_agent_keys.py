@@ -182,3 +182,30 @@ def test_an_agent_without_key_material_refuses_to_start(tmp_path: Path) -> None:
     settings = factory.settings(tmp_path / "keys").model_copy(update={"fleet_key_file": None})
     with pytest.raises(KeyMaterialError, match="fleet_key_file"):
         AgentKeys(settings, tmp_path / "agent", lambda n, _d: TorchBackend(n), AgentMetrics(), 0)
+
+
+def test_a_backend_that_fails_to_build_is_refused_and_the_keys_keep_flowing(
+    factory: KeyFactory, tmp_path: Path
+) -> None:
+    attempts: list[int] = []
+
+    def flaky(net: ScramblerNetwork, _engine_dir: Path) -> TorchBackend:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("GPU out of memory")
+        return TorchBackend(net)
+
+    metrics = AgentMetrics()
+    keys = AgentKeys(factory.settings(tmp_path / "keys"), tmp_path / "agent", flaky, metrics, 0.05)
+    keys.start()
+    first = factory.bundle(network(1), epoch=1)
+    keys.submit(first)
+    wait_until(lambda: metrics.value("key_messages", kind="bundle", outcome="refused") == 1)
+    second = factory.bundle(network(2), epoch=2)
+    keys.submit(second)
+    keys.submit(factory.announcement(second))
+    wait_until(lambda: keys.current() is not None)
+    key = keys.current()
+    assert key is not None
+    assert key.epoch == 2
+    keys.close()
