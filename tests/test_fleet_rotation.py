@@ -217,7 +217,9 @@ def test_two_agents_and_two_recognizers_rotate_without_loss(
 
         old_face = next(payload for epoch, payload in capture.faces.values() if epoch == 1)
         before = _rejected(recognizers, "revoked_epoch")
-        trainer.publish(topics.faces(site, "cam0"), old_face, qos=1).wait_for_publish(5)
+        old_header = codec.decode(old_face).header
+        old_topic = topics.faces(old_header.site, old_header.camera)
+        trainer.publish(old_topic, old_face, qos=1).wait_for_publish(5)
         wait_until(lambda: _rejected(recognizers, "revoked_epoch") > before, 20)
     finally:
         for agent in agents:
