@@ -40,7 +40,8 @@ SCOPE = "fleet"
 SITE, CAMERA = "lobby", "cam-1"
 GRACE_S = 5
 
-# The trainer's recipe for the demo's two epochs: small enough for two CPU cores.
+# The trainer's recipe for the demo's two epochs: small enough for two CPU cores (no
+# distillation: its teacher would double the training time), hence a modest accuracy floor.
 ROTATION = {
     "experiment": {
         "name": "demo",
@@ -49,13 +50,13 @@ ROTATION = {
         "scrambler": {"levels": 5, "widths": [16, 32, 64, 64, 64]},
         "recognizer": {"backbone": "compact", "input_size": 64},
         "augment": {"flip": True, "shift": 2},
-        "optim": {"optimizer": "adamw", "lr": 0.002, "epochs": 12, "batch_size": 64},
-        "loss": {"scale": 30, "margin": 0.35, "distill_weight": 1.0},
+        "optim": {"optimizer": "adamw", "lr": 0.003, "epochs": 20, "batch_size": 64},
+        "loss": {"scale": 30, "margin": 0.35},
         "device": "cpu",
     },
-    "fine_tune_epochs": 4,
+    "fine_tune_epochs": 6,
     "calibration_people": 0.25,
-    "accuracy_floor": 0.2,
+    "accuracy_floor": 0.15,
     "cross_key_margin": 0.05,
     "target_fpir": 0.05,
     "grace_s": GRACE_S,
