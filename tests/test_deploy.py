@@ -310,6 +310,37 @@ def test_compose_services_find_their_settings_tls_and_keys(
         assert settings.keys.fleet_key_file is None  # recognizers never hold an SN key
 
 
+def written_paths(settings: Settings, program: str) -> list[Path]:
+    """The folders a program writes to, from its Settings."""
+    paths = {
+        "agent": [settings.agent.spool_dir, settings.keys.directory],
+        "recognizer": [settings.recognizer.model_store, settings.keys.directory],
+        "trainer": [
+            settings.cache,
+            settings.trainer.work_directory,
+            settings.recognizer.model_store,
+            settings.keys.directory,
+        ],
+    }
+    return paths[program]
+
+
+@pytest.mark.parametrize("service", RLLFPR_IMAGE_SERVICES)
+def test_compose_services_write_only_into_their_state_folders(
+    service: str, initialized: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    definition = compose()["services"][service]
+    environment = definition["environment"]
+    config = host_path(definition, environment["RLLFPR_CONFIG"], initialized)
+    settings = load_with_environment(config, environment, monkeypatch)
+    for path in written_paths(settings, service.split("-")[0]):
+        source = host_path(definition, path, initialized)
+        assert initialized / "state" in source.parents, f"{service} writes {path} to {source}"
+    for volume, mount in zip(definition["volumes"], mounts(definition), strict=True):
+        read_only = volume.endswith(":ro") if isinstance(volume, str) else volume["read_only"]
+        assert read_only or mount.source.startswith("./state/"), f"{service}: {mount}"
+
+
 def test_compose_mounts_what_the_mosquitto_and_redis_configs_name(initialized: Path) -> None:
     services = compose()["services"]
     mosquitto_conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
@@ -407,6 +438,26 @@ def test_the_recognizer_deployment_runs_a_real_command_on_a_gpu() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RLLFPR_CONFIG"] == config_mount["mountPath"]
     assert config_mount["subPath"] == "recognizer.yaml"
+
+
+def test_the_recognizer_pod_writes_only_into_its_volumes() -> None:
+    container = recognizer_container()
+    pod = k8s_object("Deployment", "recognizer")["spec"]["template"]["spec"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    writable_volumes = {
+        v["name"] for v in pod["volumes"] if "emptyDir" in v or "persistentVolumeClaim" in v
+    }
+    writable = [
+        PurePosixPath(m["mountPath"])
+        for m in container["volumeMounts"]
+        if m["name"] in writable_volumes and not m.get("readOnly")
+    ]
+    settings = load_settings(CONFIG_DIR / "recognizer.yaml")
+    for path in written_paths(settings, "recognizer"):
+        inside = PurePosixPath(path)
+        assert any(inside == m or m in inside.parents for m in writable), path
+    models = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert PurePosixPath(models["mountPath"]) == PurePosixPath(settings.recognizer.model_store)
 
 
 def test_the_autoscaler_queries_metrics_the_recognizer_exports() -> None:
@@ -521,7 +572,7 @@ def test_the_agent_unit_runs_a_real_command_with_valid_settings(
     assert settings.agent.id == "lobby-cam-0"
     # ProtectSystem=strict: the agent can write only below its state directory.
     state = Path("/var/lib") / unit_values("StateDirectory")[0].replace("%i", "lobby-cam-0")
-    for writable in (settings.agent.spool_dir, settings.keys.directory):
+    for writable in written_paths(settings, "agent"):
         assert state in writable.parents
 
 

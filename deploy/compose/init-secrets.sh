@@ -4,6 +4,8 @@
 # user who runs it; the containers run as that user (RLLFPR_UID/RLLFPR_GID in .env).
 #
 #   ./init-secrets.sh [--dir DIR]                     CA, broker, example clients, Redis, .env
+#                                                     (BROKER_NAMES=a.example,b.example: more
+#                                                     DNS names in the broker certificate)
 #   ./init-secrets.sh [--dir DIR] client NAME         one more client certificate (CN = NAME,
 #                                                     the agent id / broker ACL user)
 #   ./init-secrets.sh [--dir DIR] keys OFFLINE_DIR    copy signing.pub.pem (+ fleet.key for
@@ -74,8 +76,12 @@ issue() {
 }
 
 issue_broker() {
+  # BROKER_NAMES: further DNS names agents use to reach the broker, comma-separated.
+  local names="DNS:mqtt,DNS:localhost,IP:127.0.0.1" extra extras
+  IFS=, read -ra extras <<< "${BROKER_NAMES:-}"
+  for extra in "${extras[@]}"; do names="$names,DNS:$extra"; done
   issue "$SECRETS/tls/mqtt" mqtt broker.crt broker.key \
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:mqtt,DNS:localhost,IP:127.0.0.1\n"
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=$names\n"
 }
 
 issue_client() {
