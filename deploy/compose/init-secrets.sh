@@ -121,7 +121,8 @@ CAMERA_URL=rtsp://camera.invalid/stream
 RLLFPR_OFFLINE_KEYS=/media/rllfpr-offline
 # Root of the trainer's face corpus (contains lfw/ ...).
 RLLFPR_DATA=$OUT/../../../shared/data
-# torch wheels of the image: CPU by default; https://pypi.org/simple gives PyPI's CUDA build.
+# torch wheels of the image: CPU by default; a CUDA index for the GPU recognizer and trainer,
+# e.g. https://download.pytorch.org/whl/cu130.
 RLLFPR_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
 }
 
