@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -77,7 +78,7 @@ class Workspace:
         return self.root / "trainer-keys"
 
     @property
-    def models(self) -> Path:  # the model store, shared by trainer and recognizer here
+    def models(self) -> Path:  # the trainer's model store: epochs 1 and 2, built once
         return self.root / "models"
 
     @property
@@ -87,6 +88,10 @@ class Workspace:
     @property
     def run(self) -> Path:  # this run's agent state, spool and station vault (wiped each run)
         return self.root / "run"
+
+    @property
+    def run_models(self) -> Path:  # this run's copy of the store, which the revocation changes
+        return self.run / "models"
 
 
 # ----------------------------------------------------------------------------- the camera
@@ -282,7 +287,7 @@ def demo_settings(
             },
             "recognizer": {
                 "scopes": [SCOPE],
-                "model_store": str(workspace.models),
+                "model_store": str(workspace.run_models),
                 "device": "cpu",
                 "consensus_faces": 3,
                 "consensus_timeout_ms": 1500,
@@ -309,14 +314,24 @@ def ensure_trainer_keys(folder: Path) -> None:
 
 
 def ensure_epochs(settings: Settings, workspace: Workspace, console: Console) -> None:
-    """Epochs 1 and 2, built by the trainer's rotation code once, then cached."""
+    """Epochs 1 and 2, built by the trainer's rotation code once, then cached; this run gets
+    its own copy of the model store."""
+    store = ModelStore(workspace.models)
+    if store.epochs(SCOPE) != [1, 2]:
+        _build_epochs(settings, workspace, store, console)
+    else:
+        console.print(f"key epochs 1 and 2: cached in {workspace.root}")
+    shutil.copytree(workspace.models, workspace.run_models)
+
+
+def _build_epochs(
+    settings: Settings, workspace: Workspace, store: ModelStore, console: Console
+) -> None:
     from trainer.experiment import load_dataset
     from trainer.rotation import EpochBuilder, RotationConfig
 
-    store = ModelStore(workspace.models)
-    if store.epochs(SCOPE) == [1, 2]:
-        console.print(f"key epochs 1 and 2: cached in {workspace.root}")
-        return
+    for partial in (workspace.models, workspace.trainer):  # an interrupted or failed earlier build
+        shutil.rmtree(partial, ignore_errors=True)
     config = RotationConfig.model_validate(ROTATION)
     console.print(
         "[bold]training[/bold] the recognizers of key epochs 1 and 2 on "
@@ -401,8 +416,6 @@ class Station:
 
 def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
     """Run the whole demo; writes ``output/report.md``, ``report.json`` and ``faces.png``."""
-    import shutil
-
     from edge_agent.agent import Agent
     from recognizer_service.service import RecognizerService
     from rllfpr.local_services import mosquitto, redis_server
