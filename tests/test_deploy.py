@@ -589,6 +589,31 @@ def test_systemd_accepts_the_agent_unit(tmp_path: Path) -> None:
     assert result.stderr.strip() == "", result.stderr  # unknown keys are only warnings
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
+def test_systemd_accepts_the_rotation_timer_and_its_command_exists(tmp_path: Path) -> None:
+    service = DEPLOY / "systemd" / "rllfpr-rotate.service"
+    exec_start = next(
+        line.split("=", 1)[1]
+        for line in service.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    )
+    assert exec_start.split()[1:] == ["keys", "rotate"]
+    assert CliRunner().invoke(app, ["keys", "rotate", "--help"]).exit_code == 0
+    (tmp_path / service.name).write_text(
+        service.read_text().replace(exec_start.split()[0], "/bin/true")
+    )
+    timer = DEPLOY / "systemd" / "rllfpr-rotate.timer"
+    (tmp_path / timer.name).write_text(timer.read_text())
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / timer.name), str(tmp_path / service.name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
 # --- the secrets init-secrets.sh makes work with the shipped broker and Redis configs -----------
 
 
