@@ -101,7 +101,7 @@ def test_eval_privacy_writes_the_whole_report(data_root: Path, tmp_path: Path) -
     assert document["questionnaire"]["original"]["match_accuracy"] > 0.5
     assert set(document["inversion"]) >= {"a_victim_key", "b_own_key", "mean_attacker_face"}
     assert 0.0 <= document["unlinkability"]["keys_a_b"]["d_sys"] <= 1.0
-    assert {g["goal"] for g in document["goals"]} >= {"Fuzziness3", "D<->sys across keys"}
+    assert {g["goal"] for g in document["goals"]} >= {"Fuzziness3", "D<->sys across keys (worst comparator)"}
     assert document["command"].startswith("rllfpr eval privacy")
     for name in document["figures"].values():
         assert (output / "privacy" / name).stat().st_size > 1000

@@ -226,7 +226,7 @@ def _inversion(
     for case, key in (("victim_key", context.key_a), ("own_key", key_c)):
         pairs = scramble_faces(key, attackers.faces)
         decoders[case] = train_decoder(
-            pairs, attacker_grey, config.inversion, context.device, config.seed
+            pairs, attacker_grey, config.inversion, context.device, config.seed, progress=True
         )
     mean_face = np.broadcast_to(
         np.rint(attacker_grey.mean(axis=0)).astype(np.uint8), originals.shape
@@ -278,26 +278,53 @@ def _linkage_floor(cross_key: Linkability, config: PrivacyConfig) -> float:
     return linkability(draws[:half], draws[half:], config.linkage.bins).d_sys
 
 
+def pixel_vectors(images: np.ndarray) -> np.ndarray:
+    """Raw pixels as unit vectors after removing each image's mean: what a passive observer
+    of the wire can compare without any model."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    flat -= flat.mean(axis=1, keepdims=True)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+def _linkage(
+    config: PrivacyConfig,
+    labels: np.ndarray,
+    comparators: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    figures: Figures,
+) -> dict[str, Any]:
+    """D<->sys for each comparator: (key-A vectors, key-B vectors, second key-A vectors)."""
+    mated, non_mated = _pairs(labels, config.linkage.max_non_mated, config.seed)
+    linkage: dict[str, Any] = {"mated_pairs": len(mated), "non_mated_pairs": len(non_mated)}
+    for comparator, (first, cross, same) in comparators.items():
+        for case, second in (("keys_a_b", cross), ("same_key_a_a", same)):
+            scores = first @ second.T
+            result = linkability(
+                scores[mated[:, 0], mated[:, 1]],
+                scores[non_mated[:, 0], non_mated[:, 1]],
+                config.linkage.bins,
+            )
+            name = case if comparator == "recognizer" else f"{comparator}_{case}"
+            figures.linkage[name] = result
+            linkage[name] = {"d_sys": result.d_sys}
+    floor = _linkage_floor(figures.linkage["keys_a_b"], config)
+    linkage["estimator_floor"] = {"d_sys": floor}
+    return linkage
+
+
 def _linkage_and_revocation(
     context: Context, protected_a: np.ndarray, figures: Figures
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    config, split, device = context.config, context.split, context.device
+    split, device = context.split, context.device
     recognizer = context.recognizers["rllfpr"]
     test_b = scramble_faces(context.key_b, split.test.faces)
     embeddings_a = embed_pixels(recognizer, protected_a, device)
     embeddings_b = embed_pixels(recognizer, test_b, device)
-    mated, non_mated = _pairs(split.test.labels, config.linkage.max_non_mated, config.seed)
-    linkage: dict[str, Any] = {"mated_pairs": len(mated), "non_mated_pairs": len(non_mated)}
-    for name, second in (("keys_a_b", embeddings_b), ("same_key_a_a", embeddings_a)):
-        scores = (embeddings_a[:, None, :] * second[None, :, :]).sum(-1)
-        result = linkability(
-            scores[mated[:, 0], mated[:, 1]],
-            scores[non_mated[:, 0], non_mated[:, 1]],
-            config.linkage.bins,
-        )
-        figures.linkage[name] = result
-        linkage[name] = {"d_sys": result.d_sys}
-    linkage["estimator_floor"] = {"d_sys": _linkage_floor(figures.linkage["keys_a_b"], config)}
+    pixels_a = pixel_vectors(protected_a)
+    comparators = {
+        "recognizer": (embeddings_a, embeddings_b, embeddings_a),
+        "raw_pixels": (pixels_a, pixel_vectors(test_b), pixels_a),
+    }
+    linkage = _linkage(context.config, split.test.labels, comparators, figures)
     gallery_a = embed_pixels(recognizer, scramble_faces(context.key_a, split.train.faces), device)
     revocation = {
         "old_key_gallery_new_key_probes": match(

@@ -103,10 +103,15 @@ def _linkage_panel(axis: plt.Axes, title: str, result: Linkability) -> None:
 
 
 def linkage(figures: Figures, path: Path) -> Path:
-    titles = {"keys_a_b": "key A vs key B", "same_key_a_a": "same key (reference)"}
-    figure, axes = plt.subplots(1, len(figures.linkage), figsize=(5 * len(figures.linkage), 3))
-    for axis, (name, result) in zip(np.atleast_1d(axes), figures.linkage.items(), strict=True):
-        _linkage_panel(axis, titles.get(name, name), result)
+    panels = len(figures.linkage)
+    columns = 2
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
+    for axis, (name, result) in zip(axes.ravel(), figures.linkage.items(), strict=False):
+        _linkage_panel(axis, name.replace("_", " "), result)
+    for axis in axes.ravel()[panels:]:
+        axis.set_axis_off()
+    figure.tight_layout()
     return _save(figure, path)
 
 

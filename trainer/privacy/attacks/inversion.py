@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
+from tqdm import tqdm
 
 from rllfpr.models.scrambler import from_pixels
 from trainer.privacy.config import InversionConfig
@@ -92,6 +93,7 @@ def train_decoder(
     config: InversionConfig,
     device: torch.device,
     seed: int = 0,
+    progress: bool = False,
 ) -> Decoder:
     """Fit a U-Net on (N, S, S) uint8 scrambled inputs and their (N, S, S) uint8 grey faces."""
     if scrambled.shape != grey.shape or len(scrambled) < 2:
@@ -108,7 +110,7 @@ def train_decoder(
     targets = torch.from_numpy(grey).float().div(255.0).unsqueeze(1)
     losses, started = [], time.perf_counter()
     network.train()
-    for _ in range(config.epochs):
+    for _ in tqdm(range(config.epochs), desc="inversion decoder", disable=not progress):
         order = torch.randperm(len(inputs), generator=generator)
         epoch_loss = []
         for start in range(0, len(order), config.batch_size):
