@@ -101,7 +101,8 @@ def test_eval_privacy_writes_the_whole_report(data_root: Path, tmp_path: Path) -
     assert document["questionnaire"]["original"]["match_accuracy"] > 0.5
     assert set(document["inversion"]) >= {"a_victim_key", "b_own_key", "mean_attacker_face"}
     assert 0.0 <= document["unlinkability"]["keys_a_b"]["d_sys"] <= 1.0
-    assert {g["goal"] for g in document["goals"]} >= {"Fuzziness3", "D<->sys across keys (worst comparator)"}
+    goals = {goal["goal"] for goal in document["goals"]}
+    assert goals >= {"Fuzziness3", "D<->sys across keys (worst comparator)"}
     assert document["command"].startswith("rllfpr eval privacy")
     for name in document["figures"].values():
         assert (output / "privacy" / name).stat().st_size > 1000
@@ -117,3 +118,30 @@ def test_eval_privacy_reports_a_bad_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "privacy", str(config)])
     assert result.exit_code == 2
     assert "invalid privacy config" in result.output
+
+
+def test_sn_variants_are_measured_against_the_same_questions(
+    data_root: Path, tmp_path: Path
+) -> None:
+    from trainer.privacy.evaluation import victims
+    from trainer.privacy.sn_variants import measure_variants
+    from trainer.privacy.sn_variants import render as render_variants
+
+    config = PrivacyConfig.model_validate(
+        TINY | {"sn_variants": {"1 level": {"levels": 1, "widths": [8]}}}
+    )
+    split = victims(config, data_root, tmp_path / "cache")
+    variants = measure_variants(config, split, tmp_path / "runs")
+    assert list(variants) == ["experiment's SN", "1 level"]
+    for row in variants.values():
+        assert row["questionnaire"]["questions"] == len(split.test)
+        assert 0.0 <= row["questionnaire"]["match_accuracy"] <= 1.0
+        assert row["fuzziness3"] > 0.5  # scrambled, not the original
+    document = {
+        "variants": variants,
+        "config_file": "tiny.yaml",
+        "hardware": "test",
+        "seconds": 1.0,
+        "config": config.model_dump(mode="json"),
+    }
+    assert "| 1 level" in render_variants(document)

@@ -9,7 +9,7 @@ accuracy`` reads, so the closed-set numbers here use the accuracy protocol uncha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -38,6 +38,15 @@ ALL_METHODS: tuple[Method, ...] = (
     "noise",
     "partialface",
 )
+
+
+SN_VARIANTS: dict[str, dict[str, Any]] = {
+    "4 levels": {"levels": 4, "widths": [16, 32, 64, 64]},
+    "3 levels": {"levels": 3, "widths": [16, 32, 64]},
+    "2 convs per level": {"convs_per_level": 2},
+    "widths x4": {"widths": [64, 128, 256, 256, 256]},
+    "uniform kernels": {"kernel_distribution": "uniform"},
+}
 
 
 class BaselineConfig(Strict):
@@ -117,6 +126,12 @@ class PrivacyConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     linkage: LinkageConfig = Field(default_factory=LinkageConfig)
+    sn_variants: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: dict(SN_VARIANTS),
+        description="SN settings (ScramblerConfig overrides of the experiment's SN) whose image "
+        "metrics and machine questionnaire `python -m trainer.privacy.sn_variants` measures "
+        "without training (the questionnaire's recognizer sees original faces only).",
+    )
     seed: int = Field(0, description="Seed of question, pair and sample draws.")
 
     @model_validator(mode="after")

@@ -75,7 +75,7 @@ class Context:
     recognizers: dict[str, Recognizer] = field(default_factory=dict)
 
 
-def _victims(config: PrivacyConfig, data_root: Path, cache: Path) -> Split:
+def victims(config: PrivacyConfig, data_root: Path, cache: Path) -> Split:
     experiment = config.experiment
     data = load_dataset(experiment, data_root, cache)
     train_index, test_index = split_per_identity(
@@ -366,7 +366,7 @@ def run_privacy(
     """Every measurement of the report; returns the JSON document and the figures' arrays."""
     started = time.perf_counter()
     device = pick_device(config.experiment.device)
-    split = _victims(config, data_root, cache)
+    split = victims(config, data_root, cache)
     key_a, key_b = (
         make_key(config.experiment, seed, split.train.faces) for seed in config.experiment.key_seeds
     )

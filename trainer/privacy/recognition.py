@@ -72,7 +72,7 @@ def run_name(method: Method, experiment: ExperimentConfig, baselines: BaselineCo
 def train_recognizer(
     method: Method,
     protection: Protection,
-    key: ScramblerNetwork,
+    key: ScramblerNetwork | None,
     experiment: ExperimentConfig,
     train_data: AlignedFaces,
     run_dir: Path,
@@ -83,6 +83,8 @@ def train_recognizer(
     if method == "original":
         return train(experiment, train_data, "original", None, run_dir)
     if method == "rllfpr":
+        if key is None:
+            raise ValueError("the rllfpr recognizer needs the SN key")
         return train(experiment, train_data, "scrambled", key, run_dir)
     view = ProtectedView(protection, device, experiment.seed)
     return train(experiment, train_data, "scrambled", None, run_dir, target_view=view)
