@@ -381,6 +381,10 @@ def render(result: dict[str, Any]) -> str:
         "is in that file. Re-render the text alone with `python -m trainer.privacy.report "
         "docs/results/privacy.json`.",
         "",
+        "The privacy side of other SN settings (no training needed): "
+        "[privacy-sn-variants.md](privacy-sn-variants.md) "
+        "(`python -m trainer.privacy.sn_variants CONFIG`).",
+        "",
         "![samples](privacy/samples.png)",
         "",
         *_setup(result),
