@@ -72,10 +72,14 @@ class MqttLink:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # The generation moves before connecting: a resumed session's faces arrive right after
+        # the CONNACK, and a face stamped with the old generation would never be acknowledged.
+        with self._lock:
+            self._generation += 1
         mqtt.connect(self.client, self.settings, clean_start=False)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self._connected()
+        self.metrics.mqtt_connected.set(1)
         self._subscribe()
         if not self._subscribed.wait(timeout_s):
             self.stop()
