@@ -34,6 +34,7 @@ from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.store import ModelStore
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import RecognitionEvent, utc_now
+from trainer import hardware
 from trainer.data import load_rgb
 
 log = logging.getLogger(__name__)
@@ -164,15 +165,12 @@ class Observer:
         self.wire_pixels: list[tuple[int, np.ndarray]] = []  # (epoch, pixels), a few samples
         self.replayable: bytes | None = None  # one epoch-1 face message, for the replay check
         self.lock = threading.Lock()
+        self.settings = settings.mqtt
         self.client = mqtt.make_client(settings.mqtt, "demo-observer", client_id="demo-observer")
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        mqtt.connect(self.client, self.client_settings, clean_start=True)
-
-    def attach(self, settings: Settings) -> None:
-        self.client_settings = settings.mqtt
-        self.start()
+        mqtt.connect(self.client, self.settings, clean_start=True)
         self.client.subscribe([(topics.ALL_EVENTS, 1), (topics.ALL_FACES, 1)])
 
     def close(self) -> None:
@@ -454,7 +452,7 @@ def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
 
         camera = ReplayCamera(people.rounds, fps=4)
         observer = Observer(settings, camera, console)
-        observer.attach(settings)
+        observer.start()
         agent = Agent(settings, camera)
         agent.start()
         if not agent.wait_for_key(30):
@@ -502,7 +500,7 @@ def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started, 1),
         "faces_published": published,
         "replayed_epoch_1_face_rejected": replay_rejected,
-        "hardware": _hardware(),
+        "hardware": hardware.describe(),
     }
     return write_report(output, people, observer, summary, sheet)
 
@@ -534,12 +532,6 @@ def replay_old_face(settings: Settings, recognizer: Any, observer: Observer) -> 
     except TimeoutError:
         return False
     return True
-
-
-def _hardware() -> str:
-    from trainer import hardware
-
-    return hardware.describe()
 
 
 def sample_sheet(station: Station, key_one: ScramblerKey, key_two: ScramblerKey) -> np.ndarray:

@@ -46,6 +46,7 @@ from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, split_per_identity
 from trainer.evaluate import closed_set
+from trainer.experiment import make_key
 from trainer.metrics import majority_rate
 from trainer.train import FaceView, embed, pick_device, train
 
@@ -108,12 +109,6 @@ def split_corpus(corpus: AlignedFaces, config: RotationConfig) -> CorpusSplit:
         training.subset(held_out),
         corpus.subset(np.flatnonzero(in_calibration)).relabeled(),
     )
-
-
-def draw_key(experiment: ExperimentConfig, faces: np.ndarray, seed: int) -> ScramblerNetwork:
-    from trainer.experiment import make_key
-
-    return make_key(experiment, seed, faces)
 
 
 @dataclass(frozen=True)
@@ -208,7 +203,7 @@ class EpochBuilder:
 
     def build(self, scope: str, epoch: int, previous_key: ScramblerNetwork | None) -> BuiltEpoch:
         experiment = self.config.experiment
-        key = draw_key(experiment, self.split.fit.faces, secrets.randbits(31))
+        key = make_key(experiment, secrets.randbits(31), self.split.fit.faces)
         previous = self._previous_recognizer(scope, epoch)
         recipe = experiment
         if previous is not None:
@@ -226,7 +221,7 @@ class EpochBuilder:
             teacher=teacher.recognizer if teacher else None,
             initial=previous,
         )
-        other = previous_key or draw_key(experiment, self.split.fit.faces, secrets.randbits(31))
+        other = previous_key or make_key(experiment, secrets.randbits(31), self.split.fit.faces)
         report: dict[str, Any] = {
             "scope": scope,
             "epoch": epoch,
