@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainer.config import DataConfig
 from trainer.data import Aligner, list_identities
 from trainer.study import Pack, StudyConfig, StudyRun, Variant, encode_face, report
 
@@ -101,6 +102,53 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     assert table.count("| screen |") == 2
     assert table.count("| confirm |") == 1
     assert "| View 1 |" in table
+
+
+def test_pack_closed_set_narrows_like_list_identities(orl_pack: Pack) -> None:
+    spec = DataConfig(min_images=2, max_images=3, max_identities=5)
+    narrowed = orl_pack.closed_set(32, spec)
+    assert len(narrowed.names) == 5
+    assert narrowed.faces.shape == (15, 32, 32, 3)
+    whole = orl_pack.closed_set(32)
+    for name in narrowed.names:  # each person's first images in file order
+        assert [s for s in narrowed.sources if s.startswith(name + "/")] == sorted(
+            s for s in whole.sources if s.startswith(name + "/")
+        )[:3]
+    with pytest.raises(ValueError, match="no one in the pack has 7"):  # six each
+        orl_pack.closed_set(32, DataConfig(min_images=7))
+
+
+def test_pack_gives_unlabeled_faces_of_view1_people_outside_the_experiment(
+    orl_pack: Pack,
+) -> None:
+    people = sorted({s.split("/")[0] for s in orl_pack.parts["view1"]["train"]})
+    unlabeled = orl_pack.unlabeled(32, DataConfig(unlabeled_faces=5), people[:2])
+    assert unlabeled is not None
+    assert unlabeled.faces.shape == (5, 32, 32, 3)
+    assert set(unlabeled.names) <= set(people[2:])
+    assert orl_pack.unlabeled(32, DataConfig(), people[:2]) is None
+
+
+def test_screen_only_study_stops_after_choosing(orl_pack: Pack, tmp_path: Path) -> None:
+    study = StudyConfig.model_validate(
+        {
+            "base": {
+                "data": {"min_images": 2, "max_identities": 4, "test_fraction": 0.34},
+                "scrambler": {"levels": 2, "widths": [4, 8]},
+                "recognizer": {"backbone": "compact", "embedding_dim": 16},
+                "augment": {"brightness": 0.1, "contrast": 0.2},
+                "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
+                "device": "cpu",
+            },
+            "variants": [{"name": "baseline", "change": "none"}],
+            "screen_size": 32,
+            "confirm": False,
+        }
+    )
+    StudyRun(study, orl_pack, tmp_path).run()
+    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [entry["stage"] for entry in entries] == ["start", "screen", "chosen"]
+    assert entries[1]["headline"]["chance"] == pytest.approx(1 / 4)
 
 
 def _screened(name: str, scrambled: float, correlation: float, overrides: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig
-from trainer.data import Aligner, list_identities, split_per_identity
+from trainer.data import Aligner, list_identities, pick_unlabeled, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key
 from trainer.train import FaceView, augment, embed, train
@@ -69,6 +69,70 @@ def test_training_resumes_from_its_checkpoint(orl, tmp_path: Path) -> None:
         train(other, train_data, "original", None, tmp_path, progress=False)
 
 
+def _agreement(student: Recognizer, teacher: Recognizer, key, faces: np.ndarray) -> float:
+    """Mean cosine between the student on scrambled faces and the teacher on the originals."""
+    cpu = torch.device("cpu")
+    scrambled = embed(student, FaceView("scrambled", key, cpu), faces)
+    original = embed(teacher, FaceView("original", None, cpu), faces)
+    return float((scrambled * original).sum(1).mean())
+
+
+def test_unlabeled_faces_of_other_people_pull_the_student_toward_the_teacher(
+    data_root: Path, tmp_path: Path
+) -> None:
+    orl = data_root / "att_orl"
+    everyone = Aligner(orl, tmp_path / "cache", 32, "resize").load(
+        list_identities(orl, min_images=10), progress=False
+    )
+    people = everyone.names[:10]
+    labeled = everyone.subset(np.flatnonzero(everyone.labels < 10))
+    others = pick_unlabeled(everyone.sources, set(people), 200, seed=0)
+    assert len(others) == 200
+    assert not {s.split("/")[0] for s in others} & set(people)
+    assert others == pick_unlabeled(everyone.sources, set(people), 200, seed=0)
+    index = {source: i for i, source in enumerate(everyone.sources)}
+    unlabeled = everyone.subset([index[s] for s in others]).relabeled()
+    base = {**TINY, "loss": {**TINY["loss"], "distill_weight": 1.0}}
+    config = ExperimentConfig.model_validate(base)
+    with_unlabeled = ExperimentConfig.model_validate(
+        {**base, "data": {**TINY["data"], "unlabeled_faces": 200}}
+    )
+    key = make_key(config, 1, labeled.faces)
+    teacher = train(config, labeled, "original", None, tmp_path / "o", progress=False).recognizer
+    plain = train(config, labeled, "scrambled", key, tmp_path / "p", False, teacher=teacher)
+    helped = train(
+        with_unlabeled,
+        labeled,
+        "scrambled",
+        key,
+        tmp_path / "u",
+        False,
+        teacher=teacher,
+        unlabeled=unlabeled,
+    )
+    held_out = unlabeled.faces  # seen without labels by `helped` only
+    gained = _agreement(helped.recognizer, teacher, key, held_out)
+    baseline = _agreement(plain.recognizer, teacher, key, held_out)
+    print(f"agreement with the teacher: {baseline:.3f} -> {gained:.3f}")
+    assert gained > baseline + 0.05
+    with pytest.raises(ValueError, match="must go together"):
+        train(with_unlabeled, labeled, "scrambled", key, tmp_path / "x", False, teacher=teacher)
+
+
+def test_unlabeled_faces_need_distillation_and_the_closed_set() -> None:
+    with pytest.raises(ValueError, match=r"set loss\.distill_weight"):
+        ExperimentConfig.model_validate({**TINY, "data": {"unlabeled_faces": 10}})
+    with pytest.raises(ValueError, match="closed-set protocol only"):
+        ExperimentConfig.model_validate(
+            {
+                **TINY,
+                "protocol": "verification_view1",
+                "data": {"unlabeled_faces": 10},
+                "loss": {"distill_weight": 1.0},
+            }
+        )
+
+
 def test_flip_augmentation_flips_or_keeps_each_face() -> None:
     faces = torch.rand(4, 3, 16, 16)
     generator = torch.Generator().manual_seed(0)
@@ -96,6 +160,22 @@ def test_rotation_and_scale_keep_shape_and_change_pixels_reproducibly() -> None:
     assert not torch.allclose(first, faces)
     identity = augment(faces, AugmentConfig(flip=False, shift=0), torch.Generator())
     assert torch.equal(identity, faces)
+
+
+def test_brightness_and_contrast_are_one_affine_map_of_each_face_within_bounds() -> None:
+    faces = torch.rand(8, 3, 16, 16) * 0.5 + 0.25  # no clipping at these settings
+    spec = AugmentConfig(flip=False, shift=0, brightness=0.1, contrast=0.2)
+    out = augment(faces, spec, torch.Generator().manual_seed(3))
+    for face, changed in zip(faces, out, strict=True):
+        mean = face.mean()
+        factor = (changed - changed.mean()).std() / (face - mean).std()
+        assert 0.8 - 1e-4 <= factor <= 1.2 + 1e-4
+        offset = changed.mean() - mean
+        assert abs(offset) <= 0.1 + 1e-5
+        assert torch.allclose(changed, (face - mean) * factor + mean + offset, atol=1e-5)
+    assert not torch.allclose(out, faces)
+    bright = augment(torch.ones(2, 3, 4, 4), spec, torch.Generator().manual_seed(4))
+    assert bright.max() <= 1.0  # stays a valid image
 
 
 @pytest.mark.parametrize("backbone", ["compact", "resnet18", "densenet121"])

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rllfpr.models.recognizer import RecognizerConfig
 from rllfpr.models.scrambler import ScramblerConfig
@@ -28,6 +28,13 @@ class DataConfig(Strict):
     max_train_people: int | None = Field(
         None, description="View 1 only: train on the first N people of peopleDevTrain.txt."
     )
+    unlabeled_faces: int = Field(
+        0,
+        ge=0,
+        description="Closed set only: up to this many faces of the dataset's OTHER people (never "
+        "a probe's person), used without labels: scrambled runs also distil on one batch of "
+        "them per step, with loss.distill_weight.",
+    )
 
 
 class AugmentConfig(Strict):
@@ -38,6 +45,15 @@ class AugmentConfig(Strict):
     rotate: float = Field(0.0, ge=0, le=30, description="Random rotation, up to this many degrees.")
     scale: float = Field(
         0.0, ge=0, le=0.3, description="Random zoom by a factor in [1 - scale, 1 + scale]."
+    )
+    brightness: float = Field(
+        0.0, ge=0, le=0.5, description="Random offset of every channel in [-b, b] (of 1.0)."
+    )
+    contrast: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="Random contrast factor in [1 - c, 1 + c] around each face's mean level.",
     )
 
 
@@ -85,6 +101,16 @@ class ExperimentConfig(Strict):
     )
     seed: int = Field(0, description="Seed of initialization, shuffling and augmentation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+    @model_validator(mode="after")
+    def _unlabeled_faces_need_a_teacher(self) -> ExperimentConfig:
+        if self.data.unlabeled_faces and not self.loss.distill_weight:
+            raise ValueError(
+                "data.unlabeled_faces is used for distillation: set loss.distill_weight"
+            )
+        if self.data.unlabeled_faces and self.protocol != "closed_set":
+            raise ValueError("data.unlabeled_faces is for the closed-set protocol only")
+        return self
 
     @classmethod
     def from_yaml(cls, path: Path) -> ExperimentConfig:

@@ -209,6 +209,15 @@ class Aligner:
         )
 
 
+def pick_unlabeled(sources: Iterable[str], exclude: set[str], count: int, seed: int) -> list[str]:
+    """Up to ``count`` of ``sources`` ("<identity>/<file>") whose identity is not in
+    ``exclude``, drawn evenly at random (seeded), in source order."""
+    candidates = sorted(s for s in sources if s.split("/")[0] not in exclude)
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(candidates))[:count]
+    return [candidates[i] for i in sorted(chosen)]
+
+
 def split_per_identity(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

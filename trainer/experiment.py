@@ -14,7 +14,14 @@ import torch
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.config import ExperimentConfig
-from trainer.data import AlignedFaces, Aligner, list_identities, save_split, split_per_identity
+from trainer.data import (
+    AlignedFaces,
+    Aligner,
+    list_identities,
+    pick_unlabeled,
+    save_split,
+    split_per_identity,
+)
 from trainer.evaluate import closed_set, verification
 from trainer.train import FaceView, TrainResult, embed, pick_device, to_unit, train
 from trainer.verification import View1Data, load_view1, pair_scores
@@ -26,6 +33,27 @@ def load_dataset(config: ExperimentConfig, data_root: Path, cache: Path) -> Alig
     spec = config.data
     root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
     identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
+    return Aligner(root, cache, spec.size, spec.alignment).load(identities)
+
+
+def load_unlabeled(
+    config: ExperimentConfig, people: list[str], data_root: Path, cache: Path
+) -> AlignedFaces | None:
+    """``data.unlabeled_faces`` faces of the dataset's people outside ``people`` (aligned and
+    cached like the experiment's own), or None when the config asks for none."""
+    spec = config.data
+    if not spec.unlabeled_faces:
+        return None
+    root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
+    files = {
+        f"{name}/{path.name}": path
+        for name, paths in list_identities(root).items()
+        for path in paths
+    }
+    chosen = pick_unlabeled(files, set(people), spec.unlabeled_faces, spec.split_seed)
+    identities: dict[str, list[Path]] = {}
+    for source in chosen:
+        identities.setdefault(source.split("/")[0], []).append(files[source])
     return Aligner(root, cache, spec.size, spec.alignment).load(identities)
 
 
@@ -60,7 +88,9 @@ def run_accuracy(
     if config.protocol == "verification_view1":
         result = verification_protocol(config, load_view1_for(config, data_root, cache), run_dir)
     else:
-        result = closed_set_protocol(config, load_dataset(config, data_root, cache), run_dir)
+        data = load_dataset(config, data_root, cache)
+        unlabeled = load_unlabeled(config, data.names, data_root, cache)
+        result = closed_set_protocol(config, data, run_dir, unlabeled=unlabeled)
     result |= {
         "hardware": hardware.describe(pick_device(config.device)),
         "command": command,
@@ -76,6 +106,7 @@ def _train_all(
     run_dir: Path,
     with_key_b: bool,
     original_dir: Path | None,
+    unlabeled: AlignedFaces | None = None,
 ) -> tuple[dict[str, TrainResult], dict[str, FaceView]]:
     device = pick_device(config.device)
     key_a, key_b = (make_key(config, seed, train_data.faces) for seed in config.key_seeds)
@@ -83,7 +114,15 @@ def _train_all(
     teacher = original.recognizer if config.loss.distill_weight else None
 
     def scrambled(key: ScramblerNetwork, name: str) -> TrainResult:
-        return train(config, train_data, "scrambled", key, run_dir / name, teacher=teacher)
+        return train(
+            config,
+            train_data,
+            "scrambled",
+            key,
+            run_dir / name,
+            teacher=teacher,
+            unlabeled=unlabeled,
+        )
 
     models = {"original": original, "scrambled": scrambled(key_a, "scrambled-key-a")}
     if with_key_b:
@@ -109,17 +148,20 @@ def closed_set_protocol(
     run_dir: Path,
     with_key_b: bool = True,
     original_dir: Path | None = None,
+    unlabeled: AlignedFaces | None = None,
 ) -> dict[str, Any]:
     """Original and scrambled recognizers trained identically on a per-person split of
     ``data``; ``original_dir`` lets experiments that differ only in the SN share one
-    original-face model."""
+    original-face model. ``unlabeled``: other people's faces (``data.unlabeled_faces``)."""
+    if unlabeled is not None and set(unlabeled.names) & set(data.names):
+        raise ValueError("unlabeled faces must come from people outside the experiment")
     train_index, test_index = split_per_identity(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
     save_split(run_dir / "split.json", data.sources, train_index, test_index)
     (run_dir / "images_without_face.txt").write_text("".join(f"{name}\n" for name in data.failures))
     train_data, test_data = data.subset(train_index), data.subset(test_index)
-    models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir)
+    models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir, unlabeled)
 
     def evaluate(model: str, gallery_view: str, probe_view: str) -> dict[str, Any]:
         recognizer = models[model].recognizer
@@ -154,6 +196,7 @@ def closed_set_protocol(
             "train": len(train_data),
             "test": len(test_data),
             "without_face": len(data.failures),
+            "unlabeled_other_people": len(unlabeled) if unlabeled is not None else 0,
         },
     }
 

@@ -29,8 +29,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer import hardware
-from trainer.config import ExperimentConfig
-from trainer.data import AlignedFaces, Aligner, list_identities, split_per_identity
+from trainer.config import DataConfig, ExperimentConfig
+from trainer.data import (
+    AlignedFaces,
+    Aligner,
+    list_identities,
+    pick_unlabeled,
+    split_per_identity,
+)
 from trainer.experiment import closed_set_protocol, make_key, verification_protocol
 from trainer.metrics import adjacent_correlation
 from trainer.train import comparable_config, pick_device, to_unit
@@ -74,6 +80,11 @@ class StudyConfig(Strict):
     )
     view1_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Extra fields of the full-size View 1 run."
+    )
+    confirm: bool = Field(
+        True,
+        description="Confirm the winner at full size (closed set with both keys, then View 1) "
+        "after the screen; false for a screen alone (the CPU screen).",
     )
 
     @classmethod
@@ -154,8 +165,26 @@ class Pack:
             rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(rgb)
 
-    def closed_set(self, size: int) -> AlignedFaces:
-        return self.aligned(self.parts["closed_set"], size)
+    def closed_set(self, size: int, spec: DataConfig | None = None) -> AlignedFaces:
+        """The closed-set faces, optionally narrowed as ``spec`` says (people with at least
+        ``min_images`` faces in the pack, their first ``max_images``, the first
+        ``max_identities`` people), the same selection ``list_identities`` makes of files."""
+        sources = self.parts["closed_set"]
+        if spec is not None:
+            sources = _narrow(sources, spec)
+            if not sources:
+                raise ValueError(f"no one in the pack has {spec.min_images} closed-set faces")
+        return self.aligned(sources, size)
+
+    def unlabeled(self, size: int, spec: DataConfig, people: list[str]) -> AlignedFaces | None:
+        """``spec.unlabeled_faces`` faces of View 1's training people outside ``people`` (the
+        pack holds them at its View 1 size), or None when none are asked for."""
+        if not spec.unlabeled_faces:
+            return None
+        part = self.parts["view1"]["train"]
+        return self.aligned(
+            pick_unlabeled(part, set(people), spec.unlabeled_faces, spec.split_seed), size
+        )
 
     def view1(self, size: int) -> View1Data:
         part = self.parts["view1"]
@@ -170,6 +199,14 @@ class Pack:
             pairs(part["test_pairs"]),
             part["missing_pairs"],
         )
+
+
+def _narrow(sources: list[str], spec: DataConfig) -> list[str]:
+    by_person: dict[str, list[str]] = {}
+    for source in sorted(sources):
+        by_person.setdefault(source.split("/")[0], []).append(source)
+    kept = [faces for _, faces in sorted(by_person.items()) if len(faces) >= spec.min_images]
+    return [source for faces in kept[: spec.max_identities] for source in faces[: spec.max_images]]
 
 
 def encode_face(face: np.ndarray) -> bytes:
@@ -280,7 +317,7 @@ class StudyRun:
         self, variant: Variant, size: int, stage: str, with_key_b: bool
     ) -> dict[str, Any]:
         config = self.study.experiment(variant, size, "closed_set")
-        data = self.pack.closed_set(size)
+        data = self.pack.closed_set(size, config.data)
         started = time.monotonic()
         result = closed_set_protocol(
             config,
@@ -288,6 +325,7 @@ class StudyRun:
             self.work / "runs" / config.name,
             with_key_b=with_key_b,
             original_dir=self.work / "originals" / _recipe_key(config),
+            unlabeled=self.pack.unlabeled(size, config.data, data.names),
         )
         entry = {
             "stage": stage,
@@ -342,6 +380,8 @@ class StudyRun:
             )
         winner = self.choose(screened)
         self.record({"stage": "chosen", "variant": winner.name})
+        if not self.study.confirm:
+            return
         if self.elapsed < self.study.confirm_closed_set_budget_s:
             self.closed_set(winner, self.study.full_size, "confirm", with_key_b=True)
         self.view1(winner, self.study.view1_size or self.study.full_size)

@@ -40,10 +40,19 @@ def pick_device(choice: str) -> torch.device:
 
 
 def augment(faces: torch.Tensor, spec: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random flip, small rotation and scaling, and integer shift of (N, 3, S, S) ORIGINAL faces
-    (before any scrambling), on the faces' device; random numbers come from the CPU
-    ``generator`` so a run is reproducible on any device."""
+    """Random flip, brightness and contrast, small rotation and scaling, and integer shift of
+    (N, 3, S, S) ORIGINAL faces in [0, 1] (before any scrambling), on the faces' device; random
+    numbers come from the CPU ``generator`` so a run is reproducible on any device."""
     count, size, device = len(faces), faces.shape[-1], faces.device
+    if spec.brightness or spec.contrast:
+        offset = (torch.rand(count, generator=generator) * 2 - 1) * spec.brightness
+        factor = 1 + (torch.rand(count, generator=generator) * 2 - 1) * spec.contrast
+        offset, factor = (
+            offset.to(device)[:, None, None, None],
+            factor.to(device)[:, None, None, None],
+        )
+        mean = faces.mean(dim=(1, 2, 3), keepdim=True)
+        faces = ((faces - mean) * factor + mean + offset).clamp(0, 1)
     if spec.flip:
         flipped = (torch.rand(count, generator=generator) < 0.5).to(device)
         faces = torch.where(flipped[:, None, None, None], faces.flip(-1), faces)
@@ -147,7 +156,8 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     if view == "original":
         optim.pop("pretrain_epochs", None)
         loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
-        result |= _SCRAMBLED_ONLY | {"loss": loss}
+        data = {k: v for k, v in document["data"].items() if k != "unlabeled_faces"}
+        result |= _SCRAMBLED_ONLY | {"loss": loss, "data": data}
     return result
 
 
@@ -218,7 +228,15 @@ class _Run:
         self.seconds = checkpoint["seconds"]
         log.info("resumed %s at epoch %d", self.run_dir, self.epochs_done)
 
-    def epoch(self, data: AlignedFaces, view: FaceView, epoch: int, epochs: int, bar: bool) -> None:
+    def epoch(
+        self,
+        data: AlignedFaces,
+        view: FaceView,
+        epoch: int,
+        epochs: int,
+        bar: bool,
+        unlabeled: AlignedFaces | None = None,
+    ) -> None:
         """Train one epoch (``epoch`` counts from 0 within its stage of ``epochs`` epochs)."""
         optim, started = self.config.optim, time.perf_counter()
         steps = math.ceil(len(data) / optim.batch_size)
@@ -244,6 +262,8 @@ class _Run:
             with self._autocast():
                 embeddings = self.recognizer(inputs).float()
                 loss = self.head(embeddings, labels) + self._distillation(faces, embeddings, view)
+                if unlabeled is not None and view.view == "scrambled":
+                    loss = loss + self._unlabeled_distillation(unlabeled, len(index), view)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -268,6 +288,17 @@ class _Run:
             target = self.teacher(FaceView("original", None, self.device)(faces)).float()
         similarity = functional.cosine_similarity(embeddings, target, dim=1)
         return weight * (1 - similarity).mean()
+
+    def _unlabeled_distillation(
+        self, unlabeled: AlignedFaces, count: int, view: FaceView
+    ) -> torch.Tensor:
+        """The distillation term on a random batch of other people's faces (no labels)."""
+        pick = torch.randint(0, len(unlabeled), (count,), generator=self.generator).numpy()
+        faces = augment(
+            to_unit(unlabeled.faces[pick], self.device), self.config.augment, self.generator
+        )
+        embeddings = self.recognizer(view(faces)).float()
+        return self._distillation(faces, embeddings, view)
 
     def _record(self, view: View, loss: float, train_accuracy: float) -> None:
         entry = {"epoch": self.epochs_done, "view": view, "loss": loss}
@@ -298,14 +329,18 @@ def train(
     target_view: FaceView | None = None,
     teacher: Recognizer | None = None,
     initial: Recognizer | None = None,
+    unlabeled: AlignedFaces | None = None,
 ) -> TrainResult:
     """Train (or resume, or load a finished) recognizer for ``view`` on ``data``.
     ``target_view`` replaces the scrambled view (a privacy baseline's protected faces, trained
     on the scrambled schedule); pretraining stages still see original faces. ``teacher`` (a
     recognizer of original faces) is used when ``loss.distill_weight`` > 0; ``initial`` gives the
-    starting weights (fine-tuning) unless a checkpoint is resumed."""
+    starting weights (fine-tuning) unless a checkpoint is resumed. ``unlabeled`` faces (other
+    people's, ``data.unlabeled_faces``) add the distillation term on scrambled stages."""
     if config.loss.distill_weight and view == "scrambled" and teacher is None:
         raise ValueError("loss.distill_weight needs the original-face recognizer as teacher")
+    if view == "scrambled" and bool(config.data.unlabeled_faces) != (unlabeled is not None):
+        raise ValueError("data.unlabeled_faces and the unlabeled faces given must go together")
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(config, view, len(data.names), run_dir, teacher, initial)
     run.resume()
@@ -319,6 +354,6 @@ def train(
         for stage_epoch in range(epochs):
             epoch_index += 1
             if epoch_index > run.epochs_done:
-                run.epoch(data, face_view, stage_epoch, epochs, progress)
+                run.epoch(data, face_view, stage_epoch, epochs, progress, unlabeled)
     run.recognizer.eval()
     return TrainResult(run.recognizer, run.history, run.seconds)
