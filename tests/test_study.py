@@ -140,15 +140,25 @@ def test_screen_only_study_stops_after_choosing(orl_pack: Pack, tmp_path: Path) 
                 "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
                 "device": "cpu",
             },
-            "variants": [{"name": "baseline", "change": "none"}],
+            "variants": [
+                {
+                    "name": "nobody",
+                    "change": "no one qualifies",
+                    "overrides": {"data": {"min_images": 99}},
+                },
+                {"name": "baseline", "change": "none"},
+            ],
             "screen_size": 32,
             "confirm": False,
         }
     )
     StudyRun(study, orl_pack, tmp_path).run()
     entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert [entry["stage"] for entry in entries] == ["start", "screen", "chosen"]
-    assert entries[1]["headline"]["chance"] == pytest.approx(1 / 4)
+    assert [entry["stage"] for entry in entries] == ["start", "failed", "screen", "chosen"]
+    assert "no one in the pack has 99" in entries[1]["error"]  # recorded; the study went on
+    assert entries[2]["headline"]["chance"] == pytest.approx(1 / 4)
+    assert entries[3]["variant"] == "baseline"
+    assert "Failed: nobody (no one in the pack has 99" in report(entries)
 
 
 def _screened(name: str, scrambled: float, correlation: float, overrides: dict[str, Any]) -> Any:

@@ -18,9 +18,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -44,6 +45,7 @@ from trainer.verification import Pair, View1Data, load_view1
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 92
+_T = TypeVar("_T")
 
 
 class Strict(BaseModel):
@@ -370,21 +372,38 @@ class StudyRun:
             if self.elapsed > self.study.screen_budget_s:
                 self.record({"stage": "skipped", "variant": variant.name, "reason": "budget"})
                 continue
-            screened.append(
-                (variant, self.closed_set(variant, self.study.screen_size, "screen", False))
-            )
+            entry = self._screen(variant)
+            if entry is not None:
+                screened.append((variant, entry))
         combined = self.combine(screened)
         if combined is not None and self.elapsed < self.study.screen_budget_s + 60:
-            screened.append(
-                (combined, self.closed_set(combined, self.study.screen_size, "screen", False))
-            )
+            entry = self._screen(combined)
+            if entry is not None:
+                screened.append((combined, entry))
+        if not screened:
+            return
         winner = self.choose(screened)
         self.record({"stage": "chosen", "variant": winner.name})
         if not self.study.confirm:
             return
+        full, view1_size = self.study.full_size, self.study.view1_size or self.study.full_size
         if self.elapsed < self.study.confirm_closed_set_budget_s:
-            self.closed_set(winner, self.study.full_size, "confirm", with_key_b=True)
-        self.view1(winner, self.study.view1_size or self.study.full_size)
+            self._attempt(winner, lambda: self.closed_set(winner, full, "confirm", True))
+        self._attempt(winner, lambda: self.view1(winner, view1_size))
+
+    def _screen(self, variant: Variant) -> dict[str, Any] | None:
+        size = self.study.screen_size
+        return self._attempt(variant, lambda: self.closed_set(variant, size, "screen", False))
+
+    def _attempt(self, variant: Variant, stage: Callable[[], _T]) -> _T | None:
+        """Run one stage; a failure is recorded and the study goes on with the next one (a
+        time-limited GPU run should not lose its remaining stages to one variant's error)."""
+        try:
+            return stage()
+        except (ValueError, RuntimeError) as error:
+            log.exception("variant %s failed", variant.name)
+            self.record({"stage": "failed", "variant": variant.name, "error": str(error)})
+            return None
 
     def combine(self, screened: list[tuple[Variant, dict[str, Any]]]) -> Variant | None:
         """All single changes that beat the baseline's scrambled accuracy by at least
@@ -452,6 +471,9 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{_percent(head['scrambled'])} | "
                 f"{100 * (head['original'] - head['scrambled']):.1f} pt |"
             )
+    failed = [f"{e['variant']} ({e['error']})" for e in results if e["stage"] == "failed"]
+    if failed:
+        lines += ["", f"Failed: {'; '.join(failed)}."]
     skipped = [e["variant"] for e in results if e["stage"] == "skipped"]
     if skipped:
         lines += ["", f"Not screened (time budget): {', '.join(skipped)}."]
