@@ -29,6 +29,8 @@ def orl_pack(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pack:
     same = [[by_person[p][0], by_person[p][1], True] for p in pair_people]
     different = [[by_person[a][0], by_person[b][0], False] for a, b in pairwise(pair_people)]
     parts = {
+        "closed_set_size": 32,
+        "view1_size": 32,
         "closed_set": faces.sources,
         "view1": {
             "train": [s for s in faces.sources if s.split("/")[0] in train_people],
@@ -127,6 +129,14 @@ def test_pack_gives_unlabeled_faces_of_view1_people_outside_the_experiment(
     assert unlabeled.faces.shape == (5, 32, 32, 3)
     assert set(unlabeled.names) <= set(people[2:])
     assert orl_pack.unlabeled(32, DataConfig(), people[:2]) is None
+    with pytest.raises(ValueError, match="no unlabeled faces at 64 px"):
+        orl_pack.unlabeled(64, DataConfig(unlabeled_faces=5), people[:2])
+    # `pack --unlabeled N` faces are at the closed-set size, View 1's here at 16 px only
+    packed_extra = [s for s in orl_pack.parts["closed_set"] if s.split("/")[0] not in people][:3]
+    extra = Pack(orl_pack.faces, orl_pack.parts | {"view1_size": 16, "unlabeled": packed_extra})
+    from_extra = extra.unlabeled(32, DataConfig(unlabeled_faces=5), people)
+    assert from_extra is not None
+    assert from_extra.sources == packed_extra
 
 
 def test_screen_only_study_stops_after_choosing(orl_pack: Pack, tmp_path: Path) -> None:

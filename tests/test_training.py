@@ -11,7 +11,7 @@ import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig
-from trainer.data import Aligner, list_identities, pick_unlabeled, split_per_identity
+from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key
 from trainer.train import FaceView, augment, embed, train
@@ -81,21 +81,22 @@ def test_unlabeled_faces_of_other_people_pull_the_student_toward_the_teacher(
     data_root: Path, tmp_path: Path
 ) -> None:
     orl = data_root / "att_orl"
-    everyone = Aligner(orl, tmp_path / "cache", 32, "resize").load(
-        list_identities(orl, min_images=10), progress=False
-    )
-    people = everyone.names[:10]
-    labeled = everyone.subset(np.flatnonzero(everyone.labels < 10))
-    others = pick_unlabeled(everyone.sources, set(people), 200, seed=0)
-    assert len(others) == 200
-    assert not {s.split("/")[0] for s in others} & set(people)
-    assert others == pick_unlabeled(everyone.sources, set(people), 200, seed=0)
-    index = {source: i for i, source in enumerate(everyone.sources)}
-    unlabeled = everyone.subset([index[s] for s in others]).relabeled()
-    base = {**TINY, "loss": {**TINY["loss"], "distill_weight": 1.0}}
+    aligner = Aligner(orl, tmp_path / "cache", 32, "resize")
+    people = sorted(list_identities(orl, min_images=10))[:5]  # few labels, many other faces
+    labeled = aligner.load(list_identities(orl, max_identities=5), progress=False)
+    assert labeled.names == people
+    unlabeled = load_other_people(orl, aligner, set(people), 300, seed=0)
+    assert unlabeled is not None
+    assert len(unlabeled) == 300
+    assert not set(unlabeled.names) & set(people)
+    again = load_other_people(orl, aligner, set(people), 300, seed=0)
+    assert again is not None
+    assert again.sources == unlabeled.sources
+    assert load_other_people(orl, aligner, set(people), 0, seed=0) is None
+    base = {**TINY, "loss": {**TINY["loss"], "distill_weight": 5.0}}
     config = ExperimentConfig.model_validate(base)
     with_unlabeled = ExperimentConfig.model_validate(
-        {**base, "data": {**TINY["data"], "unlabeled_faces": 200}}
+        {**base, "data": {**TINY["data"], "unlabeled_faces": 300}}
     )
     key = make_key(config, 1, labeled.faces)
     teacher = train(config, labeled, "original", None, tmp_path / "o", progress=False).recognizer
@@ -114,7 +115,7 @@ def test_unlabeled_faces_of_other_people_pull_the_student_toward_the_teacher(
     gained = _agreement(helped.recognizer, teacher, key, held_out)
     baseline = _agreement(plain.recognizer, teacher, key, held_out)
     print(f"agreement with the teacher: {baseline:.3f} -> {gained:.3f}")
-    assert gained > baseline + 0.05
+    assert gained > baseline + 0.15  # measured: +0.29 and +0.33 with seeds 0 and 1
     with pytest.raises(ValueError, match="must go together"):
         train(with_unlabeled, labeled, "scrambled", key, tmp_path / "x", False, teacher=teacher)
 

@@ -218,6 +218,20 @@ def pick_unlabeled(sources: Iterable[str], exclude: set[str], count: int, seed: 
     return [candidates[i] for i in sorted(chosen)]
 
 
+def load_other_people(
+    root: Path, aligner: Aligner, exclude: set[str], count: int, seed: int
+) -> AlignedFaces | None:
+    """Up to ``count`` aligned faces (``pick_unlabeled``) of the dataset's people outside
+    ``exclude``; None when ``count`` is 0."""
+    if not count:
+        return None
+    files = {f"{name}/{p.name}": p for name, paths in list_identities(root).items() for p in paths}
+    identities: dict[str, list[Path]] = {}
+    for source in pick_unlabeled(files, exclude, count, seed):
+        identities.setdefault(source.split("/")[0], []).append(files[source])
+    return aligner.load(identities)
+
+
 def split_per_identity(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

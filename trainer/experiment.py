@@ -18,7 +18,7 @@ from trainer.data import (
     AlignedFaces,
     Aligner,
     list_identities,
-    pick_unlabeled,
+    load_other_people,
     save_split,
     split_per_identity,
 )
@@ -39,22 +39,12 @@ def load_dataset(config: ExperimentConfig, data_root: Path, cache: Path) -> Alig
 def load_unlabeled(
     config: ExperimentConfig, people: list[str], data_root: Path, cache: Path
 ) -> AlignedFaces | None:
-    """``data.unlabeled_faces`` faces of the dataset's people outside ``people`` (aligned and
-    cached like the experiment's own), or None when the config asks for none."""
+    """``data.unlabeled_faces`` faces of the dataset's people outside ``people``, aligned and
+    cached like the experiment's own (None when the config asks for none)."""
     spec = config.data
-    if not spec.unlabeled_faces:
-        return None
     root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
-    files = {
-        f"{name}/{path.name}": path
-        for name, paths in list_identities(root).items()
-        for path in paths
-    }
-    chosen = pick_unlabeled(files, set(people), spec.unlabeled_faces, spec.split_seed)
-    identities: dict[str, list[Path]] = {}
-    for source in chosen:
-        identities.setdefault(source.split("/")[0], []).append(files[source])
-    return Aligner(root, cache, spec.size, spec.alignment).load(identities)
+    aligner = Aligner(root, cache, spec.size, spec.alignment)
+    return load_other_people(root, aligner, set(people), spec.unlabeled_faces, spec.split_seed)
 
 
 def make_key(config: ExperimentConfig, seed: int, train_faces: np.ndarray) -> ScramblerNetwork:

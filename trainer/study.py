@@ -35,6 +35,7 @@ from trainer.data import (
     AlignedFaces,
     Aligner,
     list_identities,
+    load_other_people,
     pick_unlabeled,
     split_per_identity,
 )
@@ -179,14 +180,23 @@ class Pack:
         return self.aligned(sources, size)
 
     def unlabeled(self, size: int, spec: DataConfig, people: list[str]) -> AlignedFaces | None:
-        """``spec.unlabeled_faces`` faces of View 1's training people outside ``people`` (the
-        pack holds them at its View 1 size), or None when none are asked for."""
+        """``spec.unlabeled_faces`` faces of people outside ``people``, from the faces packed at
+        ``size`` px or more: View 1's training faces (packed at the View 1 size) and the extra
+        faces of ``pack --unlabeled N`` (packed at the closed-set size). None when none are
+        asked for."""
         if not spec.unlabeled_faces:
             return None
-        part = self.parts["view1"]["train"]
-        return self.aligned(
-            pick_unlabeled(part, set(people), spec.unlabeled_faces, spec.split_seed), size
-        )
+        pool = set()
+        if self.parts.get("view1_size", 0) >= size:
+            pool |= set(self.parts["view1"]["train"])
+        if self.parts.get("closed_set_size", 0) >= size:
+            pool |= set(self.parts.get("unlabeled", []))
+        chosen = pick_unlabeled(pool, set(people), spec.unlabeled_faces, spec.split_seed)
+        if not chosen:
+            raise ValueError(
+                f"the pack holds no unlabeled faces at {size} px: pack with --unlabeled N"
+            )
+        return self.aligned(chosen, size)
 
     def view1(self, size: int) -> View1Data:
         part = self.parts["view1"]
@@ -221,17 +231,26 @@ def encode_face(face: np.ndarray) -> bytes:
 
 
 def build_pack(
-    lfw: Path, cache: Path, size: int, min_images: int, view1_size: int | None = None
+    lfw: Path,
+    cache: Path,
+    size: int,
+    min_images: int,
+    view1_size: int | None = None,
+    unlabeled: int = 0,
 ) -> Pack:
-    """``view1_size`` (default ``size``) may be smaller: View 1 needs about 11k alignments."""
+    """``view1_size`` (default ``size``) may be smaller: View 1 needs about 11k alignments.
+    ``unlabeled``: also this many faces of people outside the closed set, at ``size``, for
+    ``data.unlabeled_faces`` at full size."""
     view1_size = view1_size or size
-    closed = Aligner(lfw, cache, size, "mtcnn").load(list_identities(lfw, min_images))
+    aligner = Aligner(lfw, cache, size, "mtcnn")
+    closed = aligner.load(list_identities(lfw, min_images))
+    others = load_other_people(lfw, aligner, set(closed.names), unlabeled, seed=0)
     view1 = load_view1(lfw, Aligner(lfw, cache, view1_size, "mtcnn"))
     pair_sources = sorted(
         {s for p in view1.train_pairs + view1.test_pairs for s in (p.first, p.second)}
     )
     faces: dict[str, bytes] = {}
-    for data in (closed, view1.train, view1.pair_faces):
+    for data in (closed, *([others] if others else []), view1.train, view1.pair_faces):
         for source, face in zip(data.sources, data.faces, strict=True):
             if source in faces or (data is view1.pair_faces and source not in pair_sources):
                 continue
@@ -247,6 +266,7 @@ def build_pack(
         "closed_set": closed.sources,
         "closed_set_min_images": min_images,
         "closed_set_without_face": closed.failures,
+        "unlabeled": others.sources if others else [],
         "view1": {
             "train": view1.train.sources,
             "pair_faces": pair_sources,
@@ -489,6 +509,9 @@ def main() -> None:
     pack.add_argument("--size", type=int, default=112)
     pack.add_argument("--min-images", type=int, default=10)
     pack.add_argument("--view1-size", type=int, default=None, help="Default: --size.")
+    pack.add_argument(
+        "--unlabeled", type=int, default=0, help="Faces of other people, at --size (default 0)."
+    )
     run = commands.add_parser("run", help="Run the study (on a GPU).")
     run.add_argument("study", type=Path)
     run.add_argument("pack", type=Path)
@@ -509,6 +532,7 @@ def main() -> None:
             arguments.size,
             arguments.min_images,
             arguments.view1_size,
+            arguments.unlabeled,
         )
         built.save(arguments.output)
         size = arguments.output.stat().st_size / 2**20
