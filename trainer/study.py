@@ -465,9 +465,10 @@ def _percent(value: float) -> str:
 def report(results: list[dict[str, Any]]) -> str:
     """Markdown tables of a study's results.jsonl (screen, then confirmation)."""
     lines = [
-        "| stage | variant | change | size | original | scrambled | gap | cross-key "
-        "(A gallery, B probes) | max abs adjacent corr. | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | variant | change | size | original | scrambled (95 % CI) | gap | scrambled "
+        "macro F1 | scrambled training acc. | cross-key (A gallery, B probes) | max abs adjacent "
+        "corr. | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in results:
         if entry["stage"] not in ("screen", "confirm") or "cross_key" not in entry["headline"]:
@@ -475,11 +476,15 @@ def report(results: list[dict[str, Any]]) -> str:
         head = entry["headline"]
         cross = head["cross_key"]["key_a_recognizer_and_gallery_key_b_probes"]
         correlation = max(abs(r) for r in entry["adjacent_correlation"].values())
+        scrambled = entry["result"]["closed_set"]["scrambled"]
+        low, high = scrambled["accuracy_ci95"]
+        fit = entry["result"]["training"]["scrambled"]["final"]["train_accuracy"]
         lines.append(
             f"| {entry['stage']} | {entry['variant']} | {entry['change']} | {entry['size']} | "
-            f"{_percent(head['original'])} | {_percent(head['scrambled'])} | "
-            f"{100 * (head['original'] - head['scrambled']):.1f} pt | {_percent(cross)} | "
-            f"{correlation:.3f} | {entry['seconds']} |"
+            f"{_percent(head['original'])} | {_percent(head['scrambled'])} "
+            f"({100 * low:.1f}-{100 * high:.1f}) | "
+            f"{100 * (head['original'] - head['scrambled']):.1f} pt | {scrambled['f1']:.3f} | "
+            f"{_percent(fit)} | {_percent(cross)} | {correlation:.3f} | {entry['seconds']} |"
         )
     view1 = [e for e in results if e["stage"] == "confirm" and "cross_key" not in e["headline"]]
     if view1:
