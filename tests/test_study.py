@@ -139,6 +139,18 @@ def test_pack_gives_unlabeled_faces_of_view1_people_outside_the_experiment(
     assert from_extra.sources == packed_extra
 
 
+def test_view1_runs_leave_unlabeled_faces_out() -> None:
+    study = StudyConfig.model_validate(
+        {
+            "base": {"loss": {"distill_weight": 1.0}, "data": {"unlabeled_faces": 100}},
+            "variants": [{"name": "baseline", "change": "none"}],
+        }
+    )
+    variant = study.variants[0]
+    assert study.experiment(variant, 64, "closed_set").data.unlabeled_faces == 100
+    assert study.experiment(variant, 64, "verification_view1").data.unlabeled_faces == 0
+
+
 def test_screen_only_study_stops_after_choosing(orl_pack: Pack, tmp_path: Path) -> None:
     study = StudyConfig.model_validate(
         {

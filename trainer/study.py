@@ -101,6 +101,8 @@ class StudyConfig(Strict):
         document = _merge(document, extra or {})
         sizes = {"data": {"size": size}, "recognizer": {"input_size": size}}
         document = _merge(document, sizes | {"protocol": protocol})
+        if protocol == "verification_view1":  # View 1's people are all labelled or all probes
+            document = _merge(document, {"data": {"unlabeled_faces": 0}})
         return ExperimentConfig.model_validate(
             document | {"name": f"{variant.name}-{protocol}-{size}"}
         )
