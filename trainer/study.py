@@ -398,7 +398,9 @@ class StudyRun:
             if entry is not None:
                 screened.append((variant, entry))
         combined = self.combine(screened)
-        if combined is not None and self.elapsed < self.study.screen_budget_s + 60:
+        if combined is not None and self.elapsed >= self.study.screen_budget_s + 60:
+            self.record({"stage": "skipped", "variant": "combined", "reason": combined.change})
+        elif combined is not None:
             entry = self._screen(combined)
             if entry is not None:
                 screened.append((combined, entry))
