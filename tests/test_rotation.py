@@ -17,7 +17,9 @@ from rllfpr.local_services import Endpoint
 from rllfpr.models.store import ModelStore
 from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from trainer import rotation
 from trainer.data import Aligner, list_identities
+from trainer.experiment import make_key, output_correlation
 from trainer.rotation import EpochBuilder, GateError, KeyPublisher, RotationConfig, split_corpus
 
 SIDE = 32
@@ -39,6 +41,7 @@ def _config(**changes: object) -> RotationConfig:
         "calibration_people": 0.5,
         "accuracy_floor": 0.0,
         "cross_key_margin": 1.0,
+        "max_abs_correlation": 1.0,  # a 2-level SN's output keeps some correlation
     }
     return RotationConfig.model_validate(document | changes)
 
@@ -77,6 +80,7 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
     assert not first.report["fine_tuned"]
     assert first.report["gates"]["passed"]
     assert first.report["gates"]["unsupported_onnx_operators"] == []
+    assert first.report["key_screen"]["draws"] == 1  # the test's limit (1.0) passes any key
     trusted = {
         material.signer_id(builder.signing_key.public_key()): builder.signing_key.public_key()
     }
@@ -107,6 +111,38 @@ def test_a_failed_gate_publishes_nothing(corpus: object, tmp_path: Path) -> None
     assert builder.store.epochs("fleet") == []
     assert not builder.bundle_path("fleet", 1).exists()
     assert (tmp_path / "trainer" / "fleet" / "epoch-00000001.json").exists()  # the report stays
+
+
+def test_keys_whose_output_keeps_correlation_are_redrawn_then_refused(
+    corpus: object, tmp_path: Path
+) -> None:
+    builder = _builder(corpus, tmp_path, _config(max_abs_correlation=1e-6, key_draws=3))
+    with pytest.raises(GateError, match="none of 3 keys passed the key screen"):
+        builder.build("fleet", 1, previous_key=None)
+    assert builder.store.epochs("fleet") == []
+    assert not builder.bundle_path("fleet", 1).exists()
+
+
+def test_a_key_that_fails_the_screen_is_replaced_by_one_that_passes(
+    corpus: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config()
+    split = split_corpus(corpus, config)  # type: ignore[arg-type]
+
+    def worst(seed: int) -> float:
+        key = make_key(config.experiment, seed, split.fit.faces)
+        return max(abs(r) for r in output_correlation(key, split.held_out.faces).values())
+
+    by_correlation = sorted(range(1, 6), key=worst)
+    good, bad = by_correlation[0], by_correlation[-1]
+    limit = (worst(good) + worst(bad)) / 2
+    seeds = iter([bad, good])
+    monkeypatch.setattr(rotation.secrets, "randbits", lambda _bits: next(seeds))
+    builder = _builder(corpus, tmp_path, _config(max_abs_correlation=limit))
+    key, screen = builder.draw_key()
+    assert screen["draws"] == 2
+    assert screen["max_abs_correlation"][0] > limit >= screen["max_abs_correlation"][1]
+    assert key.seed == good
 
 
 def _retained(endpoint: Endpoint, scope: str) -> dict[str, bytes]:

@@ -23,6 +23,7 @@ from trainer.data import (
     split_per_identity,
 )
 from trainer.evaluate import closed_set, verification
+from trainer.metrics import adjacent_correlation
 from trainer.train import FaceView, TrainResult, embed, pick_device, to_unit, train
 from trainer.verification import View1Data, load_view1, pair_scores
 
@@ -56,6 +57,15 @@ def make_key(config: ExperimentConfig, seed: int, train_faces: np.ndarray) -> Sc
         to_unit(train_faces[i : i + 64], device) for i in range(0, len(train_faces), 64)
     )
     return network
+
+
+def output_correlation(
+    key: ScramblerNetwork, faces: np.ndarray, count: int = 200
+) -> dict[str, float]:
+    """Adjacent-pixel correlation of the key's wire pixels on the first ``count`` aligned faces
+    (N, S, S, 3 uint8): the privacy screen of a key (issue 5's goal: every |r| <= 0.1)."""
+    device = next(key.parameters()).device
+    return adjacent_correlation(key.scramble(to_unit(faces[:count], device)).cpu().numpy())
 
 
 class _FloatView(FaceView):

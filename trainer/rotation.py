@@ -46,7 +46,7 @@ from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, split_per_identity
 from trainer.evaluate import closed_set
-from trainer.experiment import make_key
+from trainer.experiment import make_key, output_correlation
 from trainer.metrics import majority_rate
 from trainer.train import FaceView, embed, pick_device, train
 
@@ -73,6 +73,17 @@ class RotationConfig(BaseModel):
         ge=0,
         le=1,
         description="Gate: cross-key accuracy may exceed the majority rate by this.",
+    )
+    max_abs_correlation: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Key screen: largest |adjacent-pixel correlation| of a new key's output on "
+        "held-out corpus faces (issue 5's goal). Most random keys miss it (7 of 12 measured, "
+        "docs/results/design-study.md), so keys above it are redrawn before any training.",
+    )
+    key_draws: int = Field(
+        50, ge=1, description="Keys drawn at most per epoch to find one that passes the screen."
     )
     target_fpir: float = Field(
         0.01, gt=0, lt=1, description="False-positive identification rate the threshold aims at."
@@ -201,9 +212,24 @@ class EpochBuilder:
     def bundle_path(self, scope: str, epoch: int) -> Path:
         return self.work / scope / f"epoch-{epoch:08d}.rlkb"
 
+    def draw_key(self) -> tuple[ScramblerNetwork, dict[str, Any]]:
+        """A fresh key whose output passes the key screen (redrawn up to ``key_draws`` times)."""
+        limit, faces = self.config.max_abs_correlation, self.split.held_out.faces
+        correlations: list[float] = []
+        for _ in range(self.config.key_draws):
+            key = make_key(self.config.experiment, secrets.randbits(31), self.split.fit.faces)
+            worst = max(abs(r) for r in output_correlation(key, faces).values())
+            correlations.append(round(worst, 4))
+            if worst <= limit:
+                return key, {"draws": len(correlations), "max_abs_correlation": correlations}
+        raise GateError(
+            f"none of {len(correlations)} keys passed the key screen (|r| <= {limit}): "
+            f"{correlations}; check the SN architecture"
+        )
+
     def build(self, scope: str, epoch: int, previous_key: ScramblerNetwork | None) -> BuiltEpoch:
         experiment = self.config.experiment
-        key = make_key(experiment, secrets.randbits(31), self.split.fit.faces)
+        key, key_screen = self.draw_key()
         previous = self._previous_recognizer(scope, epoch)
         recipe = experiment
         if previous is not None:
@@ -226,6 +252,7 @@ class EpochBuilder:
             "scope": scope,
             "epoch": epoch,
             "fine_tuned": previous is not None,
+            "key_screen": key_screen,
         }
         report["gates"] = _gates(self.config, trained.recognizer, key, other, self.split)
         if not report["gates"]["passed"]:

@@ -39,9 +39,13 @@ from trainer.data import (
     pick_unlabeled,
     split_per_identity,
 )
-from trainer.experiment import closed_set_protocol, make_key, verification_protocol
-from trainer.metrics import adjacent_correlation
-from trainer.train import comparable_config, pick_device, to_unit
+from trainer.experiment import (
+    closed_set_protocol,
+    make_key,
+    output_correlation,
+    verification_protocol,
+)
+from trainer.train import comparable_config, pick_device
 from trainer.verification import Pair, View1Data, load_view1
 
 log = logging.getLogger(__name__)
@@ -296,10 +300,7 @@ def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, fl
         data.labels, config.data.test_fraction, config.data.split_seed
     )
     key = make_key(config, config.key_seeds[0], data.faces[train_index])
-    device = next(key.parameters()).device
-    probes = data.faces[test_index[:200]]
-    scrambled = key.scramble(to_unit(probes, device)).cpu().numpy()
-    return adjacent_correlation(scrambled)
+    return output_correlation(key, data.faces[test_index])
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
