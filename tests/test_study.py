@@ -12,7 +12,15 @@ import pytest
 
 from trainer.config import DataConfig
 from trainer.data import Aligner, list_identities
-from trainer.study import Pack, StudyConfig, StudyRun, Variant, encode_face, report
+from trainer.study import (
+    Pack,
+    StudyConfig,
+    StudyRun,
+    Variant,
+    encode_face,
+    key_spread,
+    report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +145,27 @@ def test_pack_gives_unlabeled_faces_of_view1_people_outside_the_experiment(
     from_extra = extra.unlabeled(32, DataConfig(unlabeled_faces=5), people)
     assert from_extra is not None
     assert from_extra.sources == packed_extra
+
+
+def test_key_spread_screens_each_variant_over_several_keys(orl_pack: Pack) -> None:
+    study = StudyConfig.model_validate(
+        {
+            "base": {
+                "data": {"min_images": 2},
+                "scrambler": {"levels": 2, "widths": [4, 8]},
+                "device": "cpu",
+            },
+            "variants": [{"name": "baseline", "change": "none"}],
+            "screen_size": 32,
+        }
+    )
+    table = key_spread(study, orl_pack, seeds=3)
+    row = table.splitlines()[2].split(" | ")
+    assert row[0] == "| baseline"
+    assert row[1].endswith(" of 3")
+    values = [float(v) for v in row[2].rstrip(" |").split(", ")]
+    assert len(values) == 3
+    assert all(0 <= v <= 1 for v in values)
 
 
 def test_view1_runs_leave_unlabeled_faces_out() -> None:

@@ -463,6 +463,29 @@ class StudyRun:
         return max(eligible, key=lambda item: item[1]["headline"]["scrambled"])[0]
 
 
+def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | None = None) -> str:
+    """Markdown: the privacy screen (largest |adjacent r|) of keys 1..``seeds`` of each
+    variant's SN (or of the ``names`` variants) at the screen size; no training."""
+    lines = [
+        "| variant | keys passing (abs r <= limit) | largest abs r per key seed 1.. |",
+        "|---|---|---|",
+    ]
+    limit = study.max_abs_correlation
+    for variant in study.variants:
+        if names and variant.name not in names:
+            continue
+        config = study.experiment(variant, study.screen_size, "closed_set")
+        data = pack.closed_set(study.screen_size, config.data)
+        worst = []
+        for seed in range(1, seeds + 1):
+            keyed = config.model_copy(update={"key_seeds": (seed, seed + 1)})
+            worst.append(max(abs(r) for r in privacy_screen(keyed, data).values()))
+        passing = sum(value <= limit for value in worst)
+        values = ", ".join(f"{value:.3f}" for value in worst)
+        lines.append(f"| {variant.name} | {passing} of {seeds} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -527,6 +550,11 @@ def main() -> None:
     run.add_argument("pack", type=Path)
     run.add_argument("output", type=Path, help="Where results.jsonl goes.")
     run.add_argument("--work", type=Path, default=None, help="Checkpoints (default: output).")
+    keys = commands.add_parser("keys", help="Privacy screen of many keys per SN (no training).")
+    keys.add_argument("study", type=Path)
+    keys.add_argument("pack", type=Path)
+    keys.add_argument("--seeds", type=int, default=12)
+    keys.add_argument("--variants", nargs="*", default=None, help="Default: every variant.")
     table = commands.add_parser("report", help="Print the markdown tables of a results.jsonl.")
     table.add_argument("results", type=Path)
     arguments = parser.parse_args()
@@ -547,6 +575,10 @@ def main() -> None:
         built.save(arguments.output)
         size = arguments.output.stat().st_size / 2**20
         print(f"{len(built.faces)} faces, {size:.1f} MiB -> {arguments.output}")
+    elif arguments.command == "keys":
+        study = StudyConfig.from_yaml(arguments.study)
+        faces = Pack.load(arguments.pack)
+        print(key_spread(study, faces, arguments.seeds, arguments.variants), end="")
     elif arguments.command == "report":
         lines = arguments.results.read_text().splitlines()
         print(report([json.loads(line) for line in lines]), end="")
