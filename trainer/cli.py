@@ -184,10 +184,11 @@ def eval_screen(
     """Instant screen of a fresh SN key, no training: raw-pixel nearest-neighbour accuracy and
     adjacent-pixel correlation, original vs scrambled faces, on a per-identity held-out split."""
     from rllfpr.models.scrambler import ScramblerConfig
+    from trainer.data import dataset_root
     from trainer.screen import ScreenSpec, run_screen, write_screen
 
     settings = settings_or_fail(config)
-    root = Path(dataset) if Path(dataset).is_dir() else settings.data / dataset
+    root = dataset_root(dataset, settings.data)
     if alignment not in ("mtcnn", "resize"):
         raise fail(f"unknown alignment {alignment!r}: use mtcnn or resize")
     if kernels not in ("normal", "uniform"):

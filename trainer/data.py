@@ -26,6 +26,11 @@ AlignMethod = Literal["mtcnn", "resize"]
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
 
 
+def dataset_root(dataset: str, data_root: Path) -> Path:
+    """A dataset setting's folder: a path as given if it is one, else a folder of the data root."""
+    return Path(dataset) if Path(dataset).is_dir() else data_root / dataset
+
+
 def list_identities(
     root: Path,
     min_images: int = 1,

@@ -17,6 +17,7 @@ from trainer.config import ExperimentConfig
 from trainer.data import (
     AlignedFaces,
     Aligner,
+    dataset_root,
     list_identities,
     load_other_people,
     save_split,
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def load_dataset(config: ExperimentConfig, data_root: Path, cache: Path) -> AlignedFaces:
     spec = config.data
-    root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
+    root = dataset_root(spec.dataset, data_root)
     identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
     return Aligner(root, cache, spec.size, spec.alignment).load(identities)
 
@@ -43,7 +44,7 @@ def load_unlabeled(
     """``data.unlabeled_faces`` faces of the dataset's people outside ``people``, aligned and
     cached like the experiment's own (None when the config asks for none)."""
     spec = config.data
-    root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
+    root = dataset_root(spec.dataset, data_root)
     aligner = Aligner(root, cache, spec.size, spec.alignment)
     return load_other_people(root, aligner, set(people), spec.unlabeled_faces, spec.split_seed)
 
@@ -202,11 +203,7 @@ def closed_set_protocol(
 
 
 def load_view1_for(config: ExperimentConfig, data_root: Path, cache: Path) -> View1Data:
-    lfw = (
-        Path(config.data.dataset)
-        if Path(config.data.dataset).is_dir()
-        else data_root / config.data.dataset
-    )
+    lfw = dataset_root(config.data.dataset, data_root)
     aligner = Aligner(lfw, cache, config.data.size, config.data.alignment)
     return load_view1(lfw, aligner, config.data.max_train_people)
 

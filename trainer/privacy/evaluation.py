@@ -22,6 +22,7 @@ from trainer import hardware
 from trainer.data import (
     AlignedFaces,
     Aligner,
+    dataset_root,
     list_identities,
     read_people_file,
     split_per_identity,
@@ -89,7 +90,7 @@ def attacker_faces(
 ) -> AlignedFaces:
     """``attacker_images`` aligned faces of people who are not victims."""
     spec = config.experiment.data
-    root = Path(spec.dataset) if Path(spec.dataset).is_dir() else data_root / spec.dataset
+    root = dataset_root(spec.dataset, data_root)
     everyone = list_identities(root)
     people_file = config.inversion.attacker_people_file
     if people_file and (root / people_file).is_file():
