@@ -76,6 +76,7 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
                 "scrambler": {"levels": 2, "widths": [4, 8]},
                 "recognizer": {"backbone": "compact", "embedding_dim": 16},
                 "optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+                "tta": {"flip": True},
                 "device": "cpu",
             },
             "variants": [
@@ -108,10 +109,18 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     # one original-face model per recipe: the distillation variant reused the baseline's
     assert len(list((tmp_path / "originals").iterdir())) == 2  # screen recipe + View 1 recipe
     assert np.isfinite(list(screens[0]["adjacent_correlation"].values())).all()
-    table = report(entries)
+    table, with_tta = report(entries).split("With test-time views")
     assert table.count("| screen |") == 2
     assert table.count("| confirm |") == 1
     assert "| View 1 |" in table
+    # test-time views: a second evaluation of the same models, beside the plain one
+    assert entries[4]["result"]["closed_set"]["tta"]["copies"]["views"] == 2
+    assert set(entries[5]["result"]["verification_view1"]["tta"]) == {
+        "copies",
+        "original",
+        "scrambled",
+    }
+    assert with_tta.count("| 2 |") == 4  # 2 screens, 2 confirms
 
 
 def test_pack_closed_set_narrows_like_list_identities(orl_pack: Pack) -> None:

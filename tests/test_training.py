@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
-from trainer.config import AugmentConfig, ExperimentConfig
+from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key
-from trainer.train import FaceView, augment, embed, train
+from trainer.train import FaceView, augment, embed, moved, train, tta_copies
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -64,6 +64,9 @@ def test_training_resumes_from_its_checkpoint(orl, tmp_path: Path) -> None:
     resumed = train(longer, train_data, "original", None, tmp_path, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # only epoch 3 was trained
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
+    evaluated_otherwise = longer.model_copy(update={"tta": TTAConfig(flip=True)})
+    again = train(evaluated_otherwise, train_data, "original", None, tmp_path, progress=False)
+    assert len(again.history) == 3  # test-time views change evaluation only: nothing retrained
     other = longer.model_copy(update={"seed": 5})
     with pytest.raises(ValueError, match="different experiment"):
         train(other, train_data, "original", None, tmp_path, progress=False)
@@ -149,6 +152,39 @@ def test_shift_augmentation_is_an_integer_translation_with_replicated_border() -
     for face, out in zip(padded, shifted, strict=True):
         windows = [face[:, dy : dy + 16, dx : dx + 16] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out, window) for window in windows)
+
+
+def test_tta_copies_are_every_offset_then_every_mirrored_offset() -> None:
+    faces = torch.rand(2, 3, 16, 16)
+    spec = TTAConfig(flip=True, shift=1)
+    copies = list(tta_copies(faces, spec))
+    assert len(copies) == spec.views == 18
+    assert torch.equal(copies[4], faces)
+    assert torch.equal(copies[13], faces.flip(-1))
+    down_right = moved(faces, 1, 1)  # copies[8]: offset (+1, +1)
+    assert torch.equal(copies[8], down_right)
+    assert torch.equal(down_right[..., 1:, 1:], faces[..., :-1, :-1])
+    assert torch.equal(down_right[..., 0, 1:], faces[..., 0, :-1])  # replicated top edge
+
+
+def test_tta_embedding_of_a_mirrored_face_equals_the_face_s(orl) -> None:
+    """With the mirrored copy, a face and its mirror image get the same embedding (each copy
+    scrambled on its own), and the default spec is the plain embedding."""
+    train_data, _ = orl
+    config = ExperimentConfig.model_validate(TINY)
+    view = FaceView("scrambled", make_key(config, 1, train_data.faces), torch.device("cpu"))
+    recognizer = Recognizer(config.recognizer).eval()
+    faces = train_data.faces[:8]
+    mirrored = np.ascontiguousarray(faces[:, :, ::-1])
+    spec = TTAConfig(flip=True)
+    np.testing.assert_allclose(
+        embed(recognizer, view, faces, tta=spec),
+        embed(recognizer, view, mirrored, tta=spec),
+        atol=1e-5,
+    )
+    plain = embed(recognizer, view, faces)
+    assert np.abs(plain - embed(recognizer, view, mirrored)).max() > 0.01
+    np.testing.assert_allclose(plain, embed(recognizer, view, faces, tta=TTAConfig()))
 
 
 def test_rotation_and_scale_keep_shape_and_change_pixels_reproducibly() -> None:

@@ -57,6 +57,23 @@ class AugmentConfig(Strict):
     )
 
 
+class TTAConfig(Strict):
+    """Test-time augmentation (evaluation only; training is unchanged): each face is also embedded
+    slightly moved and mirrored, every copy scrambled with the same key, and its embedding is
+    the normalized mean of the copies'. Both views and every gallery and probe get the same
+    copies. Off by default: a deployed agent sends one scramble per face (issue 4 measures what
+    more would buy; sending several is a privacy change, see docs/threat-model.md)."""
+
+    flip: bool = Field(False, description="Add the mirrored face (doubles the copies).")
+    shift: int = Field(
+        0, ge=0, le=4, description="Add every integer offset up to this many pixels each way."
+    )
+
+    @property
+    def views(self) -> int:
+        return (2 * self.shift + 1) ** 2 * (2 if self.flip else 1)
+
+
 class OptimConfig(Strict):
     optimizer: Literal["sgd", "adamw"] = Field("adamw", description="Optimizer.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
@@ -96,6 +113,11 @@ class ExperimentConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    tta: TTAConfig = Field(
+        default_factory=TTAConfig,
+        description="Test-time augmentation: when it asks for more than one copy, results add "
+        "an evaluation with it beside the plain one (same models).",
+    )
     key_seeds: tuple[int, int] = Field(
         (1, 2), description="SN seeds of key A (trained on) and key B (revocability check)."
     )

@@ -13,7 +13,7 @@ import torch
 
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
-from trainer.config import ExperimentConfig
+from trainer.config import ExperimentConfig, TTAConfig
 from trainer.data import (
     AlignedFaces,
     Aligner,
@@ -137,6 +137,10 @@ def _train_all(
     return models, views
 
 
+def _copies(spec: TTAConfig) -> dict[str, Any]:
+    return spec.model_dump() | {"views": spec.views}
+
+
 def _training_summary(models: dict[str, TrainResult]) -> dict[str, Any]:
     return {
         name: {"seconds": round(m.seconds, 1), "final": m.history[-1]} for name, m in models.items()
@@ -164,11 +168,24 @@ def closed_set_protocol(
     train_data, test_data = data.subset(train_index), data.subset(test_index)
     models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir, unlabeled)
 
-    def evaluate(model: str, gallery_view: str, probe_view: str) -> dict[str, Any]:
+    def evaluate(
+        model: str, gallery_view: str, probe_view: str, tta: TTAConfig | None = None
+    ) -> dict[str, Any]:
         recognizer = models[model].recognizer
-        gallery = embed(recognizer, views[gallery_view], train_data.faces)
-        probes = embed(recognizer, views[probe_view], test_data.faces)
+        gallery = embed(recognizer, views[gallery_view], train_data.faces, tta=tta)
+        probes = embed(recognizer, views[probe_view], test_data.faces, tta=tta)
         return closed_set(gallery, train_data.labels, probes, test_data.labels)
+
+    def with_tta() -> dict[str, Any]:
+        spec = config.tta
+        return {
+            "copies": _copies(spec),
+            "original": evaluate("original", "original", "original", spec),
+            "scrambled": evaluate("scrambled", "a", "a", spec),
+            "cross_key": {
+                "key_a_recognizer_and_gallery_key_b_probes": evaluate("scrambled", "a", "b", spec)
+            },
+        }
 
     spec = config.data
     return {
@@ -191,7 +208,8 @@ def closed_set_protocol(
                 if with_key_b
                 else {}
             ),
-        },
+        }
+        | ({"tta": with_tta()} if config.tta.views > 1 else {}),
         "training": _training_summary(models),
         "images": {
             "train": len(train_data),
@@ -217,8 +235,9 @@ def verification_protocol(
     """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest."""
     models, views = _train_all(config, view1.train, run_dir, False, original_dir)
 
-    def evaluate(model: str, view: str) -> dict[str, Any]:
-        embeddings = embed(models[model].recognizer, views[view], view1.pair_faces.faces)
+    def evaluate(model: str, view: str, tta: TTAConfig | None = None) -> dict[str, Any]:
+        faces = view1.pair_faces.faces
+        embeddings = embed(models[model].recognizer, views[view], faces, tta=tta)
         train_scores, train_same = pair_scores(
             embeddings, view1.pair_faces.sources, view1.train_pairs
         )
@@ -234,7 +253,18 @@ def verification_protocol(
         "verification_view1": {
             "original": evaluate("original", "original"),
             "scrambled": evaluate("scrambled", "a"),
-        },
+        }
+        | (
+            {
+                "tta": {
+                    "copies": _copies(config.tta),
+                    "original": evaluate("original", "original", config.tta),
+                    "scrambled": evaluate("scrambled", "a", config.tta),
+                }
+            }
+            if config.tta.views > 1
+            else {}
+        ),
         "training": _training_summary(models),
         "images": {
             "train": len(view1.train),

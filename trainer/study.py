@@ -524,6 +524,7 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{_percent(head['scrambled'])} | "
                 f"{100 * (head['original'] - head['scrambled']):.1f} pt |"
             )
+    lines += _tta_report(results)
     failed = [f"{e['variant']} ({e['error']})" for e in results if e["stage"] == "failed"]
     if failed:
         lines += ["", f"Failed: {'; '.join(failed)}."]
@@ -531,6 +532,40 @@ def report(results: list[dict[str, Any]]) -> str:
     if skipped:
         lines += ["", f"Not screened (time budget): {', '.join(skipped)}."]
     return "\n".join(lines) + "\n"
+
+
+def _tta_report(results: list[dict[str, Any]]) -> list[str]:
+    """The evaluations with test-time views (same models), when the study asked for them."""
+    lines = [
+        "",
+        "With test-time views (the same models; each face embedded as the mean over its moved "
+        "and mirrored copies, each scrambled on its own):",
+        "",
+        "| stage | variant | protocol | size | views | original | scrambled (95 % CI) | gap | "
+        "cross-key (A gallery, B probes) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = 0
+    for entry in results:
+        if entry["stage"] not in ("screen", "confirm"):
+            continue
+        protocol = "closed_set" if "closed_set" in entry["result"] else "verification_view1"
+        both = entry["result"][protocol].get("tta")
+        if both is None:
+            continue
+        rows += 1
+        original, scrambled = both["original"]["accuracy"], both["scrambled"]["accuracy"]
+        interval = both["scrambled"].get("accuracy_ci95")
+        cross = both.get("cross_key", {}).get("key_a_recognizer_and_gallery_key_b_probes")
+        lines.append(
+            f"| {entry['stage']} | {entry['variant']} | {protocol} | {entry['size']} | "
+            f"{both['copies']['views']} | {_percent(original)} | {_percent(scrambled)}"
+            + (f" ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})" if interval else "")
+            + f" | {100 * (original - scrambled):.1f} pt | "
+            + (_percent(cross["accuracy"]) if cross else "-")
+            + " |"
+        )
+    return lines if rows else []
 
 
 def main() -> None:

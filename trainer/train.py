@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
-from trainer.config import AugmentConfig, ExperimentConfig
+from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace
 
@@ -109,15 +109,44 @@ def batches(n: int, size: int, generator: torch.Generator | None) -> Iterator[np
         yield order[start : start + size]
 
 
+def moved(faces: torch.Tensor, down: int, right: int) -> torch.Tensor:
+    """(N, C, S, S) faces translated by whole pixels, edges replicated (augment's shift)."""
+    reach = max(abs(down), abs(right))
+    if not reach:
+        return faces
+    size = faces.shape[-1]
+    padded = functional.pad(faces, (reach,) * 4, mode="replicate")
+    top, left = reach - down, reach - right
+    return padded[..., top : top + size, left : left + size]
+
+
+def tta_copies(faces: torch.Tensor, spec: TTAConfig) -> Iterator[torch.Tensor]:
+    """The copies of (N, C, S, S) original faces that ``spec`` asks for, the faces first."""
+    offsets = range(-spec.shift, spec.shift + 1)
+    for mirrored in (False, True) if spec.flip else (False,):
+        source = faces.flip(-1) if mirrored else faces
+        for down in offsets:
+            for right in offsets:
+                yield moved(source, down, right)
+
+
 @torch.no_grad()
 def embed(
-    recognizer: Recognizer, view: FaceView, faces: np.ndarray, batch: int = 128
+    recognizer: Recognizer,
+    view: FaceView,
+    faces: np.ndarray,
+    batch: int = 128,
+    tta: TTAConfig | None = None,
 ) -> np.ndarray:
+    """L2-normalized embeddings of aligned uint8 faces seen through ``view``; with
+    ``tta``, the normalized mean over its copies (each scrambled on its own)."""
     recognizer.eval()
-    out = [
-        recognizer(view(to_unit(faces[idx], view.device))).cpu().numpy()
-        for idx in batches(len(faces), batch, None)
-    ]
+    spec = tta or TTAConfig()
+    out = []
+    for idx in batches(len(faces), batch, None):
+        copies = tta_copies(to_unit(faces[idx], view.device), spec)
+        total = torch.stack([recognizer(view(copy)) for copy in copies]).sum(dim=0)
+        out.append(functional.normalize(total, dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -152,7 +181,7 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     """The part of an experiment's config that a model of ``view`` depends on; epochs are
     left out (resuming may extend the schedule)."""
     optim = {k: v for k, v in document["optim"].items() if k not in ("epochs", "amp")}
-    result = {**document, "optim": optim, "device": None}
+    result = {**document, "optim": optim, "device": None, "tta": None}
     if view == "original":
         optim.pop("pretrain_epochs", None)
         loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
