@@ -121,6 +121,11 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
         "scrambled",
     }
     assert with_tta.count("| 2 |") == 4  # 2 screens, 2 confirms
+    assert set(screens[0]["tta_mean_adjacent_correlation"]) == {
+        "horizontal",
+        "vertical",
+        "diagonal",
+    }
 
 
 def test_pack_closed_set_narrows_like_list_identities(orl_pack: Pack) -> None:

@@ -13,7 +13,8 @@ from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
-from trainer.experiment import make_key
+from trainer.experiment import make_key, tta_mean_correlation
+from trainer.metrics import adjacent_correlation
 from trainer.train import FaceView, augment, embed, moved, train, tta_copies
 
 TINY: dict[str, Any] = {
@@ -238,3 +239,23 @@ def test_closed_set_metrics_follow_their_definitions() -> None:
     assert metrics["accuracy"] == pytest.approx(0.75)
     # FP rates: person 0: 0/2, person 1: 1/3 (one of three foreign probes), person 2: 0/3.
     assert metrics["misidentification"] == pytest.approx((0 + 1 / 3 + 0) / 3)
+
+
+class _GreyKey(torch.nn.Module):
+    """Stands in for an SN whose wire pixels are the grey face: moving a face and moving its
+    'scramble' back must then give the face again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def scramble(self, faces: torch.Tensor) -> torch.Tensor:
+        return (faces.mean(dim=1) * 255).round().to(torch.uint8)
+
+
+def test_tta_mean_correlation_moves_every_copy_back_before_averaging() -> None:
+    faces = (np.random.default_rng(0).random((5, 20, 20, 3)) * 255).astype(np.uint8)
+    key = _GreyKey()
+    grey = key.scramble(torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255).numpy()
+    measured = tta_mean_correlation(key, faces, TTAConfig(flip=True, shift=2))  # type: ignore[arg-type]
+    assert measured == adjacent_correlation(grey[:, 2:-2, 2:-2].astype(np.float32))

@@ -25,7 +25,16 @@ from trainer.data import (
 )
 from trainer.evaluate import closed_set, verification
 from trainer.metrics import adjacent_correlation
-from trainer.train import FaceView, TrainResult, embed, pick_device, to_unit, train
+from trainer.train import (
+    FaceView,
+    TrainResult,
+    embed,
+    pick_device,
+    to_unit,
+    train,
+    tta_copies,
+    tta_moves,
+)
 from trainer.verification import View1Data, load_view1, pair_scores
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,27 @@ def output_correlation(
     (N, S, S, 3 uint8): the privacy screen of a key (issue 5's goal: every |r| <= 0.1)."""
     device = next(key.parameters()).device
     return adjacent_correlation(key.scramble(to_unit(faces[:count], device)).cpu().numpy())
+
+
+def tta_mean_correlation(
+    key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig, count: int = 200
+) -> dict[str, float]:
+    """What several scrambles of one face would show an observer who knows how each copy was
+    moved: adjacent-pixel correlation of the mean of the copies' wire pixels, each moved back
+    (border of ``spec.shift`` pixels cropped), on the first ``count`` aligned faces."""
+    device = next(key.parameters()).device
+    originals = to_unit(faces[:count], device)
+    size, border = originals.shape[-1], spec.shift
+    total = torch.zeros(len(originals), size - 2 * border, size - 2 * border)
+    for (mirrored, down, right), copy in zip(
+        tta_moves(spec), tta_copies(originals, spec), strict=True
+    ):
+        pixels = key.scramble(copy).float().cpu()
+        back = pixels[
+            :, border + down : size - border + down, border + right : size - border + right
+        ]
+        total += back.flip(-1) if mirrored else back
+    return adjacent_correlation((total / spec.views).numpy())
 
 
 class _FloatView(FaceView):

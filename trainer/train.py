@@ -120,14 +120,19 @@ def moved(faces: torch.Tensor, down: int, right: int) -> torch.Tensor:
     return padded[..., top : top + size, left : left + size]
 
 
-def tta_copies(faces: torch.Tensor, spec: TTAConfig) -> Iterator[torch.Tensor]:
-    """The copies of (N, C, S, S) original faces that ``spec`` asks for, the faces first."""
+def tta_moves(spec: TTAConfig) -> Iterator[tuple[bool, int, int]]:
+    """(mirrored, down, right) of each copy ``spec`` asks for, in order; mirroring comes first."""
     offsets = range(-spec.shift, spec.shift + 1)
     for mirrored in (False, True) if spec.flip else (False,):
-        source = faces.flip(-1) if mirrored else faces
         for down in offsets:
             for right in offsets:
-                yield moved(source, down, right)
+                yield mirrored, down, right
+
+
+def tta_copies(faces: torch.Tensor, spec: TTAConfig) -> Iterator[torch.Tensor]:
+    """The copies of (N, C, S, S) original faces that ``spec`` asks for."""
+    for mirrored, down, right in tta_moves(spec):
+        yield moved(faces.flip(-1) if mirrored else faces, down, right)
 
 
 @torch.no_grad()
