@@ -109,7 +109,7 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     # one original-face model per recipe: the distillation variant reused the baseline's
     assert len(list((tmp_path / "originals").iterdir())) == 2  # screen recipe + View 1 recipe
     assert np.isfinite(list(screens[0]["adjacent_correlation"].values())).all()
-    table, with_tta = report(entries).split("With test-time views")
+    table, with_tta = report(entries).split("With test-time augmentation")
     assert table.count("| screen |") == 2
     assert table.count("| confirm |") == 1
     assert "| View 1 |" in table

@@ -297,7 +297,7 @@ def _recipe_key(config: ExperimentConfig) -> str:
 
 def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, Any]:
     """Adjacent-pixel correlation of key A's output on up to 200 held-out faces; with test-time
-    augmentation, also that of the mean of each face's copies (``tta_mean``)."""
+    augmentation, also that of the mean of each face's copies, each moved back."""
     train_index, test_index = split_per_identity(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
@@ -547,11 +547,11 @@ def _max_abs(correlation: dict[str, float] | None) -> str:
 
 
 def _tta_report(results: list[dict[str, Any]]) -> list[str]:
-    """The evaluations with test-time views (same models), when the study asked for them."""
+    """The evaluations with test-time augmentation (same models), when the study asked."""
     lines = [
         "",
-        "With test-time views (the same models; each face embedded as the mean over its moved "
-        "and mirrored copies, each scrambled on its own):",
+        "With test-time augmentation (the same models; each face embedded as the mean over its "
+        "moved and mirrored copies, each scrambled on its own):",
         "",
         "| stage | variant | protocol | size | views | original | scrambled (95 % CI) | gap | "
         "cross-key (A gallery, B probes) | max abs adjacent corr. of the mean of the copies |",
