@@ -128,11 +128,17 @@ def test_sn_variants_are_measured_against_the_same_questions(
     from trainer.privacy.sn_variants import render as render_variants
 
     config = PrivacyConfig.model_validate(
-        TINY | {"sn_variants": {"1 level": {"levels": 1, "widths": [8]}}}
+        TINY
+        | {
+            "sn_variants": {"1 level": {"levels": 1, "widths": [8]}},
+            "copy_means": [{"flip": True, "shift": 1}],
+        }
     )
     split = victims(config, data_root, tmp_path / "cache")
     variants = measure_variants(config, split, tmp_path / "runs")
-    assert list(variants) == ["experiment's SN", "1 level"]
+    mean_row = "experiment's SN, mean of 18 copies moved back"
+    assert list(variants) == ["experiment's SN", mean_row, "1 level"]
+    assert variants[mean_row]["overrides"] == {"flip": True, "shift": 1}
     for row in variants.values():
         assert row["questionnaire"]["questions"] == len(split.test)
         assert 0.0 <= row["questionnaire"]["match_accuracy"] <= 1.0
@@ -144,4 +150,6 @@ def test_sn_variants_are_measured_against_the_same_questions(
         "seconds": 1.0,
         "config": config.model_dump(mode="json"),
     }
-    assert "| 1 level" in render_variants(document)
+    table = render_variants(document)
+    assert "| 1 level" in table
+    assert f"| {mean_row} `" in table

@@ -13,7 +13,7 @@ from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
-from trainer.experiment import make_key, tta_mean_correlation
+from trainer.experiment import make_key, tta_mean_correlation, tta_mean_pixels
 from trainer.metrics import adjacent_correlation
 from trainer.train import FaceView, augment, embed, moved, train, tta_copies
 
@@ -253,9 +253,12 @@ class _GreyKey(torch.nn.Module):
         return (faces.mean(dim=1) * 255).round().to(torch.uint8)
 
 
-def test_tta_mean_correlation_moves_every_copy_back_before_averaging() -> None:
+def test_tta_mean_moves_every_copy_back_before_averaging() -> None:
     faces = (np.random.default_rng(0).random((5, 20, 20, 3)) * 255).astype(np.uint8)
     key = _GreyKey()
     grey = key.scramble(torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255).numpy()
-    measured = tta_mean_correlation(key, faces, TTAConfig(flip=True, shift=2))  # type: ignore[arg-type]
-    assert measured == adjacent_correlation(grey[:, 2:-2, 2:-2].astype(np.float32))
+    spec = TTAConfig(flip=True, shift=2)
+    mean = tta_mean_pixels(key, faces, spec)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(mean[:, 2:-2, 2:-2], grey[:, 2:-2, 2:-2])
+    measured = tta_mean_correlation(key, faces, spec)  # type: ignore[arg-type]
+    assert measured == adjacent_correlation(grey[:, 2:-2, 2:-2])

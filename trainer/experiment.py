@@ -29,6 +29,7 @@ from trainer.train import (
     FaceView,
     TrainResult,
     embed,
+    moved,
     pick_device,
     to_unit,
     train,
@@ -78,25 +79,29 @@ def output_correlation(
     return adjacent_correlation(key.scramble(to_unit(faces[:count], device)).cpu().numpy())
 
 
-def tta_mean_correlation(
-    key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig, count: int = 200
-) -> dict[str, float]:
-    """What several scrambles of one face would show an observer who knows how each copy was
-    moved: adjacent-pixel correlation of the mean of the copies' wire pixels, each moved back
-    (border of ``spec.shift`` pixels cropped), on the first ``count`` aligned faces."""
+def tta_mean_pixels(key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig) -> np.ndarray:
+    """What several scrambles of each face would show an observer who knows how each copy was
+    moved: the mean of the copies' wire pixels, each moved back (edges replicated), as
+    (N, S, S) uint8 from (N, S, S, 3) aligned faces."""
     device = next(key.parameters()).device
-    originals = to_unit(faces[:count], device)
-    size, border = originals.shape[-1], spec.shift
-    total = torch.zeros(len(originals), size - 2 * border, size - 2 * border)
+    originals = to_unit(faces, device)
+    total = torch.zeros(originals.shape[0], 1, *originals.shape[-2:])
     for (mirrored, down, right), copy in zip(
         tta_moves(spec), tta_copies(originals, spec), strict=True
     ):
-        pixels = key.scramble(copy).float().cpu()
-        back = pixels[
-            :, border + down : size - border + down, border + right : size - border + right
-        ]
+        back = moved(key.scramble(copy).float().cpu().unsqueeze(1), -down, -right)
         total += back.flip(-1) if mirrored else back
-    return adjacent_correlation((total / spec.views).numpy())
+    return (total[:, 0] / spec.views).round().to(torch.uint8).numpy()
+
+
+def tta_mean_correlation(
+    key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig, count: int = 200
+) -> dict[str, float]:
+    """Adjacent-pixel correlation of ``tta_mean_pixels`` on the first ``count`` faces, the
+    ``spec.shift`` border (replicated edges) left out."""
+    mean = tta_mean_pixels(key, faces[:count], spec)
+    inner = slice(spec.shift, mean.shape[-1] - spec.shift)
+    return adjacent_correlation(mean[:, inner, inner])
 
 
 class _FloatView(FaceView):

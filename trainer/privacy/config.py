@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from trainer.config import ExperimentConfig, Strict
+from trainer.config import ExperimentConfig, Strict, TTAConfig
 
 Method = Literal[
     "original",
@@ -131,6 +131,13 @@ class PrivacyConfig(Strict):
         description="SN settings (ScramblerConfig overrides of the experiment's SN) whose image "
         "metrics and machine questionnaire `python -m trainer.privacy.sn_variants` measures "
         "without training (the questionnaire's recognizer sees original faces only).",
+    )
+    copy_means: list[TTAConfig] = Field(
+        default_factory=list,
+        description="Several scrambles of one face (test-time augmentation, issue 4): for each "
+        "setting, `python -m trainer.privacy.sn_variants` also measures, with the experiment's "
+        "SN, the mean of a face's copies moved back (what an observer who knows the moves "
+        "would average).",
     )
     seed: int = Field(0, description="Seed of question, pair and sample draws.")
 

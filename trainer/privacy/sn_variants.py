@@ -1,6 +1,7 @@
 """Which SN setting trades what, on the privacy side, without training a recognizer per SN:
 the paper's image metrics and the machine questionnaire for each of ``sn_variants``, next to
-the experiment's SN. Accuracy of the same variants is the design study's (issue 4).
+the experiment's SN (and, for each of ``copy_means``, the mean of several scrambles of one
+face under it). Accuracy of the same variants is the design study's (issue 4).
 
     python -m trainer.privacy.sn_variants configs/privacy-lfw-64.yaml [docs/results]
 
@@ -19,7 +20,8 @@ from typing import Any
 
 from rllfpr.config import load_settings
 from trainer import hardware
-from trainer.experiment import make_key
+from trainer.experiment import make_key, tta_mean_pixels
+from trainer.metrics import adjacent_correlation
 from trainer.privacy import questionnaire
 from trainer.privacy.baselines.base import Original, grey_pixels
 from trainer.privacy.baselines.scrambler import scramble_faces
@@ -57,6 +59,19 @@ def measure_variants(config: PrivacyConfig, split: Split, runs: Path) -> dict[st
         results[name] = {"overrides": overrides, "questionnaire": answers} | image_metrics(
             config, originals, protected
         )
+        for spec in config.copy_means if not overrides else []:
+            mean = tta_mean_pixels(key, split.test.faces, spec)
+            answers = questionnaire.answer(reference, embed_pixels(plain, mean, device), questions)
+            inner = slice(spec.shift, mean.shape[-1] - spec.shift)  # edges replicated: left out
+            results[f"{name}, mean of {spec.views} copies moved back"] = (
+                {"overrides": spec.model_dump(), "questionnaire": answers}
+                | image_metrics(config, originals, mean)
+                | {
+                    "adjacent_correlation": adjacent_correlation(
+                        mean[:, inner, inner], config.metrics.correlation_pairs, config.seed
+                    )
+                }
+            )
     return results
 
 
