@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from trainer.config import DataConfig
 from trainer.data import Aligner, list_identities
@@ -180,6 +181,31 @@ def test_key_spread_screens_each_variant_over_several_keys(orl_pack: Pack) -> No
     values = [float(v) for v in row[2].rstrip(" |").split(", ")]
     assert len(values) == 3
     assert all(0 <= v <= 1 for v in values)
+
+
+def test_variants_have_unique_names_and_can_share_trained_models() -> None:
+    base = {"data": {"dataset": "att_orl"}}
+    with pytest.raises(ValidationError, match="unique"):
+        StudyConfig.model_validate(
+            {"base": base, "variants": [{"name": "a", "change": "x"}, {"name": "a", "change": "y"}]}
+        )
+    study = StudyConfig.model_validate(
+        {
+            "base": base,
+            "variants": [
+                {"name": "a", "change": "none"},
+                {
+                    "name": "a-mirrored",
+                    "change": "mirrored copies at test time",
+                    "overrides": {"tta": {"flip": True}},
+                    "models_of": "a",
+                },
+            ],
+        }
+    )
+    plain, mirrored = (study.experiment(v, 32, "closed_set") for v in study.variants)
+    assert plain.name == mirrored.name == "a-closed_set-32"  # one run folder, one set of models
+    assert mirrored.tta.views == 2
 
 
 def test_view1_runs_leave_unlabeled_faces_out() -> None:

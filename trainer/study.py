@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer import hardware
 from trainer.config import DataConfig, ExperimentConfig
@@ -64,6 +64,11 @@ class Variant(Strict):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Nested ExperimentConfig fields set by this variant."
     )
+    models_of: str | None = Field(
+        None,
+        description="Use the trained models of this variant (same training config; only "
+        "evaluation settings such as `tta` may differ) instead of its own run folder.",
+    )
 
 
 class StudyConfig(Strict):
@@ -95,6 +100,14 @@ class StudyConfig(Strict):
         "after the screen; false for a screen alone (the CPU screen).",
     )
 
+    @model_validator(mode="after")
+    def _unique_variant_names(self) -> StudyConfig:
+        names = [variant.name for variant in self.variants]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique: {repeated}")
+        return self
+
     @classmethod
     def from_yaml(cls, path: Path) -> StudyConfig:
         return cls.model_validate(yaml.safe_load(path.read_text()))
@@ -108,9 +121,8 @@ class StudyConfig(Strict):
         document = _merge(document, sizes | {"protocol": protocol})
         if protocol == "verification_view1":  # View 1's people are all labelled or all probes
             document = _merge(document, {"data": {"unlabeled_faces": 0}})
-        return ExperimentConfig.model_validate(
-            document | {"name": f"{variant.name}-{protocol}-{size}"}
-        )
+        run = variant.models_of or variant.name
+        return ExperimentConfig.model_validate(document | {"name": f"{run}-{protocol}-{size}"})
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
