@@ -33,7 +33,6 @@ from trainer.train import (
     pick_device,
     to_unit,
     train,
-    tta_copies,
     tta_moves,
 )
 from trainer.verification import View1Data, load_view1, pair_scores
@@ -86,9 +85,8 @@ def tta_mean_pixels(key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig) -
     device = next(key.parameters()).device
     originals = to_unit(faces, device)
     total = torch.zeros(originals.shape[0], 1, *originals.shape[-2:])
-    for (mirrored, down, right), copy in zip(
-        tta_moves(spec), tta_copies(originals, spec), strict=True
-    ):
+    for mirrored, down, right in tta_moves(spec):
+        copy = moved(originals.flip(-1) if mirrored else originals, down, right)
         back = moved(key.scramble(copy).float().cpu().unsqueeze(1), -down, -right)
         total += back.flip(-1) if mirrored else back
     return (total[:, 0] / spec.views).round().to(torch.uint8).numpy()
@@ -203,12 +201,18 @@ def closed_set_protocol(
     train_data, test_data = data.subset(train_index), data.subset(test_index)
     models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir, unlabeled)
 
+    galleries: dict[tuple[str, str, TTAConfig | None], np.ndarray] = {}
+
     def evaluate(
         model: str, gallery_view: str, probe_view: str, tta: TTAConfig | None = None
     ) -> dict[str, Any]:
         recognizer = models[model].recognizer
-        gallery = embed(recognizer, views[gallery_view], train_data.faces, tta=tta)
+        if (model, gallery_view, tta) not in galleries:  # cross-key reuses the key-A gallery
+            galleries[model, gallery_view, tta] = embed(
+                recognizer, views[gallery_view], train_data.faces, tta=tta
+            )
         probes = embed(recognizer, views[probe_view], test_data.faces, tta=tta)
+        gallery = galleries[model, gallery_view, tta]
         return closed_set(gallery, train_data.labels, probes, test_data.labels)
 
     def with_tta() -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.config import DataConfig, ExperimentConfig
 from trainer.data import (
@@ -307,18 +308,22 @@ def _recipe_key(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, Any]:
-    """Adjacent-pixel correlation of key A's output on up to 200 held-out faces; with test-time
-    augmentation, also that of the mean of each face's copies, each moved back."""
+def _key_a_and_held_out(
+    config: ExperimentConfig, data: AlignedFaces
+) -> tuple[ScramblerNetwork, np.ndarray]:
     train_index, test_index = split_per_identity(
         data.labels, config.data.test_fraction, config.data.split_seed
     )
-    key = make_key(config, config.key_seeds[0], data.faces[train_index])
-    screen = {"adjacent_correlation": output_correlation(key, data.faces[test_index])}
+    return make_key(config, config.key_seeds[0], data.faces[train_index]), data.faces[test_index]
+
+
+def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, Any]:
+    """Adjacent-pixel correlation of key A's output on up to 200 held-out faces; with test-time
+    augmentation, also that of the mean of each face's copies, each moved back."""
+    key, held_out = _key_a_and_held_out(config, data)
+    screen = {"adjacent_correlation": output_correlation(key, held_out)}
     if config.tta.views > 1:
-        screen["tta_mean_adjacent_correlation"] = tta_mean_correlation(
-            key, data.faces[test_index], config.tta
-        )
+        screen["tta_mean_adjacent_correlation"] = tta_mean_correlation(key, held_out, config.tta)
     return screen
 
 
@@ -498,7 +503,7 @@ def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | No
         worst = []
         for seed in range(1, seeds + 1):
             keyed = config.model_copy(update={"key_seeds": (seed, seed + 1)})
-            correlation = privacy_screen(keyed, data)["adjacent_correlation"]
+            correlation = output_correlation(*_key_a_and_held_out(keyed, data))
             worst.append(max(abs(r) for r in correlation.values()))
         passing = sum(value <= limit for value in worst)
         values = ", ".join(f"{value:.3f}" for value in worst)
