@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
-from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
+from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig, identity
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key, tta_mean_correlation, tta_mean_pixels
+from trainer.losses import copy_consistency
 from trainer.metrics import adjacent_correlation
 from trainer.train import FaceView, augment, embed, moved, train, tta_copies
 
@@ -262,3 +263,66 @@ def test_tta_mean_moves_every_copy_back_before_averaging() -> None:
     np.testing.assert_array_equal(mean[:, 2:-2, 2:-2], grey[:, 2:-2, 2:-2])
     measured = tta_mean_correlation(key, faces, spec)  # type: ignore[arg-type]
     assert measured == adjacent_correlation(grey[:, 2:-2, 2:-2])
+
+
+def test_copy_consistency_is_zero_for_equal_copies_and_turns_copies_toward_their_mean() -> None:
+    face = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # two faces
+    assert copy_consistency(torch.cat([face, 3 * face]), copies=2).item() == pytest.approx(0)
+    apart = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)  # one face, two copies
+    loss = copy_consistency(apart, copies=2)
+    assert loss.item() == pytest.approx(1 - 2**-0.5)  # each copy is 45 degrees from the mean
+    loss.backward()
+    assert apart.grad is not None
+    # gradient descent turns each copy toward the mean: (1, 0) gains a second component, ...
+    assert apart.grad[0, 1].item() < 0
+    assert apart.grad[1, 0].item() < 0  # ... and (0, 1) a first
+
+
+def test_consistency_needs_copies() -> None:
+    with pytest.raises(ValueError, match=r"set augment\.copies >= 2"):
+        ExperimentConfig.model_validate({**TINY, "loss": {"consistency_weight": 1.0}})
+
+
+def _single_to_mean_agreement(recognizer: Recognizer, key, faces: np.ndarray) -> float:
+    """Mean cosine between one scramble's embedding and the mean embedding of 18 copies."""
+    view = FaceView("scrambled", key, torch.device("cpu"))
+    single = embed(recognizer, view, faces)
+    mean = embed(recognizer, view, faces, tta=TTAConfig(flip=True, shift=1))
+    return float((single * mean).sum(1).mean())
+
+
+def test_copy_consistency_brings_one_scramble_closer_to_the_test_time_mean(
+    orl, tmp_path: Path
+) -> None:
+    train_data, test_data = orl
+    copied = {**TINY, "augment": {"flip": True, "shift": 1, "copies": 2}}
+    plain = ExperimentConfig.model_validate(copied)
+    consistent = ExperimentConfig.model_validate(
+        {**copied, "loss": {**TINY["loss"], "consistency_weight": 20.0}}
+    )
+    key = make_key(plain, 1, train_data.faces)
+    runs = {
+        name: train(config, train_data, "scrambled", key, tmp_path / name, progress=False)
+        for name, config in [("plain", plain), ("consistent", consistent)]
+    }
+    assert all(0 < run.history[-1]["train_accuracy"] <= 1 for run in runs.values())
+    agreement = {
+        name: _single_to_mean_agreement(run.recognizer, key, test_data.faces)
+        for name, run in runs.items()
+    }
+    print(f"one scramble vs the mean of 18: {agreement}")
+    assert agreement["consistent"] > agreement["plain"] + 0.04  # measured: +0.075, +0.074
+
+
+def test_later_fields_at_their_default_leave_an_experiment_s_identity_unchanged() -> None:
+    config = ExperimentConfig.model_validate(TINY)
+    document = config.model_dump(mode="json")
+    before_the_fields = {
+        **document,
+        "augment": {k: v for k, v in document["augment"].items() if k != "copies"},
+        "loss": {k: v for k, v in document["loss"].items() if k != "consistency_weight"},
+    }
+    assert identity(document) == before_the_fields  # cache keys of earlier runs still match
+    copied = ExperimentConfig.model_validate({**TINY, "augment": {"copies": 2}})
+    assert identity(copied.model_dump(mode="json"))["augment"]["copies"] == 2
+    assert "copies" in document["augment"]  # the document itself is left as it was

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,6 +55,14 @@ class AugmentConfig(Strict):
         le=0.9,
         description="Random contrast factor in [1 - c, 1 + c] around each face's mean level.",
     )
+    copies: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Independent augmentations of every face in each step, each scrambled on "
+        "its own (a step then holds batch_size x copies images); with loss.consistency_weight "
+        "they also teach one scramble what the test-time mean of several would give.",
+    )
 
 
 class TTAConfig(Strict):
@@ -98,6 +106,13 @@ class LossConfig(Strict):
         description="Scrambled runs only: weight of 1 - cos(student(SN(x)), teacher(x)), the "
         "teacher being the run's recognizer trained on the same original faces x.",
     )
+    consistency_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of 1 - cos(e_k, m), averaged over a face's augment.copies "
+        "embeddings e_k, m being their normalized mean (no gradient through m): every copy is "
+        "pulled toward the mean that test-time augmentation would compute. Needs copies >= 2.",
+    )
 
 
 class ExperimentConfig(Strict):
@@ -125,6 +140,12 @@ class ExperimentConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 
     @model_validator(mode="after")
+    def _consistency_needs_copies(self) -> ExperimentConfig:
+        if self.loss.consistency_weight and self.augment.copies < 2:
+            raise ValueError("loss.consistency_weight compares copies: set augment.copies >= 2")
+        return self
+
+    @model_validator(mode="after")
     def _unlabeled_faces_need_a_teacher(self) -> ExperimentConfig:
         if self.data.unlabeled_faces and not self.loss.distill_weight:
             raise ValueError(
@@ -137,3 +158,21 @@ class ExperimentConfig(Strict):
     @classmethod
     def from_yaml(cls, path: Path) -> ExperimentConfig:
         return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+# Fields added after results were recorded, whose default leaves training as it was: at that
+# default they are left out of an experiment's identity (run folders, cache keys), so earlier
+# checkpoints and caches still match.
+_ADDED_LATER = (("augment", "copies"), ("loss", "consistency_weight"))
+
+
+def identity(document: dict[str, Any]) -> dict[str, Any]:
+    """An experiment config's JSON document, without later fields that are at their default."""
+    defaults = ExperimentConfig(name="defaults").model_dump(mode="json")
+    result = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in document.items()
+    }
+    for section, field in _ADDED_LATER:
+        if result[section].get(field) == defaults[section][field]:
+            del result[section][field]
+    return result

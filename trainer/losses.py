@@ -1,4 +1,5 @@
-"""CosFace (large margin cosine loss; Wang et al. 2018), the paper's loss (s = 30, m = 0.5)."""
+"""Training losses: CosFace (large margin cosine loss; Wang et al. 2018), the paper's loss
+(s = 30, m = 0.5), and the consistency of one face's augmented copies."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ class CosFace(nn.Module):
         cosine = self.cosine(embeddings)
         margin = functional.one_hot(labels, cosine.shape[1]).to(cosine.dtype) * self.margin
         return functional.cross_entropy(self.scale * (cosine - margin), labels)
+
+
+def copy_consistency(embeddings: torch.Tensor, copies: int) -> torch.Tensor:
+    """Mean of 1 - cos(e_k, m) over (copies * B, D) embeddings stacked copy by copy (rows k * B
+    + i are copy k of face i), m being the normalized mean of face i's unit copies: the
+    embedding test-time augmentation would use. m is held fixed; its own gradient would be zero
+    anyway, since m maximizes the summed cosine."""
+    unit = functional.normalize(embeddings.float(), dim=1).view(copies, -1, embeddings.shape[1])
+    target = functional.normalize(unit.mean(0), dim=1).detach()
+    return (1 - (unit * target).sum(-1)).mean()

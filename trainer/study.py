@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
-from trainer.config import DataConfig, ExperimentConfig
+from trainer.config import DataConfig, ExperimentConfig, identity
 from trainer.data import (
     AlignedFaces,
     Aligner,
@@ -303,7 +303,7 @@ def build_pack(
 
 def _recipe_key(config: ExperimentConfig) -> str:
     """Identifies an original-face model: experiments with the same key can share it."""
-    document = comparable_config(config.model_dump(mode="json"), "original")
+    document = comparable_config(identity(config.model_dump(mode="json")), "original")
     document["optim"]["epochs"] = config.optim.epochs
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -1,9 +1,10 @@
 """The one training entry point: a recognizer on original or scrambled faces.
 
-Pipeline per batch: aligned RGB uint8 faces -> augmentation (flip, shift) on the ORIGINAL
-face -> view: ``original`` (8-bit grey) or ``scrambled`` (SN, then the fixed pixel
-conversion) -> ``from_pixels`` -> recognizer -> CosFace. Both views go through the same
-8-bit grey-level representation, so they are trained identically.
+Pipeline per batch: aligned RGB uint8 faces -> augmentation (flip, shift; ``augment.copies``
+independent copies of each face) on the ORIGINAL face -> view: ``original`` (8-bit grey) or
+``scrambled`` (SN, then the fixed pixel conversion) -> ``from_pixels`` -> recognizer -> CosFace.
+Both views go through the same 8-bit grey-level representation, so they are trained
+identically.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
-from trainer.losses import CosFace
+from trainer.losses import CosFace, copy_consistency
 
 log = logging.getLogger(__name__)
 View = Literal["original", "scrambled"]
@@ -289,13 +290,15 @@ class _Run:
             factor = _schedule(epoch * steps + step, epochs * steps, optim.warmup_epochs * steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = optim.lr * factor
-            original = to_unit(data.faces[index], self.device)
+            copies = self.config.augment.copies
+            original = to_unit(data.faces[index], self.device).repeat(copies, 1, 1, 1)
             faces = augment(original, self.config.augment, self.generator)
-            labels = torch.from_numpy(data.labels[index]).to(self.device)
+            labels = torch.from_numpy(data.labels[index]).to(self.device).repeat(copies)
             inputs = view(faces)  # outside autocast: the SN's output must be exact
             with self._autocast():
                 embeddings = self.recognizer(inputs).float()
                 loss = self.head(embeddings, labels) + self._distillation(faces, embeddings, view)
+                loss = loss + self._consistency(embeddings)
                 if unlabeled is not None and view.view == "scrambled":
                     loss = loss + self._unlabeled_distillation(unlabeled, len(index), view)
             self.optimizer.zero_grad(set_to_none=True)
@@ -306,11 +309,17 @@ class _Run:
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
         self.seconds += time.perf_counter() - started
         self.epochs_done += 1
-        self._record(view.view, float(np.mean(losses)), correct / len(data))
+        self._record(view.view, float(np.mean(losses)), correct / (len(data) * copies))
 
     def _autocast(self) -> torch.autocast:
         enabled = self.config.optim.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _consistency(self, embeddings: torch.Tensor) -> torch.Tensor:
+        weight = self.config.loss.consistency_weight
+        if not weight:
+            return embeddings.new_zeros(())
+        return weight * copy_consistency(embeddings, self.config.augment.copies)
 
     def _distillation(
         self, faces: torch.Tensor, embeddings: torch.Tensor, view: FaceView

@@ -20,7 +20,7 @@ import torch
 
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
-from trainer.config import ExperimentConfig
+from trainer.config import ExperimentConfig, identity
 from trainer.data import AlignedFaces
 from trainer.evaluate import closed_set
 from trainer.privacy.baselines.base import Protection
@@ -62,7 +62,7 @@ def embed_pixels(
 def run_name(method: Method, experiment: ExperimentConfig, baselines: BaselineConfig) -> str:
     """A run folder per method and parameters, so a changed setting never resumes a stale
     checkpoint of the same method."""
-    document = {"experiment": experiment.model_dump(mode="json"), "method": method}
+    document = {"experiment": identity(experiment.model_dump(mode="json")), "method": method}
     if method != "original":
         document["baselines"] = baselines.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:10]
