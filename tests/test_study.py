@@ -178,9 +178,12 @@ def test_key_spread_screens_each_variant_over_several_keys(orl_pack: Pack) -> No
     row = table.splitlines()[2].split(" | ")
     assert row[0] == "| baseline"
     assert row[1].endswith(" of 3")
-    values = [float(v) for v in row[2].rstrip(" |").split(", ")]
+    values = [float(v) for v in row[2].split(", ")]
     assert len(values) == 3
     assert all(0 <= v <= 1 for v in values)
+    identity = [float(v.removesuffix(" %")) for v in row[3].rstrip(" |").split(", ")]
+    assert len(identity) == 3
+    assert all(100 / 40 < v <= 100 for v in identity)  # identity survives: above ORL's chance
 
 
 def test_variants_have_unique_names_and_can_share_trained_models() -> None:

@@ -47,6 +47,8 @@ from trainer.experiment import (
     tta_mean_correlation,
     verification_protocol,
 )
+from trainer.metrics import nearest_neighbour_accuracy
+from trainer.screen import scramble_all
 from trainer.train import comparable_config, pick_device
 from trainer.verification import Pair, View1Data, load_view1
 
@@ -488,11 +490,14 @@ class StudyRun:
 
 
 def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | None = None) -> str:
-    """Markdown: the privacy screen (largest |adjacent r|) of keys 1..``seeds`` of each
-    variant's SN (or of the ``names`` variants) at the screen size; no training."""
+    """Markdown: the two instant screens of keys 1..``seeds`` of each variant's SN (or of the
+    ``names`` variants) at the screen size, no training: privacy (largest |adjacent r| on
+    held-out faces) and identity (raw-pixel nearest-neighbour rank-1 of held-out scrambles
+    against the training scrambles)."""
     lines = [
-        "| variant | keys passing (abs r <= limit) | largest abs r per key seed 1.. |",
-        "|---|---|---|",
+        "| variant | keys passing (abs r <= limit) | largest abs r per key seed 1.. | "
+        "raw-pixel NN rank-1 per key seed 1.. |",
+        "|---|---|---|---|",
     ]
     limit = study.max_abs_correlation
     for variant in study.variants:
@@ -500,14 +505,27 @@ def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | No
             continue
         config = study.experiment(variant, study.screen_size, "closed_set")
         data = pack.closed_set(study.screen_size, config.data)
-        worst = []
+        train_index, test_index = split_per_identity(
+            data.labels, config.data.test_fraction, config.data.split_seed
+        )
+        worst, identity_screen = [], []
         for seed in range(1, seeds + 1):
-            keyed = config.model_copy(update={"key_seeds": (seed, seed + 1)})
-            correlation = output_correlation(*_key_a_and_held_out(keyed, data))
+            key = make_key(config, seed, data.faces[train_index])
+            correlation = output_correlation(key, data.faces[test_index])
             worst.append(max(abs(r) for r in correlation.values()))
+            scrambled = scramble_all(key, data.faces)
+            identity_screen.append(
+                nearest_neighbour_accuracy(
+                    scrambled[train_index],
+                    data.labels[train_index],
+                    scrambled[test_index],
+                    data.labels[test_index],
+                )
+            )
         passing = sum(value <= limit for value in worst)
         values = ", ".join(f"{value:.3f}" for value in worst)
-        lines.append(f"| {variant.name} | {passing} of {seeds} | {values} |")
+        accuracies = ", ".join(_percent(value) for value in identity_screen)
+        lines.append(f"| {variant.name} | {passing} of {seeds} | {values} | {accuracies} |")
     return "\n".join(lines) + "\n"
 
 
