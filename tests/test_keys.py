@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rllfpr.keys import bundle, envelope, material
@@ -14,6 +15,7 @@ from rllfpr.keys.bundle import BundleError
 from rllfpr.keys.envelope import SignatureError
 from rllfpr.keys.keyring import KeyRing
 from rllfpr.keys.material import FleetKey, KeyMaterialError
+from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
 
 SIGNER = Ed25519PrivateKey.generate()
@@ -200,3 +202,15 @@ def test_key_files_are_private_and_round_trip(tmp_path: Path) -> None:
         material.load_fleet_key(tmp_path / "keys" / "fleet.key")
     assert "secret" not in repr(FLEET)
     assert FLEET.secret.hex() not in repr(FLEET)
+
+
+def test_a_production_key_with_a_63_bit_seed_survives_its_bundle() -> None:
+    config = ScramblerConfig(levels=2, widths=(4, 8), input_size=32)
+    network = ScramblerNetwork(config, 2**63 - 1)
+    key = network.key_state()
+    sealed = make_bundle(architecture=key["architecture"], state=key["state"])
+    opened = bundle.open_bundle(sealed, TRUSTED, {FLEET.key_id: FLEET})
+    restored = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    assert restored.seed == 2**63 - 1
+    faces = torch.rand(2, 3, 32, 32)
+    assert torch.equal(restored.scramble(faces), network.scramble(faces))

@@ -137,7 +137,7 @@ def test_a_key_that_fails_the_screen_is_replaced_by_one_that_passes(
     good, bad = by_correlation[0], by_correlation[-1]
     limit = (worst(good) + worst(bad)) / 2
     seeds = iter([bad, good])
-    monkeypatch.setattr(rotation.secrets, "randbits", lambda _bits: next(seeds))
+    monkeypatch.setattr(rotation, "random_key_seed", lambda: next(seeds))
     builder = _builder(corpus, tmp_path, _config(max_abs_correlation=limit))
     key, screen = builder.draw_key()
     assert screen["draws"] == 2

@@ -14,6 +14,7 @@ from rllfpr.models.scrambler import (
     ScramblerNetwork,
     from_pixels,
     pool_with_mask,
+    random_key_seed,
     unpool_with_mask,
 )
 
@@ -153,3 +154,19 @@ def test_kernel_scale_acts_only_through_batchnorm_epsilon() -> None:
     reference = wire(1.0)
     assert (wire(20.0) != reference).float().mean() < 0.02
     assert (wire(0.01) != reference).float().mean() > 0.2
+
+
+def test_production_seeds_have_63_bits_and_survive_the_key_state() -> None:
+    seeds = {random_key_seed() for _ in range(64)}
+    assert len(seeds) == 64
+    assert max(seeds) >= 2**55  # 64 draws all below 2**55 would happen once in 2**512
+    assert all(0 <= seed < 2**63 for seed in seeds)
+    network = ScramblerNetwork(SMALL, max(seeds))
+    restored = ScramblerNetwork.from_key_state(**network.key_state())
+    assert restored.seed == network.seed
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(tensor, restored.state_dict()[name])
+    with pytest.raises(ValueError, match="key seed"):
+        ScramblerNetwork(SMALL, 2**63)
+    with pytest.raises(ValueError, match="key seed"):
+        ScramblerNetwork(SMALL, -1)

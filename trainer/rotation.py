@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from rllfpr.keys import bundle, envelope
 from rllfpr.keys.material import FleetKey
 from rllfpr.models.export import export_onnx, unsupported_operators
 from rllfpr.models.recognizer import Recognizer
-from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.models.scrambler import ScramblerNetwork, random_key_seed
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.mqtt import MqttError
 from rllfpr.wire import topics
@@ -217,7 +216,7 @@ class EpochBuilder:
         limit, faces = self.config.max_abs_correlation, self.split.held_out.faces
         correlations: list[float] = []
         for _ in range(self.config.key_draws):
-            key = make_key(self.config.experiment, secrets.randbits(31), self.split.fit.faces)
+            key = make_key(self.config.experiment, random_key_seed(), self.split.fit.faces)
             worst = max(abs(r) for r in output_correlation(key, faces).values())
             correlations.append(round(worst, 4))
             if worst <= limit:
@@ -247,7 +246,7 @@ class EpochBuilder:
             teacher=teacher.recognizer if teacher else None,
             initial=previous,
         )
-        other = previous_key or make_key(experiment, secrets.randbits(31), self.split.fit.faces)
+        other = previous_key or make_key(experiment, random_key_seed(), self.split.fit.faces)
         report: dict[str, Any] = {
             "scope": scope,
             "epoch": epoch,

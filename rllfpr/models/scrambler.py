@@ -24,6 +24,7 @@ One definition, used by the trainer, the ONNX exporter and the edge agent:
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -95,6 +96,17 @@ def unpool_with_mask(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return spread.reshape(n, c, h * 2, w * 2)
 
 
+# A key's kernels follow from its seed, so the seed is the secret an attacker holding one face
+# and its scramble would search for: 31 bits (our first draw) fall to a GPU cluster in hours;
+# 63 bits do not. torch seeds a generator with up to 64 bits; 63 stay within a signed int64.
+KEY_SEED_BITS = 63
+
+
+def random_key_seed() -> int:
+    """A fresh, unpredictable seed for a production key (tests and studies use small ones)."""
+    return secrets.randbits(KEY_SEED_BITS)
+
+
 class ScramblerNetwork(nn.Module):
     """The SN. ``forward`` gives the float output; ``scramble`` gives wire pixels (0..255)."""
 
@@ -103,6 +115,8 @@ class ScramblerNetwork(nn.Module):
 
     def __init__(self, config: ScramblerConfig, seed: int) -> None:
         super().__init__()
+        if not 0 <= seed < 2**KEY_SEED_BITS:
+            raise ValueError(f"a key seed is an integer in [0, 2**{KEY_SEED_BITS}), got {seed}")
         self.config = config
         self.seed = seed
         widths = config.widths
