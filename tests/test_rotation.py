@@ -19,7 +19,7 @@ from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
 from trainer import rotation
 from trainer.data import Aligner, list_identities
-from trainer.experiment import make_key, output_correlation
+from trainer.experiment import identity_screen, make_key, output_correlation
 from trainer.rotation import EpochBuilder, GateError, KeyPublisher, RotationConfig, split_corpus
 
 SIDE = 32
@@ -138,11 +138,33 @@ def test_a_key_that_fails_the_screen_is_replaced_by_one_that_passes(
     limit = (worst(good) + worst(bad)) / 2
     seeds = iter([bad, good])
     monkeypatch.setattr(rotation, "random_key_seed", lambda: next(seeds))
-    builder = _builder(corpus, tmp_path, _config(max_abs_correlation=limit))
+    builder = _builder(corpus, tmp_path, _config(max_abs_correlation=limit, key_candidates=1))
     key, screen = builder.draw_key()
     assert screen["draws"] == 2
     assert screen["max_abs_correlation"][0] > limit >= screen["max_abs_correlation"][1]
     assert key.seed == good
+
+
+def test_of_the_keys_that_pass_the_one_keeping_most_identity_is_kept(
+    corpus: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(key_candidates=3)
+    split = split_corpus(corpus, config)  # type: ignore[arg-type]
+    fit, held_out = split.fit, split.held_out
+
+    def screened(seed: int) -> float:
+        key = make_key(config.experiment, seed, fit.faces)
+        return identity_screen(key, fit.faces, fit.labels, held_out.faces, held_out.labels)
+
+    scores = {seed: screened(seed) for seed in (11, 12, 13, 14)}
+    seeds = iter(scores)
+    monkeypatch.setattr(rotation, "random_key_seed", lambda: next(seeds))
+    key, screen = _builder(corpus, tmp_path, config).draw_key()
+    assert screen["draws"] == 3  # every key passes (limit 1.0): three candidates, then stop
+    assert screen["identity_screen"] == [round(scores[seed], 4) for seed in (11, 12, 13)]
+    assert key.seed == max((11, 12, 13), key=lambda seed: scores[seed])
+    assert screen["chosen"] == [11, 12, 13].index(key.seed)
+    assert len(set(scores.values())) > 1  # the screen tells these keys apart
 
 
 def _retained(endpoint: Endpoint, scope: str) -> dict[str, bytes]:

@@ -42,13 +42,12 @@ from trainer.data import (
 )
 from trainer.experiment import (
     closed_set_protocol,
+    identity_screen,
     make_key,
     output_correlation,
     tta_mean_correlation,
     verification_protocol,
 )
-from trainer.metrics import nearest_neighbour_accuracy
-from trainer.screen import scramble_all
 from trainer.train import comparable_config, pick_device
 from trainer.verification import Pair, View1Data, load_view1
 
@@ -508,23 +507,23 @@ def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | No
         train_index, test_index = split_per_identity(
             data.labels, config.data.test_fraction, config.data.split_seed
         )
-        worst, identity_screen = [], []
+        worst, identities = [], []
         for seed in range(1, seeds + 1):
             key = make_key(config, seed, data.faces[train_index])
             correlation = output_correlation(key, data.faces[test_index])
             worst.append(max(abs(r) for r in correlation.values()))
-            scrambled = scramble_all(key, data.faces)
-            identity_screen.append(
-                nearest_neighbour_accuracy(
-                    scrambled[train_index],
+            identities.append(
+                identity_screen(
+                    key,
+                    data.faces[train_index],
                     data.labels[train_index],
-                    scrambled[test_index],
+                    data.faces[test_index],
                     data.labels[test_index],
                 )
             )
         passing = sum(value <= limit for value in worst)
         values = ", ".join(f"{value:.3f}" for value in worst)
-        accuracies = ", ".join(_percent(value) for value in identity_screen)
+        accuracies = ", ".join(_percent(value) for value in identities)
         lines.append(f"| {variant.name} | {passing} of {seeds} | {values} | {accuracies} |")
     return "\n".join(lines) + "\n"
 
