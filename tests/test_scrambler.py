@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import onnxruntime
 import pytest
@@ -126,8 +127,10 @@ def test_key_state_survives_a_signed_encrypted_bundle() -> None:
     assert torch.equal(restored.scramble(faces()), network.scramble(faces()))
 
 
-def test_onnx_export_uses_only_tensorrt_operators_and_matches_torch() -> None:
-    network = learned(ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112))
+@pytest.mark.parametrize("input_blur", [0.0, 1.2])
+def test_onnx_export_uses_only_tensorrt_operators_and_matches_torch(input_blur: float) -> None:
+    config = ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112)
+    network = learned(config.model_copy(update={"input_blur": input_blur}))
     model = export_onnx(network)
     assert unsupported_operators(model) == set()
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -170,3 +173,28 @@ def test_production_seeds_have_63_bits_and_survive_the_key_state() -> None:
         ScramblerNetwork(SMALL, 2**63)
     with pytest.raises(ValueError, match="key seed"):
         ScramblerNetwork(SMALL, -1)
+
+
+def test_input_blur_is_a_gaussian_low_pass_before_the_same_network() -> None:
+    blurred = ScramblerNetwork(SMALL.model_copy(update={"input_blur": 1.2}), 7)
+    plain = ScramblerNetwork(SMALL, 7)
+    for name, tensor in plain.state_dict().items():  # same key: the blur is not part of it
+        assert torch.equal(tensor, blurred.state_dict()[name])
+    assert set(blurred.state_dict()) == set(plain.state_dict())
+    faces = torch.rand(2, 3, 40, 40)
+    kernel = cv2.getGaussianKernel(2 * 4 + 1, 1.2)  # radius ceil(3 * 1.2) = 4
+    by_opencv = np.stack(
+        [
+            np.stack(
+                [
+                    cv2.sepFilter2D(c, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+                    for c in face
+                ]
+            )
+            for face in faces.numpy()
+        ]
+    )
+    expected = plain(torch.from_numpy(by_opencv).float())  # raw outputs, about 1e4 before BN
+    scale = float(expected.abs().max())  # no BN self-learning here: tolerances relative to it
+    assert torch.allclose(blurred(faces), expected, rtol=0, atol=1e-5 * scale)
+    assert not torch.allclose(plain(faces), expected, rtol=0, atol=1e-2 * scale)

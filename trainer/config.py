@@ -163,7 +163,11 @@ class ExperimentConfig(Strict):
 # Fields added after results were recorded, whose default leaves training as it was: at that
 # default they are left out of an experiment's identity (run folders, cache keys), so earlier
 # checkpoints and caches still match.
-_ADDED_LATER = (("augment", "copies"), ("loss", "consistency_weight"))
+_ADDED_LATER = (
+    ("augment", "copies"),
+    ("loss", "consistency_weight"),
+    ("scrambler", "input_blur"),
+)
 
 
 def identity(document: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ One definition, used by the trainer, the ONNX exporter and the edge agent:
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -53,6 +54,14 @@ class ScramblerConfig(BaseModel):
         "normal", description="Distribution of the random kernels (paper: normal)."
     )
     kernel_std: float = Field(1.0, gt=0, description="Standard deviation of the kernels.")
+    input_blur: float = Field(
+        0.0,
+        ge=0,
+        le=3,
+        description="Standard deviation, in pixels, of a fixed Gaussian low-pass of the face "
+        "before the first conv (0: none). It is not part of the secret. Max-pool choices then "
+        "follow coarser structure, so one scramble changes less when the face moves by a pixel.",
+    )
 
     @model_validator(mode="after")
     def _one_width_per_level(self) -> ScramblerConfig:
@@ -72,6 +81,15 @@ def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
         nn.BatchNorm2d(out_channels, affine=False, momentum=None),
         nn.ReLU(inplace=False),
     ]
+
+
+def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
+    """(channels, 1, K, K) normalized Gaussian, K = 2 * ceil(3 sigma) + 1, for a depthwise conv."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    line = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    line = line / line.sum()
+    return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
 
 
 def pool_with_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +115,9 @@ def unpool_with_mask(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # A key's kernels follow from its seed, so the seed is the secret an attacker holding one face
-# and its scramble would search for: 31 bits (our first draw) fall to a GPU cluster in hours;
-# 63 bits do not. torch seeds a generator with up to 64 bits; 63 stay within a signed int64.
+# and its scramble would search for: 31 bits (our first draw) take about 32 H100-hours; 63 bits
+# about 16 million GPU-years (docs/threat-model.md). torch seeds a generator with up to 64
+# bits; 63 stay within a signed int64.
 KEY_SEED_BITS = 63
 
 
@@ -112,6 +131,7 @@ class ScramblerNetwork(nn.Module):
 
     output_mean: torch.Tensor
     output_std: torch.Tensor
+    blur: torch.Tensor | None
 
     def __init__(self, config: ScramblerConfig, seed: int) -> None:
         super().__init__()
@@ -138,6 +158,8 @@ class ScramblerNetwork(nn.Module):
         self.encoder = nn.ModuleList(encoder)
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(widths[0], 1, 3, padding=1, bias=False)
+        blur = gaussian_kernel(config.input_blur, config.in_channels) if config.input_blur else None
+        self.register_buffer("blur", blur, persistent=False)  # follows the config, not the key
         self.register_buffer("output_mean", torch.zeros(()))
         self.register_buffer("output_std", torch.ones(()))
         self._draw_kernels()
@@ -177,6 +199,10 @@ class ScramblerNetwork(nn.Module):
             return self._forward(faces, size)
 
     def _forward(self, faces: torch.Tensor, size: int) -> torch.Tensor:
+        if self.blur is not None:
+            radius = self.blur.shape[-1] // 2
+            faces = functional.pad(faces, (radius,) * 4, mode="reflect")
+            faces = functional.conv2d(faces, self.blur, groups=self.config.in_channels)
         pad = self.config.padded_size - size
         x = functional.pad(faces, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
         masks = []
