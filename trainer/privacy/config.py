@@ -46,6 +46,8 @@ SN_VARIANTS: dict[str, dict[str, Any]] = {
     "2 convs per level": {"convs_per_level": 2},
     "widths x4": {"widths": [64, 128, 256, 256, 256]},
     "uniform kernels": {"kernel_distribution": "uniform"},
+    "input low-pass sigma 1.2": {"input_blur": 1.2},
+    "input low-pass sigma 2.0": {"input_blur": 2.0},
 }
 
 
