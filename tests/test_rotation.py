@@ -80,7 +80,8 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
     assert not first.report["fine_tuned"]
     assert first.report["gates"]["passed"]
     assert first.report["gates"]["unsupported_onnx_operators"] == []
-    assert first.report["key_screen"]["draws"] == 1  # the test's limit (1.0) passes any key
+    assert first.report["key_screen"]["draws"] == 3  # limit 1.0 passes any key: 3 candidates
+    assert len(first.report["key_screen"]["identity_screen"]) == 3
     trusted = {
         material.signer_id(builder.signing_key.public_key()): builder.signing_key.public_key()
     }
