@@ -87,8 +87,8 @@ def identity_screen(
 ) -> float:
     """How much identity a key's wire pixels keep, before any training: raw-pixel cosine
     nearest-neighbour rank-1 of the scrambled probes against the scrambled gallery (aligned
-    (N, S, S, 3) faces). Over eight keys it ranked the trained recognizers' accuracy with
-    Spearman 0.81 (docs/results/design-study.md)."""
+    (N, S, S, 3) faces). Over twelve trained models it ranked their scrambled accuracy with
+    Spearman 0.80 (docs/results/design-study.md)."""
     device = next(key.parameters()).device
 
     def wire(faces: np.ndarray) -> np.ndarray:

@@ -91,8 +91,9 @@ class RotationConfig(BaseModel):
         description="Keys that pass the screen to collect per epoch; the one whose wire pixels "
         "keep the most identity (raw-pixel nearest-neighbour rank-1 of held-out corpus faces "
         "against the training faces, no training) is kept. Trained accuracy spread 11-17 "
-        "points between keys of one SN, and this screen ranked it with Spearman 0.81 over "
-        "eight keys (docs/results/design-study.md).",
+        "points between keys of the plain SN; this screen ranked twelve trained models with "
+        "Spearman 0.80, though not the four low-pass keys, which trained within 5 points of "
+        "each other (docs/results/design-study.md).",
     )
     target_fpir: float = Field(
         0.01, gt=0, lt=1, description="False-positive identification rate the threshold aims at."
