@@ -25,6 +25,7 @@ from trainer.data import (
 )
 from trainer.evaluate import closed_set, verification
 from trainer.metrics import adjacent_correlation, nearest_neighbour_accuracy
+from trainer.screen import scramble_all
 from trainer.train import (
     FaceView,
     TrainResult,
@@ -89,15 +90,9 @@ def identity_screen(
     nearest-neighbour rank-1 of the scrambled probes against the scrambled gallery (aligned
     (N, S, S, 3) faces). Over twelve trained models it ranked their scrambled accuracy with
     Spearman 0.80 (docs/results/design-study.md)."""
-    device = next(key.parameters()).device
-
-    def wire(faces: np.ndarray) -> np.ndarray:
-        chunks = [
-            key.scramble(to_unit(faces[i : i + 64], device)) for i in range(0, len(faces), 64)
-        ]
-        return torch.cat(chunks).cpu().numpy()
-
-    return nearest_neighbour_accuracy(wire(gallery), gallery_labels, wire(probes), probe_labels)
+    return nearest_neighbour_accuracy(
+        scramble_all(key, gallery), gallery_labels, scramble_all(key, probes), probe_labels
+    )
 
 
 def tta_mean_pixels(key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig) -> np.ndarray:

@@ -46,8 +46,10 @@ class ScreenSpec:
 
 
 def scramble_all(network: ScramblerNetwork, faces: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Wire pixels (N, S, S) uint8 of aligned (N, S, S, 3) faces, on the network's device."""
+    device = next(network.parameters()).device
     chunks = [
-        network.scramble(to_unit(faces[start : start + batch], CPU)).numpy()
+        network.scramble(to_unit(faces[start : start + batch], device)).cpu().numpy()
         for start in range(0, len(faces), batch)
     ]
     return np.concatenate(chunks)

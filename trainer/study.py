@@ -29,7 +29,6 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.config import DataConfig, ExperimentConfig, identity
 from trainer.data import (
@@ -309,19 +308,14 @@ def _recipe_key(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _key_a_and_held_out(
-    config: ExperimentConfig, data: AlignedFaces
-) -> tuple[ScramblerNetwork, np.ndarray]:
-    train_index, test_index = split_per_identity(
-        data.labels, config.data.test_fraction, config.data.split_seed
-    )
-    return make_key(config, config.key_seeds[0], data.faces[train_index]), data.faces[test_index]
-
-
 def privacy_screen(config: ExperimentConfig, data: AlignedFaces) -> dict[str, Any]:
     """Adjacent-pixel correlation of key A's output on up to 200 held-out faces; with test-time
     augmentation, also that of the mean of each face's copies, each moved back."""
-    key, held_out = _key_a_and_held_out(config, data)
+    train_index, test_index = split_per_identity(
+        data.labels, config.data.test_fraction, config.data.split_seed
+    )
+    key = make_key(config, config.key_seeds[0], data.faces[train_index])
+    held_out = data.faces[test_index]
     screen = {"adjacent_correlation": output_correlation(key, held_out)}
     if config.tta.views > 1:
         screen["tta_mean_adjacent_correlation"] = tta_mean_correlation(key, held_out, config.tta)
