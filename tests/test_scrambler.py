@@ -11,6 +11,7 @@ from torch.nn import functional
 from rllfpr.keys import bundle, material
 from rllfpr.models.export import export_onnx, unsupported_operators
 from rllfpr.models.scrambler import (
+    BinomialBlur,
     ScramblerConfig,
     ScramblerNetwork,
     from_pixels,
@@ -127,10 +128,12 @@ def test_key_state_survives_a_signed_encrypted_bundle() -> None:
     assert torch.equal(restored.scramble(faces()), network.scramble(faces()))
 
 
-@pytest.mark.parametrize("input_blur", [0.0, 1.2])
-def test_onnx_export_uses_only_tensorrt_operators_and_matches_torch(input_blur: float) -> None:
+@pytest.mark.parametrize(("input_blur", "pool_blur"), [(0.0, False), (1.2, False), (1.2, True)])
+def test_onnx_export_uses_only_tensorrt_operators_and_matches_torch(
+    input_blur: float, pool_blur: bool
+) -> None:
     config = ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112)
-    network = learned(config.model_copy(update={"input_blur": input_blur}))
+    network = learned(config.model_copy(update={"input_blur": input_blur, "pool_blur": pool_blur}))
     model = export_onnx(network)
     assert unsupported_operators(model) == set()
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -198,3 +201,22 @@ def test_input_blur_is_a_gaussian_low_pass_before_the_same_network() -> None:
     scale = float(expected.abs().max())  # no BN self-learning here: tolerances relative to it
     assert torch.allclose(blurred(faces), expected, rtol=0, atol=1e-5 * scale)
     assert not torch.allclose(plain(faces), expected, rtol=0, atol=1e-2 * scale)
+
+
+def test_pool_blur_smooths_the_features_each_max_pool_sees_and_keeps_the_key() -> None:
+    smoothed = ScramblerNetwork(SMALL.model_copy(update={"pool_blur": True}), 7)
+    plain = ScramblerNetwork(SMALL, 7)
+    assert set(smoothed.state_dict()) == set(plain.state_dict())
+    for name, tensor in plain.state_dict().items():  # same key: the low-pass is not part of it
+        assert torch.equal(tensor, smoothed.state_dict()[name])
+    features = torch.rand(2, 4, 8, 8)
+    kernel = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16
+    by_opencv = np.stack(
+        [
+            np.stack([cv2.filter2D(c, -1, kernel, borderType=cv2.BORDER_REFLECT_101) for c in f])
+            for f in features.numpy()
+        ]
+    )
+    assert torch.allclose(BinomialBlur(4)(features), torch.from_numpy(by_opencv), atol=1e-6)
+    faces = torch.rand(2, 3, 40, 40)
+    assert not torch.allclose(smoothed(faces), plain(faces))

@@ -167,6 +167,7 @@ _ADDED_LATER = (
     ("augment", "copies"),
     ("loss", "consistency_weight"),
     ("scrambler", "input_blur"),
+    ("scrambler", "pool_blur"),
 )
 
 

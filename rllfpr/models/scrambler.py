@@ -36,6 +36,10 @@ from torch.nn import functional
 
 PIXEL_CENTER = 128.0
 PIXEL_SCALE = 32.0  # grey levels per output standard deviation
+# Smoothed features make nearly equal neighbours common: deciding the max on exact floats let
+# float32 vs float64 change 44-47 % of wire pixels; on a 0.01 grid (features have about unit
+# scale after BatchNorm), 0.2-0.3 % (docs/results/design-study.md, fifth round).
+POOL_DECISION_STEP = 0.01
 
 
 class ScramblerConfig(BaseModel):
@@ -63,6 +67,13 @@ class ScramblerConfig(BaseModel):
         "follow coarser structure, so one scramble changes less when the face moves by a pixel "
         "(issue 4: +9.4 points at 1.2 px on 64 px faces). The default stays 0 so that bundles "
         "written before the field existed load as they were made; the deployed recipe sets it.",
+    )
+    pool_blur: bool = Field(
+        False,
+        description="Smooth each encoder level's features with a fixed 3x3 binomial low-pass "
+        "before its max-pool (anti-aliased pooling), the maximum chosen on a 0.01 grid, so the "
+        "positions the unpooling keeps move less when the face moves by a pixel. Not part of "
+        "the secret. Default off so that earlier bundles load as they were made.",
     )
 
     @model_validator(mode="after")
@@ -94,18 +105,41 @@ def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
     return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
 
 
-def pool_with_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2x2 max-pool returning the pooled map and a one-hot mask of the first maximum."""
+class BinomialBlur(nn.Module):
+    """Fixed 3x3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) of each channel, mirrored edges.
+    The kernel is a non-persistent buffer: not part of a key's state, and a constant of known
+    shape in the exported graph."""
+
+    kernel: torch.Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        line = torch.tensor([1.0, 2.0, 1.0]) / 4
+        kernel = (line[:, None] * line[None, :]).expand(channels, 1, 3, 3).contiguous()
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return functional.conv2d(padded, self.kernel, groups=self.kernel.shape[0])
+
+
+def pool_with_mask(
+    x: torch.Tensor, decision_step: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max-pool returning the pooled map and a one-hot mask of the first maximum. With a
+    ``decision_step``, the maximum is chosen on the values rounded to that grid (ties: first),
+    so float rounding of nearly equal values cannot flip it."""
     n, c, h, w = x.shape
     windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5)
     windows = windows.reshape(n, c, h // 2, w // 2, 4)
-    pooled = windows.amax(dim=-1)
-    is_max = (windows == pooled.unsqueeze(-1)).to(x.dtype)
+    decided = windows if decision_step is None else torch.round(windows / decision_step)
+    is_max = (decided == decided.amax(dim=-1, keepdim=True)).to(x.dtype)
     m0, m1, m2, m3 = is_max.unbind(-1)
     first = torch.stack(
         [m0, m1 * (1 - m0), m2 * (1 - m0) * (1 - m1), m3 * (1 - m0) * (1 - m1) * (1 - m2)],
         dim=-1,
     )
+    pooled = windows.amax(dim=-1) if decision_step is None else (windows * first).sum(dim=-1)
     return pooled, first
 
 
@@ -160,6 +194,8 @@ class ScramblerNetwork(nn.Module):
         self.encoder = nn.ModuleList(encoder)
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(widths[0], 1, 3, padding=1, bias=False)
+        smoothing = [BinomialBlur(w) if config.pool_blur else nn.Identity() for w in widths]
+        self.before_pool = nn.ModuleList(smoothing)
         blur = gaussian_kernel(config.input_blur, config.in_channels) if config.input_blur else None
         self.register_buffer("blur", blur, persistent=False)  # follows the config, not the key
         self.register_buffer("output_mean", torch.zeros(()))
@@ -208,8 +244,9 @@ class ScramblerNetwork(nn.Module):
         pad = self.config.padded_size - size
         x = functional.pad(faces, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
         masks = []
-        for level in self.encoder:
-            x, mask = pool_with_mask(level(x))
+        step = POOL_DECISION_STEP if self.config.pool_blur else None
+        for level, smooth in zip(self.encoder, self.before_pool, strict=True):
+            x, mask = pool_with_mask(smooth(level(x)), step)
             masks.append(mask)
         for level, mask in zip(self.decoder, reversed(masks), strict=True):
             x = level(unpool_with_mask(x, mask))
