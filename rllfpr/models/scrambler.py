@@ -16,6 +16,9 @@ One definition, used by the trainer, the ONNX exporter and the edge agent:
 - Inputs whose side is not a multiple of 2^levels (112 with five levels) are zero-padded
   symmetrically to the next multiple inside the SN and the output is cropped back, so
   112x112 in gives 112x112 out.
+- Two keyless, fixed low-pass options (issue 4): ``input_blur`` smooths the face before the
+  first conv (the deployed recipe uses it); ``pool_blur`` smooths every level's features before
+  its max-pool and decides the maximum on a grid (measured: no gain; off).
 - One fixed conversion to pixels (``to_pixels``): standardize with the output mean and std
   measured during self-learning (stored in the key), then ``round(128 + 32 z)`` clipped to
   0..255, i.e. +-4 standard deviations in 256 levels, one channel, uint8. The wire, training
