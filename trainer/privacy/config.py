@@ -48,6 +48,11 @@ SN_VARIANTS: dict[str, dict[str, Any]] = {
     "uniform kernels": {"kernel_distribution": "uniform"},
     "input low-pass sigma 1.2": {"input_blur": 1.2},
     "input low-pass sigma 2.0": {"input_blur": 2.0},
+    "4 levels + input low-pass sigma 1.2": {
+        "levels": 4,
+        "widths": [16, 32, 64, 64],
+        "input_blur": 1.2,
+    },
     "input low-pass sigma 1.2 + low-pass before every max-pool": {
         "input_blur": 1.2,
         "pool_blur": True,
