@@ -108,22 +108,29 @@ def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
     return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
 
 
-class BinomialBlur(nn.Module):
-    """Fixed 3x3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) of each channel, mirrored edges.
-    The kernel is a non-persistent buffer: not part of a key's state, and a constant of known
-    shape in the exported graph."""
+class FixedLowPass(nn.Module):
+    """Depthwise convolution with a fixed (C, 1, K, K) kernel and mirrored edges. The kernel is
+    a non-persistent buffer: not part of a key's state, and a constant of known shape in the
+    exported graph."""
 
     kernel: torch.Tensor
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, kernel: torch.Tensor) -> None:
         super().__init__()
-        line = torch.tensor([1.0, 2.0, 1.0]) / 4
-        kernel = (line[:, None] * line[None, :]).expand(channels, 1, 3, 3).contiguous()
         self.register_buffer("kernel", kernel, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        radius = self.kernel.shape[-1] // 2
+        padded = functional.pad(x, (radius,) * 4, mode="reflect")
         return functional.conv2d(padded, self.kernel, groups=self.kernel.shape[0])
+
+
+class BinomialBlur(FixedLowPass):
+    """Fixed 3x3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) of each channel."""
+
+    def __init__(self, channels: int) -> None:
+        line = torch.tensor([1.0, 2.0, 1.0]) / 4
+        super().__init__((line[:, None] * line[None, :]).expand(channels, 1, 3, 3).contiguous())
 
 
 def pool_with_mask(
@@ -170,7 +177,6 @@ class ScramblerNetwork(nn.Module):
 
     output_mean: torch.Tensor
     output_std: torch.Tensor
-    blur: torch.Tensor | None
 
     def __init__(self, config: ScramblerConfig, seed: int) -> None:
         super().__init__()
@@ -199,8 +205,11 @@ class ScramblerNetwork(nn.Module):
         self.head = nn.Conv2d(widths[0], 1, 3, padding=1, bias=False)
         smoothing = [BinomialBlur(w) if config.pool_blur else nn.Identity() for w in widths]
         self.before_pool = nn.ModuleList(smoothing)
-        blur = gaussian_kernel(config.input_blur, config.in_channels) if config.input_blur else None
-        self.register_buffer("blur", blur, persistent=False)  # follows the config, not the key
+        self.input_low_pass = (
+            FixedLowPass(gaussian_kernel(config.input_blur, config.in_channels))
+            if config.input_blur
+            else nn.Identity()
+        )
         self.register_buffer("output_mean", torch.zeros(()))
         self.register_buffer("output_std", torch.ones(()))
         self._draw_kernels()
@@ -240,10 +249,7 @@ class ScramblerNetwork(nn.Module):
             return self._forward(faces, size)
 
     def _forward(self, faces: torch.Tensor, size: int) -> torch.Tensor:
-        if self.blur is not None:
-            radius = self.blur.shape[-1] // 2
-            faces = functional.pad(faces, (radius,) * 4, mode="reflect")
-            faces = functional.conv2d(faces, self.blur, groups=self.config.in_channels)
+        faces = self.input_low_pass(faces)
         pad = self.config.padded_size - size
         x = functional.pad(faces, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
         masks = []
