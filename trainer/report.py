@@ -8,8 +8,8 @@ under ``runs`` by experiment name.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,4 +37,6 @@ def merge(paths: list[Path]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(merge([Path(p) for p in sys.argv[1:]]), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="accuracy.json of each experiment")
+    print(json.dumps(merge(parser.parse_args().runs), indent=2))

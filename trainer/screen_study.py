@@ -9,9 +9,9 @@ MTCNN-aligned LFW faces of 30 people (112 px). No training: a screen, not a verd
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,4 +111,6 @@ if __name__ == "__main__":
     os.environ.setdefault(
         "RLLFPR_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")
     )
-    run_study(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/results/screen"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output", type=Path, nargs="?", default=Path("docs/results/screen"))
+    run_study(parser.parse_args().output)

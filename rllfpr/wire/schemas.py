@@ -6,8 +6,8 @@ when the committed files are stale.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -49,6 +49,7 @@ def write_schemas(directory: Path = DEFAULT_DIRECTORY) -> list[Path]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIRECTORY
-    for path in write_schemas(target):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("directory", type=Path, nargs="?", default=DEFAULT_DIRECTORY)
+    for path in write_schemas(parser.parse_args().directory):
         print(path)

@@ -6,8 +6,8 @@ the JSON alone (no recomputation); ``rllfpr eval privacy`` does everything.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -412,5 +412,9 @@ def write(result: dict[str, Any], figures: Figures, folder: Path, stem: str = "p
 
 
 if __name__ == "__main__":
-    document = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(
+        description="Re-render a privacy report's Markdown from its JSON."
+    )
+    parser.add_argument("document", type=Path, help="privacy.json written by rllfpr eval privacy")
+    document = parser.parse_args().document
     document.with_suffix(".md").write_text(render(json.loads(document.read_text())) + "\n")

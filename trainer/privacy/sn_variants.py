@@ -12,8 +12,8 @@ the experiment's config is unchanged (else trained again with the same recipe).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -127,8 +127,8 @@ def main(config_file: Path, output: Path, runs: Path = Path("runs")) -> Path:
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    if not 1 <= len(arguments) <= 2:
-        sys.exit("usage: python -m trainer.privacy.sn_variants CONFIG.yaml [OUTPUT_DIR]")
-    target = Path(arguments[1]) if len(arguments) == 2 else Path("docs/results")
-    print(main(Path(arguments[0]), target))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", type=Path, help="privacy config (configs/privacy-*.yaml)")
+    parser.add_argument("output", type=Path, nargs="?", default=Path("docs/results"))
+    arguments = parser.parse_args()
+    print(main(arguments.config, arguments.output))
