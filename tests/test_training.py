@@ -8,15 +8,27 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig, identity
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import make_key, tta_mean_correlation, tta_mean_pixels
-from trainer.losses import copy_consistency
+from trainer.losses import FaceReconstruction, copy_consistency
 from trainer.metrics import adjacent_correlation
-from trainer.train import FaceView, augment, embed, moved, train, tta_copies
+from trainer.train import (
+    FaceView,
+    augment,
+    comparable_config,
+    embed,
+    moved,
+    outputs_of,
+    reconstruction_tap,
+    to_unit,
+    train,
+    tta_copies,
+)
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -320,7 +332,11 @@ def test_later_fields_at_their_default_leave_an_experiment_s_identity_unchanged(
     before_the_fields = {
         **document,
         "augment": {k: v for k, v in document["augment"].items() if k != "copies"},
-        "loss": {k: v for k, v in document["loss"].items() if k != "consistency_weight"},
+        "loss": {
+            k: v
+            for k, v in document["loss"].items()
+            if k not in ("consistency_weight", "reconstruction_weight")
+        },
         "scrambler": {
             k: v for k, v in document["scrambler"].items() if k not in ("input_blur", "pool_blur")
         },
@@ -329,3 +345,57 @@ def test_later_fields_at_their_default_leave_an_experiment_s_identity_unchanged(
     copied = ExperimentConfig.model_validate({**TINY, "augment": {"copies": 2}})
     assert identity(copied.model_dump(mode="json"))["augment"]["copies"] == 2
     assert "copies" in document["augment"]  # the document itself is left as it was
+
+
+@pytest.mark.parametrize("backbone", ["compact", "resnet18", "densenet121"])
+def test_reconstruction_reads_the_trunk_at_a_quarter_of_the_input_side(backbone: str) -> None:
+    recognizer = Recognizer(RecognizerConfig(backbone=backbone, input_size=64))
+    stage, channels = reconstruction_tap(recognizer)
+    with outputs_of(stage) as outputs:
+        recognizer(torch.zeros(2, 1, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(2, channels, 16, 16)]  # called once
+
+
+def test_reconstruction_term_teaches_a_scrambled_run_to_undo_the_scramble(
+    orl, tmp_path: Path
+) -> None:
+    train_data, test_data = orl
+    config = ExperimentConfig.model_validate(
+        {**TINY, "loss": {**TINY["loss"], "reconstruction_weight": 1.0}}
+    )
+    key = make_key(config, 1, train_data.faces)
+    short = config.model_copy(update={"optim": config.optim.model_copy(update={"epochs": 4})})
+    train(short, train_data, "scrambled", key, tmp_path, progress=False)
+    result = train(config, train_data, "scrambled", key, tmp_path, progress=False)
+    assert [h["epoch"] for h in result.history] == list(range(1, 9))  # resumed with its head
+    head = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["reconstruction"]
+    decoder = FaceReconstruction(reconstruction_tap(result.recognizer)[1])
+    decoder.load_state_dict(head)
+    cpu = torch.device("cpu")
+    faces = to_unit(test_data.faces, cpu)  # people seen, images not
+    stage, _ = reconstruction_tap(result.recognizer)
+    with torch.no_grad(), outputs_of(stage) as outputs:
+        result.recognizer(FaceView("scrambled", key, cpu)(faces))
+        predicted = decoder.eval().decode(outputs[0])
+    grey = functional.adaptive_avg_pool2d(FaceView("original", None, cpu)(faces), 8)
+    scrambled = functional.adaptive_avg_pool2d(FaceView("scrambled", key, cpu)(faces), 8)
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.flatten(1) - a.flatten(1).mean(1, True), b.flatten(1) - b.flatten(1).mean(1, True)
+        return float((functional.cosine_similarity(a, b, dim=1)).mean())
+
+    print(
+        f"held-out face vs prediction {correlation(predicted, grey):.3f}, "
+        f"vs its scramble {correlation(scrambled, grey):.3f}"
+    )
+    assert correlation(predicted, grey) > 0.5  # measured: 0.84
+    assert correlation(predicted, grey) > abs(correlation(scrambled, grey)) + 0.4  # -0.18
+
+
+def test_original_face_models_ignore_the_scrambled_only_losses() -> None:
+    plain = ExperimentConfig.model_validate(TINY).model_dump(mode="json")
+    helped = ExperimentConfig.model_validate(
+        {**TINY, "loss": {**TINY["loss"], "reconstruction_weight": 1.0, "distill_weight": 1.0}}
+    ).model_dump(mode="json")
+    assert comparable_config(plain, "original") == comparable_config(helped, "original")
+    assert comparable_config(plain, "scrambled") != comparable_config(helped, "scrambled")

@@ -113,6 +113,14 @@ class LossConfig(Strict):
         "embeddings e_k, m being their normalized mean (no gradient through m): every copy is "
         "pulled toward the mean that test-time augmentation would compute. Needs copies >= 2.",
     )
+    reconstruction_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Scrambled runs only: weight of an auxiliary loss that predicts the grey "
+        "original face, downsampled, from the recognizer's feature map at a quarter of the "
+        "input side (trainer.losses.FaceReconstruction). The head is used in training only; "
+        "the recognizer itself is unchanged.",
+    )
 
 
 class ExperimentConfig(Strict):
@@ -166,6 +174,7 @@ class ExperimentConfig(Strict):
 _ADDED_LATER = (
     ("augment", "copies"),
     ("loss", "consistency_weight"),
+    ("loss", "reconstruction_weight"),
     ("scrambler", "input_blur"),
     ("scrambler", "pool_blur"),
 )

@@ -1,5 +1,6 @@
 """Training losses: CosFace (large margin cosine loss; Wang et al. 2018), the paper's loss
-(s = 30, m = 0.5), and the consistency of one face's augmented copies."""
+(s = 30, m = 0.5), the consistency of one face's augmented copies, and the reconstruction of
+the original face from a scrambled run's intermediate features."""
 
 from __future__ import annotations
 
@@ -39,3 +40,29 @@ def copy_consistency(embeddings: torch.Tensor, copies: int) -> torch.Tensor:
     unit = functional.normalize(embeddings.float(), dim=1).view(copies, -1, embeddings.shape[1])
     target = functional.normalize(unit.mean(0), dim=1).detach()
     return (1 - (unit * target).sum(-1)).mean()
+
+
+class FaceReconstruction(nn.Module):
+    """Auxiliary head of scrambled runs (training only, never shipped): predicts the grey
+    original face, area-downsampled to a feature map's side, from that map; the loss is the
+    mean squared error against the face standardized per image. A class label gives a scrambled
+    run a few bits per face; the face's pixels are a dense target, which asks the early layers
+    to undo the scramble locally."""
+
+    def __init__(self, channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.decode = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.PReLU(width),
+            nn.Conv2d(width, 1, 1),
+        )
+
+    def forward(self, features: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+        """(N, C, s, s) features and (N, 1, S, S) grey faces -> scalar loss."""
+        target = functional.adaptive_avg_pool2d(
+            grey.float(), (features.shape[-2], features.shape[-1])
+        )
+        mean = target.mean((2, 3), keepdim=True)
+        spread = target.std((2, 3), keepdim=True).clamp_min(1e-6)
+        return functional.mse_loss(self.decode(features).float(), (target - mean) / spread)

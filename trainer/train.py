@@ -14,12 +14,14 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional
 from tqdm import tqdm
 
@@ -27,7 +29,7 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
-from trainer.losses import CosFace, copy_consistency
+from trainer.losses import CosFace, FaceReconstruction, copy_consistency
 
 log = logging.getLogger(__name__)
 View = Literal["original", "scrambled"]
@@ -181,6 +183,7 @@ def _stages(config: ExperimentConfig, view: View) -> list[tuple[View, int]]:
 # What an original-face model does not depend on: it may be shared by experiments that
 # differ only in these (the design study trains one per recipe, not one per SN variant).
 _SCRAMBLED_ONLY = {"name": None, "scrambler": None, "key_seeds": None}
+_SCRAMBLED_LOSSES = ("distill_weight", "reconstruction_weight")
 
 
 def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
@@ -190,7 +193,7 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     result = {**document, "optim": optim, "device": None, "tta": None}
     if view == "original":
         optim.pop("pretrain_epochs", None)
-        loss = {k: v for k, v in document["loss"].items() if k != "distill_weight"}
+        loss = {k: v for k, v in document["loss"].items() if k not in _SCRAMBLED_LOSSES}
         data = {k: v for k, v in document["data"].items() if k != "unlabeled_faces"}
         result |= _SCRAMBLED_ONLY | {"loss": loss, "data": data}
     return result
@@ -204,6 +207,40 @@ def _check_same_experiment(
     saved = ExperimentConfig.model_validate(saved).model_dump(mode="json")  # fills new defaults
     if comparable_config(saved, view) != comparable_config(current, view):
         raise ValueError(f"{path} belongs to a different experiment; give this one another name")
+
+
+def reconstruction_tap(recognizer: Recognizer) -> tuple[nn.Module, int]:
+    """The trunk stage whose output the reconstruction head reads, and its channels: the last
+    stage with a feature map at least a quarter of the input's side (compact: the first
+    stride-4 block; ResNet: layer3 and DenseNet: denseblock3 at the full-resolution stem)."""
+    stages = list(recognizer.trunk.children())
+    if isinstance(stages[0], nn.Sequential):  # DenseNet: (features, ReLU)
+        stages = list(stages[0].children()) + stages[1:]
+    side = recognizer.config.input_size
+    x = torch.zeros(1, 1, side, side, device=next(recognizer.parameters()).device)
+    was_training = recognizer.training
+    recognizer.eval()
+    found: tuple[nn.Module, int] | None = None
+    with torch.no_grad():
+        for stage in stages:
+            x = stage(x)
+            if x.shape[-1] * 4 >= side:
+                found = stage, x.shape[1]
+    recognizer.train(was_training)
+    if found is None:
+        raise ValueError(f"no feature map of side >= {side // 4} in the trunk")
+    return found
+
+
+@contextmanager
+def outputs_of(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects what ``module`` returns while the block runs (in call order)."""
+    outputs: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        hook.remove()
 
 
 class _Run:
@@ -231,6 +268,11 @@ class _Run:
         self.head = CosFace(config.recognizer.embedding_dim, classes, loss.scale, loss.margin)
         self.head.to(self.device)
         parameters = list(self.recognizer.parameters()) + list(self.head.parameters())
+        self.reconstruction: FaceReconstruction | None = None
+        if loss.reconstruction_weight and view == "scrambled":
+            self.tap, channels = reconstruction_tap(self.recognizer)
+            self.reconstruction = FaceReconstruction(channels).to(self.device)
+            parameters += list(self.reconstruction.parameters())
         optim = config.optim
         self.optimizer: torch.optim.Optimizer = (
             torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
@@ -257,6 +299,8 @@ class _Run:
         _check_same_experiment(checkpoint["config"], self.config, self.view, self.checkpoint_path)
         self.recognizer.load_state_dict(checkpoint["recognizer"])
         self.head.load_state_dict(checkpoint["head"])
+        if self.reconstruction is not None:
+            self.reconstruction.load_state_dict(checkpoint["reconstruction"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.generator.set_state(checkpoint["generator"].cpu())  # map_location moved it
         self.epochs_done, self.history = checkpoint["epoch"], checkpoint["history"]
@@ -295,9 +339,10 @@ class _Run:
             faces = augment(original, self.config.augment, self.generator)
             labels = torch.from_numpy(data.labels[index]).to(self.device).repeat(copies)
             inputs = view(faces)  # outside autocast: the SN's output must be exact
-            with self._autocast():
+            with self._autocast(), self._features() as features:
                 embeddings = self.recognizer(inputs).float()
                 loss = self.head(embeddings, labels) + self._distillation(faces, embeddings, view)
+                loss = loss + self._reconstruction(faces, features, view)
                 loss = loss + self._consistency(embeddings)
                 if unlabeled is not None and view.view == "scrambled":
                     loss = loss + self._unlabeled_distillation(unlabeled, len(index), view)
@@ -314,6 +359,26 @@ class _Run:
     def _autocast(self) -> torch.autocast:
         enabled = self.config.optim.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    @contextmanager
+    def _features(self) -> Iterator[list[torch.Tensor]]:
+        """The tapped feature maps of the forward passes inside the block (none without the
+        reconstruction head)."""
+        if self.reconstruction is None:
+            yield []
+            return
+        with outputs_of(self.tap) as outputs:
+            yield outputs
+
+    def _reconstruction(
+        self, faces: torch.Tensor, features: list[torch.Tensor], view: FaceView
+    ) -> torch.Tensor:
+        if self.reconstruction is None or view.view != "scrambled":
+            return faces.new_zeros(())
+        grey = FaceView("original", None, self.device)(faces)
+        # the main forward's map (the unlabeled-face pass runs later)
+        weight = self.config.loss.reconstruction_weight
+        return weight * self.reconstruction(features[-1], grey)
 
     def _consistency(self, embeddings: torch.Tensor) -> torch.Tensor:
         weight = self.config.loss.consistency_weight
@@ -352,6 +417,9 @@ class _Run:
         checkpoint = {
             "recognizer": self.recognizer.state_dict(),
             "head": self.head.state_dict(),
+            "reconstruction": (
+                self.reconstruction.state_dict() if self.reconstruction is not None else None
+            ),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "epoch": self.epochs_done,
