@@ -112,6 +112,10 @@ def _accuracy_table(result: dict[str, Any]) -> Any:
             "key_b_recognizer_stolen_key_a_gallery"
         ],
     }
+    if "plain_photo_gallery" in closed:  # runs before the row existed lack it
+        rows["key-A model's probes, original model's plain-photo gallery"] = closed[
+            "plain_photo_gallery"
+        ]["key_a_recognizer_probes_original_recognizer_gallery"]
     for column in ("faces", "accuracy (95% CI)", "misidentification", "macro F1", "chance"):
         table.add_column(column)
     for name, row in rows.items():

@@ -221,15 +221,21 @@ def closed_set_protocol(
     galleries: dict[tuple[str, str, TTAConfig | None], np.ndarray] = {}
 
     def evaluate(
-        model: str, gallery_view: str, probe_view: str, tta: TTAConfig | None = None
+        model: str,
+        gallery_view: str,
+        probe_view: str,
+        tta: TTAConfig | None = None,
+        gallery_model: str | None = None,
     ) -> dict[str, Any]:
-        recognizer = models[model].recognizer
-        if (model, gallery_view, tta) not in galleries:  # cross-key reuses the key-A gallery
-            galleries[model, gallery_view, tta] = embed(
-                recognizer, views[gallery_view], train_data.faces, tta=tta
+        """Rank-1 of ``model``'s probes against ``gallery_model``'s gallery (default: the same
+        model); galleries are embedded once and reused (cross-key reuses the key-A gallery)."""
+        gallery_model = gallery_model or model
+        if (gallery_model, gallery_view, tta) not in galleries:
+            galleries[gallery_model, gallery_view, tta] = embed(
+                models[gallery_model].recognizer, views[gallery_view], train_data.faces, tta=tta
             )
-        probes = embed(recognizer, views[probe_view], test_data.faces, tta=tta)
-        gallery = galleries[model, gallery_view, tta]
+        probes = embed(models[model].recognizer, views[probe_view], test_data.faces, tta=tta)
+        gallery = galleries[gallery_model, gallery_view, tta]
         return closed_set(gallery, train_data.labels, probes, test_data.labels)
 
     def with_tta() -> dict[str, Any]:
@@ -264,6 +270,14 @@ def closed_set_protocol(
                 if with_key_b
                 else {}
             ),
+            # Distillation puts a scrambled face where the original-face recognizer puts the
+            # original, so a stolen scrambled-face recognizer plus that teacher may match
+            # scrambled traffic against ordinary photos, no enrolled scrambled gallery needed.
+            "plain_photo_gallery": {
+                "key_a_recognizer_probes_original_recognizer_gallery": evaluate(
+                    "scrambled", "original", "a", gallery_model="original"
+                ),
+            },
         }
         | ({"tta": with_tta()} if config.tta.views > 1 else {}),
         "training": _training_summary(models),
