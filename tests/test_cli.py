@@ -69,3 +69,58 @@ def test_eval_screen_writes_results(data_root: Path, tmp_path: Path) -> None:
     assert screen["identities"] == 10
     assert screen["nearest_neighbour_rank1"]["original_grayscale"] > 0.5
     assert (tmp_path / "samples.png").stat().st_size > 0
+
+
+def _rendered(table: object) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+def test_accuracy_tables_show_the_plain_photo_attack_and_skip_tta_blocks() -> None:
+    from trainer.cli import _accuracy_table
+
+    pairs = {"accuracy": 0.7, "roc_auc": 0.8, "tar_at_far_1e-2": 0.2, "tar_at_far_1e-3": 0.05}
+    view1 = {
+        "protocol": "View 1",
+        "verification_view1": {
+            "original": pairs,
+            "scrambled": pairs,
+            "plain_photo_pairs": {
+                "key_a_recognizer_scrambled_first_original_recognizer_plain_second": pairs
+                | {"accuracy": 0.61}
+            },
+            "tta": {"copies": {"views": 18}, "original": pairs, "scrambled": pairs},
+        },
+    }
+    text = _rendered(_accuracy_table(view1))
+    assert "original model's plain photo" in text
+    assert "61.0%" in text
+
+    rank1 = {
+        "accuracy": 0.5,
+        "accuracy_ci95": [0.4, 0.6],
+        "misidentification": 0.01,
+        "f1": 0.4,
+        "chance": 0.006,
+    }
+    closed = {
+        "protocol": "closed set",
+        "closed_set": {
+            "original": rank1,
+            "scrambled": rank1,
+            "scrambled_float32_input": rank1,
+            "cross_key": {
+                "key_a_recognizer_and_gallery_key_b_probes": rank1,
+                "key_b_recognizer_stolen_key_a_gallery": rank1,
+            },
+            "plain_photo_gallery": {
+                "key_a_recognizer_probes_original_recognizer_gallery": rank1 | {"accuracy": 0.33}
+            },
+        },
+    }
+    text = _rendered(_accuracy_table(closed))
+    assert "plain-photo gallery" in text
+    assert "33.0%" in text

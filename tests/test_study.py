@@ -108,6 +108,12 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     assert 0 <= closed["scrambled"] <= 1
     attack = entries[4]["result"]["closed_set"]["plain_photo_gallery"]
     assert 0 <= attack["key_a_recognizer_probes_original_recognizer_gallery"]["accuracy"] <= 1
+    pairs = entries[5]["result"]["verification_view1"]["plain_photo_pairs"]
+    assert (
+        0
+        <= pairs["key_a_recognizer_scrambled_first_original_recognizer_plain_second"]["accuracy"]
+        <= 1
+    )
     assert 0 <= entries[5]["headline"]["original"] <= 1
     # one original-face model per recipe: the distillation variant reused the baseline's
     assert len(list((tmp_path / "originals").iterdir())) == 2  # screen recipe + View 1 recipe

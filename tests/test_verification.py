@@ -44,6 +44,15 @@ def test_pair_scores_are_cosines_of_the_pair() -> None:
     )
     assert scores.tolist() == [1.0, 0.0]
     assert same.tolist() == [True, False]
+    # the second image of each pair embedded by another model (a plain photo)
+    others = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    crossed, _ = pair_scores(
+        embeddings,
+        ["a/1", "b/1", "a/2"],
+        [Pair("a/1", "a/2", True), Pair("a/1", "b/1", False)],
+        second_embeddings=others,
+    )
+    assert crossed.tolist() == [0.0, 1.0]
 
 
 def test_wilson_interval_brackets_the_rate() -> None:

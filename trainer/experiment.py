@@ -305,13 +305,17 @@ def verification_protocol(
     """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest."""
     models, views = _train_all(config, view1.train, run_dir, False, original_dir)
 
-    def evaluate(model: str, view: str, tta: TTAConfig | None = None) -> dict[str, Any]:
-        faces = view1.pair_faces.faces
-        embeddings = embed(models[model].recognizer, views[view], faces, tta=tta)
-        train_scores, train_same = pair_scores(
-            embeddings, view1.pair_faces.sources, view1.train_pairs
-        )
-        test_scores, test_same = pair_scores(embeddings, view1.pair_faces.sources, view1.test_pairs)
+    def embed_pairs(model: str, view: str, tta: TTAConfig | None = None) -> np.ndarray:
+        return embed(models[model].recognizer, views[view], view1.pair_faces.faces, tta=tta)
+
+    def evaluate(
+        model: str, view: str, tta: TTAConfig | None = None, second: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Threshold from pairsDevTrain, scores on pairsDevTest; ``second``: other embeddings
+        of each pair's second image."""
+        embeddings, sources = embed_pairs(model, view, tta), view1.pair_faces.sources
+        train_scores, train_same = pair_scores(embeddings, sources, view1.train_pairs, second)
+        test_scores, test_same = pair_scores(embeddings, sources, view1.test_pairs, second)
         return verification(test_scores, test_same, train_scores, train_same)
 
     return {
@@ -323,6 +327,13 @@ def verification_protocol(
         "verification_view1": {
             "original": evaluate("original", "original"),
             "scrambled": evaluate("scrambled", "a"),
+            # See closed_set_protocol: a stolen distilled recognizer and its teacher, matching
+            # a scrambled face against a plain photo of someone never enrolled.
+            "plain_photo_pairs": {
+                "key_a_recognizer_scrambled_first_original_recognizer_plain_second": evaluate(
+                    "scrambled", "a", second=embed_pairs("original", "original")
+                ),
+            },
         }
         | (
             {

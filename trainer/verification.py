@@ -69,10 +69,16 @@ def load_view1(lfw: Path, aligner: Aligner, max_train_people: int | None = None)
 
 
 def pair_scores(
-    embeddings: np.ndarray, sources: list[str], pairs: list[Pair]
+    embeddings: np.ndarray,
+    sources: list[str],
+    pairs: list[Pair],
+    second_embeddings: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity of each pair's embeddings, and whether it is a same-person pair."""
+    """Cosine similarity of each pair's embeddings, and whether it is a same-person pair.
+    ``second_embeddings`` (same rows as ``embeddings``) embeds each pair's second image
+    differently, e.g. a plain photo against a scrambled first image."""
     index = {source: i for i, source in enumerate(sources)}
     first = embeddings[[index[p.first] for p in pairs]]
-    second = embeddings[[index[p.second] for p in pairs]]
+    seconds = embeddings if second_embeddings is None else second_embeddings
+    second = seconds[[index[p.second] for p in pairs]]
     return (first * second).sum(axis=1), np.array([p.same for p in pairs])
