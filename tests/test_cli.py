@@ -115,6 +115,7 @@ def test_accuracy_tables_show_the_plain_photo_attack_and_skip_tta_blocks() -> No
             "cross_key": {
                 "key_a_recognizer_and_gallery_key_b_probes": rank1,
                 "key_b_recognizer_stolen_key_a_gallery": rank1,
+                "key_a_templates_key_b_recognizer_probes": rank1,
             },
             "plain_photo_gallery": {
                 "key_a_recognizer_probes_original_recognizer_gallery": rank1 | {"accuracy": 0.33}
@@ -123,4 +124,5 @@ def test_accuracy_tables_show_the_plain_photo_attack_and_skip_tta_blocks() -> No
     }
     text = _rendered(_accuracy_table(closed))
     assert "plain-photo gallery" in text
+    assert "key-A templates, key-B model's probes" in text
     assert "33.0%" in text

@@ -104,6 +104,7 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
     assert set(closed["cross_key"]) == {
         "key_a_recognizer_and_gallery_key_b_probes",
         "key_b_recognizer_stolen_key_a_gallery",
+        "key_a_templates_key_b_recognizer_probes",
     }
     assert 0 <= closed["scrambled"] <= 1
     attack = entries[4]["result"]["closed_set"]["plain_photo_gallery"]

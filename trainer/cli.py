@@ -118,6 +118,10 @@ def _accuracy_table(result: dict[str, Any]) -> Any:
             "key_b_recognizer_stolen_key_a_gallery"
         ],
     }
+    if "key_a_templates_key_b_recognizer_probes" in closed["cross_key"]:  # added later
+        rows["key-A templates, key-B model's probes"] = closed["cross_key"][
+            "key_a_templates_key_b_recognizer_probes"
+        ]
     if "plain_photo_gallery" in closed:  # runs before the row existed lack it
         rows["key-A model's probes, original model's plain-photo gallery"] = closed[
             "plain_photo_gallery"

@@ -266,7 +266,14 @@ def closed_set_protocol(
                 "key_a_recognizer_and_gallery_key_b_probes": evaluate("scrambled", "a", "b"),
             }
             | (
-                {"key_b_recognizer_stolen_key_a_gallery": evaluate("scrambled_key_b", "a", "b")}
+                {
+                    "key_b_recognizer_stolen_key_a_gallery": evaluate("scrambled_key_b", "a", "b"),
+                    # Revocation of stored templates: the old epoch's gallery (key-A model,
+                    # key-A scrambles) against the new epoch's embeddings of new traffic.
+                    "key_a_templates_key_b_recognizer_probes": evaluate(
+                        "scrambled_key_b", "a", "b", gallery_model="scrambled"
+                    ),
+                }
                 if with_key_b
                 else {}
             ),
