@@ -285,3 +285,36 @@ def test_combined_variant_merges_the_private_gains_larger_gain_winning(tmp_path:
     assert combined.overrides == {"loss": {"distill_weight": 10.0}, "augment": {"shift": 2}}
     assert run.choose(screened).name == "b"  # "leaky" fails the privacy screen
     assert run.combine(screened[:3]) is None  # one helpful change: nothing to combine
+
+
+def test_key_b_model_can_start_from_its_own_seed_and_teacher(
+    orl_pack: Pack, tmp_path: Path
+) -> None:
+    import torch
+
+    from trainer.config import ExperimentConfig
+    from trainer.experiment import closed_set_protocol
+
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "own-init",
+            "data": {"dataset": "att_orl", "size": 32, "min_images": 2, "test_fraction": 0.34},
+            "scrambler": {"levels": 2, "widths": [4, 8], "input_size": 32},
+            "recognizer": {"backbone": "compact", "embedding_dim": 16, "input_size": 32},
+            "optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+            "loss": {"distill_weight": 1.0},
+            "key_b_init": "own",
+            "device": "cpu",
+        }
+    )
+    result = closed_set_protocol(config, orl_pack.closed_set(32), tmp_path)
+    assert set(result["training"]) == {"original", "scrambled", "original_key_b", "scrambled_key_b"}
+    for folder in ("original-key-b", "scrambled-key-b-own"):
+        saved = torch.load(tmp_path / folder / "checkpoint.pt", weights_only=False)["config"]
+        assert saved["seed"] == config.seed + 1
+    closed = result["closed_set"]
+    assert "key_a_templates_key_b_recognizer_probes" in closed["cross_key"]
+    assert set(closed["plain_photo_gallery"]) == {
+        "key_a_recognizer_probes_original_recognizer_gallery",
+        "key_b_recognizer_probes_original_recognizer_gallery",
+    }

@@ -145,6 +145,14 @@ class ExperimentConfig(Strict):
         (1, 2), description="SN seeds of key A (trained on) and key B (revocability check)."
     )
     seed: int = Field(0, description="Seed of initialization, shuffling and augmentation.")
+    key_b_init: Literal["shared", "own"] = Field(
+        "shared",
+        description="How the closed-set protocol's key-B model (the next key epoch of its "
+        "revocation checks) starts. 'shared': key A's seed and original-face teacher, so both "
+        "models begin from the same weights (the protocol until issue 4's eighth round). "
+        "'own': its own seed (seed + 1) and, with distillation, its own teacher trained from "
+        "that seed, as two independently drawn epochs would be. It changes no other model.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 
     @model_validator(mode="after")
@@ -172,6 +180,7 @@ class ExperimentConfig(Strict):
 # default they are left out of an experiment's identity (run folders, cache keys), so earlier
 # checkpoints and caches still match.
 _ADDED_LATER = (
+    ("", "key_b_init"),  # "": a top-level field
     ("augment", "copies"),
     ("loss", "consistency_weight"),
     ("loss", "reconstruction_weight"),
@@ -187,6 +196,7 @@ def identity(document: dict[str, Any]) -> dict[str, Any]:
         key: dict(value) if isinstance(value, dict) else value for key, value in document.items()
     }
     for section, field in _ADDED_LATER:
-        if result[section].get(field) == defaults[section][field]:
-            del result[section][field]
+        part, default = (result, defaults) if not section else (result[section], defaults[section])
+        if part.get(field) == default[field]:
+            del part[field]
     return result

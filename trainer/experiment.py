@@ -162,22 +162,34 @@ def _train_all(
     device = pick_device(config.device)
     key_a, key_b = (make_key(config, seed, train_data.faces) for seed in config.key_seeds)
     original = train(config, train_data, "original", None, original_dir or run_dir / "original")
-    teacher = original.recognizer if config.loss.distill_weight else None
+    distill = bool(config.loss.distill_weight)
 
-    def scrambled(key: ScramblerNetwork, name: str) -> TrainResult:
+    def scrambled(
+        recipe: ExperimentConfig, key: ScramblerNetwork, name: str, teacher: TrainResult
+    ) -> TrainResult:
         return train(
-            config,
+            recipe,
             train_data,
             "scrambled",
             key,
             run_dir / name,
-            teacher=teacher,
+            teacher=teacher.recognizer if distill else None,
             unlabeled=unlabeled,
         )
 
-    models = {"original": original, "scrambled": scrambled(key_a, "scrambled-key-a")}
-    if with_key_b:
-        models["scrambled_key_b"] = scrambled(key_b, "scrambled-key-b")
+    models = {
+        "original": original,
+        "scrambled": scrambled(config, key_a, "scrambled-key-a", original),
+    }
+    if with_key_b and config.key_b_init == "own":
+        recipe_b = config.model_copy(update={"seed": config.seed + 1})
+        teacher_b = original
+        if distill:
+            teacher_b = train(recipe_b, train_data, "original", None, run_dir / "original-key-b")
+            models["original_key_b"] = teacher_b
+        models["scrambled_key_b"] = scrambled(recipe_b, key_b, "scrambled-key-b-own", teacher_b)
+    elif with_key_b:
+        models["scrambled_key_b"] = scrambled(config, key_b, "scrambled-key-b", original)
     views = {
         "original": FaceView("original", None, device),
         "a": FaceView("scrambled", key_a, device),
@@ -284,7 +296,16 @@ def closed_set_protocol(
                 "key_a_recognizer_probes_original_recognizer_gallery": evaluate(
                     "scrambled", "original", "a", gallery_model="original"
                 ),
-            },
+            }
+            | (
+                {  # key A's teacher stands for a teacher rebuilt from a public seed and recipe
+                    "key_b_recognizer_probes_original_recognizer_gallery": evaluate(
+                        "scrambled_key_b", "original", "b", gallery_model="original"
+                    )
+                }
+                if with_key_b
+                else {}
+            ),
         }
         | ({"tta": with_tta()} if config.tta.views > 1 else {}),
         "training": _training_summary(models),

@@ -190,7 +190,9 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     """The part of an experiment's config that a model of ``view`` depends on; epochs are
     left out (resuming may extend the schedule)."""
     optim = {k: v for k, v in document["optim"].items() if k not in ("epochs", "amp")}
-    result = {**document, "optim": optim, "device": None, "tta": None}
+    # name labels the run; key_b_init only picks the key-B model's seed, which it records
+    result = {**document, "optim": optim, "device": None, "tta": None, "name": None}
+    result.pop("key_b_init", None)
     if view == "original":
         optim.pop("pretrain_epochs", None)
         loss = {k: v for k, v in document["loss"].items() if k not in _SCRAMBLED_LOSSES}
