@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rllfpr import mqtt
@@ -98,11 +100,72 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
     first_key = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
     second = builder.build("fleet", 2, previous_key=first_key)
     assert second.report["fine_tuned"]
+    assert "template_linkage_accuracy" not in first.report["gates"]
+    assert 0 <= second.report["gates"]["template_linkage_accuracy"] <= 1
+    assert "template_linkage" in second.report["gates"]["checks"]
+    # checkpoints (they record the secret seed) and the teacher are gone once an epoch is built
+    assert sorted(p.name for p in (tmp_path / "trainer" / "fleet").iterdir()) == [
+        "epoch-00000001.json",
+        "epoch-00000001.rlkb",
+        "epoch-00000002.json",
+        "epoch-00000002.rlkb",
+    ]
     assert second.recognizer_id != first.recognizer_id
     assert builder.store.epochs("fleet") == [1, 2]
     calibration = builder.store.info("fleet", 2).calibration
     assert -1 <= calibration.threshold <= 1
     assert calibration.target_fpir == pytest.approx(0.01)
+
+
+def test_each_epoch_trains_its_teacher_and_recognizer_from_a_fresh_seed(
+    corpus: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeds: list[tuple[str, int, bool]] = []
+    real_train = rotation.train
+
+    def recording_train(
+        config: Any, data: Any, view: Any, key: Any, run_dir: Any, **options: Any
+    ) -> Any:
+        seeds.append((view, config.seed, options.get("initial") is not None))
+        return real_train(config, data, view, key, run_dir, **options)
+
+    monkeypatch.setattr(rotation, "train", recording_train)
+    builder = _builder(corpus, tmp_path, _config(fine_tune_epochs=0))
+    first = builder.build("fleet", 1, previous_key=None)
+    previous_key = make_key(builder.config.experiment, 5, builder.split.fit.faces)
+    second = builder.build("fleet", 2, previous_key=previous_key)
+    assert not second.report["fine_tuned"]
+    assert [view for view, _, _ in seeds] == ["original", "scrambled"] * 2
+    assert not any(fine_tuned for _, _, fine_tuned in seeds)
+    first_seed, second_seed = seeds[0][1], seeds[2][1]
+    assert seeds[1][1] == first_seed  # the teacher's seed is its student's
+    assert seeds[3][1] == second_seed
+    assert first_seed != second_seed
+    assert builder.config.experiment.seed not in (first_seed, second_seed)
+    assert first.recognizer_id != second.recognizer_id
+
+
+def test_template_linkage_gate_matches_the_old_gallery_with_new_embeddings(
+    corpus: object,
+) -> None:
+    config = _config()
+    split = split_corpus(corpus, config)  # type: ignore[arg-type]
+    key = make_key(config.experiment, 3, split.fit.faces)
+    other = make_key(config.experiment, 4, split.fit.faces)
+    from rllfpr.models.recognizer import Recognizer
+
+    torch.manual_seed(0)
+    recognizer = Recognizer(config.experiment.recognizer).eval()
+    # an "old epoch" identical to the new one links every template: linkage = accuracy
+    gates = rotation._gates(config, recognizer, key, other, split, (recognizer, key))
+    assert gates["template_linkage_accuracy"] == gates["closed_set_accuracy"]
+    assert (
+        gates["closed_set_accuracy"] > gates["majority_class_rate"]
+    )  # raw features carry identity
+    strict = _config(cross_key_margin=0.0)
+    failed = rotation._gates(strict, recognizer, key, other, split, (recognizer, key))
+    assert not failed["checks"]["template_linkage"]
+    assert not failed["passed"]
 
 
 def test_a_failed_gate_publishes_nothing(corpus: object, tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ Building epoch e+1 uses only the trainer's training corpus (a public or licensed
 never the faces of enrolled people):
 
 1. a fresh SN key (seed from the OS's CSPRNG), BN self-learned on the corpus's training faces;
-2. the recognizer fine-tuned from epoch e's (trained from scratch for the first epoch), with the
-   experiment's recipe (augmentation before the SN, distillation from an original-face teacher);
+2. the recognizer trained with the experiment's recipe (augmentation before the SN,
+   distillation from an original-face teacher) from a fresh secret initialization seed, the
+   teacher too, so that no two epochs share an embedding space and no one can rebuild the
+   teacher from the public recipe (``fine_tune_epochs`` > 0 fine-tunes from epoch e's instead);
 3. gates, measured on corpus faces the recognizer never saw: closed-set accuracy on held-out
    images of the training people at least ``accuracy_floor``; cross-key accuracy (the new
-   recognizer and gallery probed with the previous key's scrambles) no better than the
-   majority-class rate plus ``cross_key_margin``; an ONNX export that TensorRT can parse;
+   recognizer and gallery probed with the previous key's scrambles) and template linkage (the
+   previous epoch's gallery probed with the new recognizer's embeddings of new-key scrambles)
+   no better than the majority-class rate plus ``cross_key_margin``; an ONNX export that
+   TensorRT can parse;
 4. the open-set operating point calibrated on corpus people held out of training entirely;
 5. the recognizer published to the model store, the bundle sealed (Ed25519 signature, AES-256-GCM
    for the fleet key) with the recognizer's id, and kept with the gate report.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +64,14 @@ class RotationConfig(BaseModel):
 
     experiment: ExperimentConfig = Field(description="Corpus and training recipe of each epoch.")
     fine_tune_epochs: int = Field(
-        10, ge=1, description="Epochs when fine-tuning from the previous epoch's recognizer."
+        0,
+        ge=0,
+        description="0: each epoch's recognizer and teacher start from a fresh random "
+        "initialization, so an old epoch's templates do not match the new epoch's embeddings "
+        "(issue 4, eighth round: recognizers that start from the same weights or share a "
+        "teacher link them). > 0: fine-tune from the previous epoch's recognizer for this many "
+        "epochs, cheaper, but the new recognizer inherits the old embedding space; the "
+        "template-linkage gate decides whether the epoch ships.",
     )
     calibration_people: float = Field(
         0.25, gt=0, lt=1, description="Share of corpus people kept out of training to calibrate."
@@ -71,7 +83,8 @@ class RotationConfig(BaseModel):
         0.05,
         ge=0,
         le=1,
-        description="Gate: cross-key accuracy may exceed the majority rate by this.",
+        description="Gate: cross-key accuracy and template linkage may exceed the majority "
+        "rate by this.",
     )
     max_abs_correlation: float = Field(
         0.1,
@@ -147,16 +160,14 @@ def _gates(
     key: ScramblerNetwork,
     other_key: ScramblerNetwork,
     split: CorpusSplit,
+    previous: tuple[Recognizer, ScramblerNetwork] | None = None,
 ) -> dict[str, Any]:
+    """``previous``: the last epoch's recognizer and key, for the template-linkage gate."""
     device = pick_device(config.experiment.device)
     view, other = FaceView("scrambled", key, device), FaceView("scrambled", other_key, device)
     gallery = embed(recognizer, view, split.fit.faces)
-    accuracy = closed_set(
-        gallery,
-        split.fit.labels,
-        embed(recognizer, view, split.held_out.faces),
-        split.held_out.labels,
-    )
+    probes = embed(recognizer, view, split.held_out.faces)
+    accuracy = closed_set(gallery, split.fit.labels, probes, split.held_out.labels)
     cross = closed_set(
         gallery,
         split.fit.labels,
@@ -166,21 +177,27 @@ def _gates(
     majority = majority_rate(split.fit.labels, split.held_out.labels)
     unsupported = sorted(unsupported_operators(export_onnx(key.cpu())))
     key.to(device)
+    limit = majority + config.cross_key_margin
     checks = {
         "accuracy": accuracy["accuracy"] >= config.accuracy_floor,
-        "cross_key": cross["accuracy"] <= majority + config.cross_key_margin,
+        "cross_key": cross["accuracy"] <= limit,
         "tensorrt_operators": not unsupported,
     }
-    return {
+    report: dict[str, Any] = {
         "closed_set_accuracy": accuracy["accuracy"],
         "accuracy_floor": config.accuracy_floor,
         "cross_key_accuracy": cross["accuracy"],
         "majority_class_rate": majority,
-        "cross_key_limit": majority + config.cross_key_margin,
+        "cross_key_limit": limit,
         "unsupported_onnx_operators": unsupported,
-        "checks": checks,
-        "passed": all(checks.values()),
     }
+    if previous is not None:
+        old_recognizer, old_key = previous
+        old_gallery = embed(old_recognizer, FaceView("scrambled", old_key, device), split.fit.faces)
+        linked = closed_set(old_gallery, split.fit.labels, probes, split.held_out.labels)
+        report["template_linkage_accuracy"] = linked["accuracy"]
+        checks["template_linkage"] = linked["accuracy"] <= limit
+    return report | {"checks": checks, "passed": all(checks.values())}
 
 
 def calibrate_open_set(
@@ -253,30 +270,39 @@ class EpochBuilder:
         experiment = self.config.experiment
         key, key_screen = self.draw_key()
         previous = self._previous_recognizer(scope, epoch)
-        recipe = experiment
-        if previous is not None:
+        # Never kept: whoever knows the seed can rebuild this epoch's teacher from the public
+        # recipe and corpus, and match scrambled faces against plain photos with it. The
+        # checkpoints that record it are removed once trained (the store keeps the recognizer).
+        fresh = experiment.model_copy(update={"seed": random_key_seed()})
+        recipe, initial = fresh, None
+        if previous is not None and self.config.fine_tune_epochs:
             optim = experiment.optim.model_copy(update={"epochs": self.config.fine_tune_epochs})
-            recipe = experiment.model_copy(update={"optim": optim})
-        teacher = None
-        if experiment.loss.distill_weight:  # the original-face teacher does not depend on the key
-            teacher = train(experiment, self.split.fit, "original", None, self.work / "teacher")
-        trained = train(
-            recipe,
-            self.split.fit,
-            "scrambled",
-            key,
-            self.work / scope / f"epoch-{epoch:08d}-run",
-            teacher=teacher.recognizer if teacher else None,
-            initial=previous,
-        )
+            recipe, initial = fresh.model_copy(update={"optim": optim}), previous
+        run_dir = self.work / scope / f"epoch-{epoch:08d}-run"
+        teacher_dir = self.work / scope / f"epoch-{epoch:08d}-teacher"
+        for stale in (run_dir, teacher_dir):  # an interrupted build drew another seed
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            teacher = None
+            if experiment.loss.distill_weight:
+                teacher = train(fresh, self.split.fit, "original", None, teacher_dir).recognizer
+            trained = train(
+                recipe, self.split.fit, "scrambled", key, run_dir, teacher=teacher, initial=initial
+            )
+        finally:  # the teacher also maps plain photos into this epoch's space
+            for done in (run_dir, teacher_dir):
+                shutil.rmtree(done, ignore_errors=True)
         other = previous_key or make_key(experiment, random_key_seed(), self.split.fit.faces)
         report: dict[str, Any] = {
             "scope": scope,
             "epoch": epoch,
-            "fine_tuned": previous is not None,
+            "fine_tuned": initial is not None,
             "key_screen": key_screen,
         }
-        report["gates"] = _gates(self.config, trained.recognizer, key, other, self.split)
+        linked = None
+        if previous is not None and previous_key is not None:
+            linked = (previous, previous_key)
+        report["gates"] = _gates(self.config, trained.recognizer, key, other, self.split, linked)
         if not report["gates"]["passed"]:
             self._write_report(scope, epoch, report)
             raise GateError(f"epoch {epoch} failed its gates: {report['gates']['checks']}")
