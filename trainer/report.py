@@ -25,8 +25,10 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     if closed:
         summary["closed_set"] = closed["closed_set"]
     if view1:
-        summary["verification_view1"] = {
-            view: metrics["accuracy"] for view, metrics in view1["verification_view1"].items()
+        summary["verification_view1"] = {  # nested blocks (tta, plain photos) stay in runs
+            view: metrics["accuracy"]
+            for view, metrics in view1["verification_view1"].items()
+            if "accuracy" in metrics
         }
     headline = [r for r in (closed, view1) if r]
     summary["hardware"] = sorted({r["hardware"] for r in headline})
