@@ -56,7 +56,7 @@ ROTATION = {
         "loss": {"scale": 30, "margin": 0.35},
         "device": "cpu",
     },
-    "fine_tune_epochs": 0,  # epoch 2 from a fresh seed: fine-tuned, it would link to 1's templates
+    "fine_tune_epochs": 0,  # epoch 2 from scratch, as deploy/config/rotation.yaml
     "calibration_people": 0.25,
     "accuracy_floor": 0.15,
     "cross_key_margin": 0.05,
