@@ -3,6 +3,7 @@ plus revocability across keys and the cost of the uint8 pixel conversion."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -230,7 +231,11 @@ def closed_set_protocol(
     train_data, test_data = data.subset(train_index), data.subset(test_index)
     models, views = _train_all(config, train_data, run_dir, with_key_b, original_dir, unlabeled)
 
-    galleries: dict[tuple[str, str, TTAConfig | None], np.ndarray] = {}
+    faces = {"train": train_data.faces, "test": test_data.faces}
+
+    @functools.cache  # several rows share a gallery or a probe set
+    def embedded(model: str, view: str, split: str, tta: TTAConfig | None) -> np.ndarray:
+        return embed(models[model].recognizer, views[view], faces[split], tta=tta)
 
     def evaluate(
         model: str,
@@ -240,14 +245,9 @@ def closed_set_protocol(
         gallery_model: str | None = None,
     ) -> dict[str, Any]:
         """Rank-1 of ``model``'s probes against ``gallery_model``'s gallery (default: the same
-        model); galleries are embedded once and reused (cross-key reuses the key-A gallery)."""
-        gallery_model = gallery_model or model
-        if (gallery_model, gallery_view, tta) not in galleries:
-            galleries[gallery_model, gallery_view, tta] = embed(
-                models[gallery_model].recognizer, views[gallery_view], train_data.faces, tta=tta
-            )
-        probes = embed(models[model].recognizer, views[probe_view], test_data.faces, tta=tta)
-        gallery = galleries[gallery_model, gallery_view, tta]
+        model)."""
+        gallery = embedded(gallery_model or model, gallery_view, "train", tta)
+        probes = embedded(model, probe_view, "test", tta)
         return closed_set(gallery, train_data.labels, probes, test_data.labels)
 
     def with_tta() -> dict[str, Any]:
@@ -333,6 +333,7 @@ def verification_protocol(
     """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest."""
     models, views = _train_all(config, view1.train, run_dir, False, original_dir)
 
+    @functools.cache  # the plain-photo rows reuse the original model's embeddings
     def embed_pairs(model: str, view: str, tta: TTAConfig | None = None) -> np.ndarray:
         return embed(models[model].recognizer, views[view], view1.pair_faces.faces, tta=tta)
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from rllfpr import mqtt
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.config import Settings
-from rllfpr.keys import bundle, envelope, material
+from rllfpr.keys import envelope, material
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.models.store import ModelStore
 from rllfpr.wire import topics
@@ -76,13 +76,10 @@ def _open_own_bundle(settings: Settings, scope: str, epoch: int) -> ScramblerNet
     public = _signing_key(settings).public_key()
     if settings.keys.fleet_key_file is None:
         raise fail("no fleet key configured (keys.fleet_key_file)")
+    from trainer.rotation import open_own_bundle
+
     fleet = material.load_fleet_key(settings.keys.fleet_key_file)
-    opened = bundle.open_bundle(
-        _bundle_file(settings, scope, epoch).read_bytes(),
-        {material.signer_id(public): public},
-        {fleet.key_id: fleet},
-    )
-    return ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    return open_own_bundle(_bundle_file(settings, scope, epoch).read_bytes(), public, fleet)
 
 
 def keys_rotate(

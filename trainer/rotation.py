@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
-from rllfpr.keys import bundle, envelope
+from rllfpr.keys import bundle, envelope, material
 from rllfpr.keys.material import FleetKey
 from rllfpr.models.export import export_onnx, unsupported_operators
 from rllfpr.models.recognizer import Recognizer
@@ -219,6 +219,16 @@ def calibrate_open_set(
     )
     point = (calibration.threshold, calibration.min_margin)
     return calibration, rates(searches_of(embeddings, halves["test"]), *point)
+
+
+def open_own_bundle(
+    data: bytes, signing_public: Ed25519PublicKey, fleet_key: FleetKey
+) -> ScramblerNetwork:
+    """The SN of a bundle this trainer sealed (verified with its own signing key)."""
+    opened = bundle.open_bundle(
+        data, {material.signer_id(signing_public): signing_public}, {fleet_key.key_id: fleet_key}
+    )
+    return ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
 
 
 class EpochBuilder:

@@ -25,25 +25,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from demo.run import ROTATION
 from rllfpr.config import load_settings
-from rllfpr.keys import bundle, material
-from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
 from trainer import hardware
 from trainer.experiment import load_dataset
-from trainer.rotation import EpochBuilder, RotationConfig
+from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
 from trainer.train import pick_device
 
 
 def two_epochs(builder: EpochBuilder, scope: str) -> dict[str, Any]:
     """Builds epochs 1 and 2 of ``scope``; returns epoch 2's gate report."""
     first = builder.build(scope, 1, previous_key=None)
-    signer = builder.signing_key.public_key()
-    opened = bundle.open_bundle(
-        first.bundle,
-        {material.signer_id(signer): signer},
-        {builder.fleet_key.key_id: builder.fleet_key},
-    )
-    key = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    key = open_own_bundle(first.bundle, builder.signing_key.public_key(), builder.fleet_key)
     second = builder.build(scope, 2, previous_key=key)
     return {"fine_tuned": second.report["fine_tuned"], "gates": second.report["gates"]}
 
