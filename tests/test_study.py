@@ -264,6 +264,39 @@ def test_screen_only_study_stops_after_choosing(orl_pack: Pack, tmp_path: Path) 
     assert "Failed: nobody (no one in the pack has 99" in report(entries)
 
 
+def test_unscreened_study_confirms_its_first_variant_on_the_named_protocols(
+    orl_pack: Pack, tmp_path: Path
+) -> None:
+    study = StudyConfig.model_validate(
+        {
+            "base": {
+                "data": {"min_images": 2, "max_identities": 4, "test_fraction": 0.34},
+                "scrambler": {"levels": 2, "widths": [4, 8]},
+                "recognizer": {"backbone": "compact", "embedding_dim": 16},
+                "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
+                "device": "cpu",
+            },
+            "variants": [
+                {"name": "deployed", "change": "none"},
+                {"name": "never-run", "change": "not screened"},
+            ],
+            "full_size": 32,
+            "view1_size": 32,
+            "screen": False,
+            "confirm_protocols": ["verification_view1"],
+        }
+    )
+    StudyRun(study, orl_pack, tmp_path).run()
+    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(entry["stage"], entry.get("variant")) for entry in entries] == [
+        ("start", None),
+        ("confirm", "deployed"),
+    ]
+    assert "verification_view1" in entries[1]["result"]
+    with pytest.raises(ValueError, match="confirm_protocols"):
+        StudyConfig.model_validate({**study.model_dump(), "confirm_protocols": ["view1"]})
+
+
 def _screened(name: str, scrambled: float, correlation: float, overrides: dict[str, Any]) -> Any:
     entry = {"headline": {"scrambled": scrambled}, "adjacent_correlation": {"h": correlation}}
     return Variant(name=name, change=name, overrides=overrides), entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,33 @@ def test_training_resumes_from_its_checkpoint(orl, tmp_path: Path) -> None:
     other = longer.model_copy(update={"seed": 5})
     with pytest.raises(ValueError, match="different experiment"):
         train(other, train_data, "original", None, tmp_path, progress=False)
+
+
+def test_checkpoints_are_spaced_out_but_the_last_epoch_is_always_kept(
+    orl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_data, _ = orl
+    monkeypatch.setattr("trainer.train.CHECKPOINT_INTERVAL_S", 1e9)
+    config = ExperimentConfig.model_validate({**TINY, "optim": {**TINY["optim"], "epochs": 2}})
+    saved: list[int] = []
+    real_save = torch.save
+
+    def save(state: dict[str, Any], path: Path) -> None:
+        saved.append(state["epoch"])
+        real_save(state, path)
+
+    monkeypatch.setattr("trainer.train.torch.save", save)
+    train(config, train_data, "original", None, tmp_path, progress=False)
+    assert saved == [2]  # epoch 1 was not written, the final epoch was
+    # a run cut after epochs that were logged but not checkpointed trains them again, and its
+    # log is rewritten to match what the checkpoint kept
+    with (tmp_path / "train_log.jsonl").open("a") as log_file:
+        log_file.write('{"epoch": 3, "view": "original"}\n')
+    longer = config.model_copy(update={"optim": config.optim.model_copy(update={"epochs": 3})})
+    resumed = train(longer, train_data, "original", None, tmp_path, progress=False)
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "train_log.jsonl").open()]
+    assert logged == [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert saved == [2, 3]
 
 
 def _agreement(student: Recognizer, teacher: Recognizer, key, faces: np.ndarray) -> float:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import cv2
 import numpy as np
@@ -57,6 +57,9 @@ _T = TypeVar("_T")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfirmProtocol = Literal["closed_set", "verification_view1"]
 
 
 class Variant(Strict):
@@ -99,6 +102,15 @@ class StudyConfig(Strict):
         True,
         description="Confirm the winner at full size (closed set with both keys, then View 1) "
         "after the screen; false for a screen alone (the CPU screen).",
+    )
+    screen: bool = Field(
+        True,
+        description="Screen the variants first; false confirms the first variant directly (a "
+        "GPU round split into studies that run side by side, one stage each).",
+    )
+    confirm_protocols: list[ConfirmProtocol] = Field(
+        default_factory=lambda: list(get_args(ConfirmProtocol)),
+        description="The confirmation's protocols, run in this order.",
     )
 
     @model_validator(mode="after")
@@ -409,6 +421,9 @@ class StudyRun:
 
     def run(self) -> None:
         self.record({"stage": "start", "hardware": hardware.describe(pick_device("auto"))})
+        if not self.study.screen:
+            self.confirm(self.study.variants[0])
+            return
         screened = []
         for variant in self.study.variants:
             if self.elapsed > self.study.screen_budget_s:
@@ -428,12 +443,16 @@ class StudyRun:
             return
         winner = self.choose(screened)
         self.record({"stage": "chosen", "variant": winner.name})
-        if not self.study.confirm:
-            return
+        if self.study.confirm:
+            self.confirm(winner)
+
+    def confirm(self, winner: Variant) -> None:
         full, view1_size = self.study.full_size, self.study.view1_size or self.study.full_size
-        if self.elapsed < self.study.confirm_closed_set_budget_s:
-            self._attempt(winner, lambda: self.closed_set(winner, full, "confirm", True))
-        self._attempt(winner, lambda: self.view1(winner, view1_size))
+        for protocol in self.study.confirm_protocols:
+            if protocol == "verification_view1":
+                self._attempt(winner, lambda: self.view1(winner, view1_size))
+            elif self.elapsed < self.study.confirm_closed_set_budget_s:
+                self._attempt(winner, lambda: self.closed_set(winner, full, "confirm", True))
 
     def _screen(self, variant: Variant) -> dict[str, Any] | None:
         size = self.study.screen_size

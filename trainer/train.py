@@ -33,6 +33,9 @@ from trainer.losses import CosFace, FaceReconstruction, copy_consistency
 
 log = logging.getLogger(__name__)
 View = Literal["original", "scrambled"]
+# Seconds between checkpoints: a ResNet-18 checkpoint with its optimizer is 0.3-0.8 GB, which
+# costs more to write each epoch than a GPU epoch takes; the last epoch is always written.
+CHECKPOINT_INTERVAL_S = 60.0
 _GREY = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -289,6 +292,7 @@ class _Run:
         )
         self.history: list[dict[str, Any]] = []
         self.epochs_done, self.seconds = 0, 0.0
+        self.saved_at = time.monotonic()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -307,6 +311,9 @@ class _Run:
         self.generator.set_state(checkpoint["generator"].cpu())  # map_location moved it
         self.epochs_done, self.history = checkpoint["epoch"], checkpoint["history"]
         self.seconds = checkpoint["seconds"]
+        # epochs logged after the last checkpoint are trained again: the log keeps what was kept
+        lines = [json.dumps(entry) + "\n" for entry in self.history]
+        (self.run_dir / "train_log.jsonl").write_text("".join(lines))
         log.info("resumed %s at epoch %d", self.run_dir, self.epochs_done)
 
     def epoch(
@@ -317,8 +324,10 @@ class _Run:
         epochs: int,
         bar: bool,
         unlabeled: AlignedFaces | None = None,
+        last: bool = True,
     ) -> None:
-        """Train one epoch (``epoch`` counts from 0 within its stage of ``epochs`` epochs)."""
+        """Train one epoch (``epoch`` counts from 0 within its stage of ``epochs`` epochs);
+        ``last``: the run's final epoch, always checkpointed."""
         optim, started = self.config.optim, time.perf_counter()
         steps = math.ceil(len(data) / optim.batch_size)
         self.recognizer.train()
@@ -356,7 +365,8 @@ class _Run:
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
         self.seconds += time.perf_counter() - started
         self.epochs_done += 1
-        self._record(view.view, float(np.mean(losses)), correct / (len(data) * copies))
+        accuracy = correct / (len(data) * copies)
+        self._record(view.view, float(np.mean(losses)), accuracy, last)
 
     def _autocast(self) -> torch.autocast:
         enabled = self.config.optim.amp and self.device.type == "cuda"
@@ -410,12 +420,16 @@ class _Run:
         embeddings = self.recognizer(view(faces)).float()
         return self._distillation(faces, embeddings, view)
 
-    def _record(self, view: View, loss: float, train_accuracy: float) -> None:
+    def _record(self, view: View, loss: float, train_accuracy: float, last: bool) -> None:
         entry = {"epoch": self.epochs_done, "view": view, "loss": loss}
         entry |= {"train_accuracy": train_accuracy, "seconds": self.seconds}
         self.history.append(entry)
         with (self.run_dir / "train_log.jsonl").open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
+        if last or time.monotonic() - self.saved_at >= CHECKPOINT_INTERVAL_S:
+            self._save()
+
+    def _save(self) -> None:
         checkpoint = {
             "recognizer": self.recognizer.state_dict(),
             "head": self.head.state_dict(),
@@ -430,6 +444,7 @@ class _Run:
             "config": self.config.model_dump(mode="json"),
         }
         torch.save(checkpoint, self.checkpoint_path)
+        self.saved_at = time.monotonic()
 
 
 def train(
@@ -457,7 +472,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(config, view, len(data.names), run_dir, teacher, initial)
     run.resume()
-    epoch_index = 0
+    epoch_index, total = 0, sum(epochs for _, epochs in _stages(config, view))
     for stage_view, epochs in _stages(config, view):
         face_view = (
             target_view
@@ -467,6 +482,7 @@ def train(
         for stage_epoch in range(epochs):
             epoch_index += 1
             if epoch_index > run.epochs_done:
-                run.epoch(data, face_view, stage_epoch, epochs, progress, unlabeled)
+                last = epoch_index == total
+                run.epoch(data, face_view, stage_epoch, epochs, progress, unlabeled, last)
     run.recognizer.eval()
     return TrainResult(run.recognizer, run.history, run.seconds)
