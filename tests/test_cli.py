@@ -98,6 +98,13 @@ def test_accuracy_tables_show_the_plain_photo_attack_and_skip_tta_blocks() -> No
     text = _rendered(_accuracy_table(view1))
     assert "original model's plain photo" in text
     assert "61.0%" in text
+    assert "10-fold" in text  # runs from before the column existed show "-" there
+    scrambled = pairs | {"accuracy_10fold": 0.913}
+    folded = {
+        "protocol": "View 1",
+        "verification_view1": {"original": pairs, "scrambled": scrambled},
+    }
+    assert "91.3%" in _rendered(_accuracy_table(folded))
 
     rank1 = {
         "accuracy": 0.5,

@@ -13,11 +13,13 @@ from pydantic import ValidationError
 
 from trainer.config import DataConfig
 from trainer.data import Aligner, list_identities
+from trainer.report import merge
 from trainer.study import (
     Pack,
     StudyConfig,
     StudyRun,
     Variant,
+    accuracy_run,
     encode_face,
     key_spread,
     report,
@@ -293,6 +295,16 @@ def test_unscreened_study_confirms_its_first_variant_on_the_named_protocols(
         ("confirm", "deployed"),
     ]
     assert "verification_view1" in entries[1]["result"]
+    # exported as an accuracy file that trainer.report merges like `rllfpr eval accuracy`'s
+    run = accuracy_run(study, entries, "deployed", "scripts/study-parallel ...")
+    assert run["config"]["name"] == "deployed-verification_view1-32"
+    assert run["config"]["optim"]["epochs"] == 1
+    assert run["verification_view1"] == entries[1]["result"]["verification_view1"]
+    exported = tmp_path / "exported.json"
+    exported.write_text(json.dumps(run))
+    assert merge([exported])["command"] == ["scripts/study-parallel ..."]
+    with pytest.raises(ValueError, match="never-run"):
+        accuracy_run(study, entries, "never-run", "")
     with pytest.raises(ValueError, match="confirm_protocols"):
         StudyConfig.model_validate({**study.model_dump(), "confirm_protocols": ["view1"]})
 

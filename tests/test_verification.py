@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.evaluate import verification, wilson_interval
+from trainer.evaluate import cross_validated_accuracy, verification, wilson_interval
 from trainer.verification import Pair, pair_scores, read_pairs
 
 
@@ -35,6 +35,32 @@ def test_verification_threshold_comes_from_the_other_pairs() -> None:
     assert result["threshold"] == pytest.approx(0.8)  # the best on training pairs
     assert result["accuracy"] == pytest.approx(0.75)  # 0.5 falls below it
     assert result["roc_auc"] == pytest.approx(1.0)
+
+
+def test_cross_validated_accuracy_survives_a_threshold_that_does_not_transfer() -> None:
+    # a model that fits its training people: training pairs far apart, so their best
+    # threshold (0.9) rejects every same-person pair of people it never saw
+    train_scores = np.array([0.95, 0.9, 0.1, 0.05])
+    train_same = np.array([True, True, False, False])
+    rng = np.random.default_rng(0)
+    same = np.array([True] * 100 + [False] * 100)  # blocks, as in LFW's pairs files
+    scores = np.where(same, 0.5, 0.2) + rng.normal(0, 0.02, 200)
+    result = verification(scores, same, train_scores, train_same)
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["roc_auc"] == pytest.approx(1.0)
+    # every fold sees both kinds; a held-out pair below the other folds' lowest same-person
+    # score can still fall under their threshold
+    assert result["accuracy_10fold"] >= 0.99
+    low, high = result["accuracy_10fold_ci95"]
+    assert low < result["accuracy_10fold"] < high
+
+
+def test_cross_validated_threshold_never_sees_its_own_fold() -> None:
+    # one same-person pair per fold scores below every different-person pair: a threshold
+    # chosen on the other folds can only place it by the others, so those ten pairs are lost
+    same = np.array([True] * 20 + [False] * 20)
+    scores = np.concatenate([np.tile([0.9, 0.0], 10), np.full(20, 0.3)])
+    assert cross_validated_accuracy(scores, same) == pytest.approx(30 / 40)
 
 
 def test_pair_scores_are_cosines_of_the_pair() -> None:

@@ -89,7 +89,8 @@ def eval_accuracy(
 def _accuracy_table(result: dict[str, Any]) -> Any:
     table = Table(title=result["protocol"])
     if "verification_view1" in result:
-        for column in ("faces", "accuracy", "ROC AUC", "TAR@FAR 1%", "TAR@FAR 0.1%"):
+        columns = ("faces", "accuracy", "10-fold accuracy", "ROC AUC", "TAR@FAR 1%", "TAR@FAR 0.1%")
+        for column in columns:
             table.add_column(column)
         view1 = result["verification_view1"]
         rows = {"original": view1["original"], "scrambled (key A)": view1["scrambled"]}
@@ -101,6 +102,7 @@ def _accuracy_table(result: dict[str, Any]) -> Any:
             table.add_row(
                 name,
                 f"{row['accuracy']:.1%}",
+                f"{row['accuracy_10fold']:.1%}" if "accuracy_10fold" in row else "-",
                 f"{row['roc_auc']:.3f}",
                 f"{row['tar_at_far_1e-2']:.1%}",
                 f"{row['tar_at_far_1e-3']:.1%}",

@@ -69,18 +69,50 @@ def closed_set(
 
 def verification(
     scores: np.ndarray, same: np.ndarray, threshold_scores: np.ndarray, threshold_same: np.ndarray
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Pair verification: accuracy at the threshold that is best on separate (training) pairs,
-    ROC AUC, and true-accept rate at 1 % and 0.1 % false-accept rate."""
-    candidates = np.unique(threshold_scores)
-    accuracy_at = [((threshold_scores >= t) == threshold_same).mean() for t in candidates]
-    threshold = float(candidates[int(np.argmax(accuracy_at))])
+    accuracy with a 10-fold cross-validated threshold on the reported pairs themselves, ROC
+    AUC, and true-accept rate at 1 % and 0.1 % false-accept rate.
+
+    The training pairs' threshold only transfers while the model does not fit its training
+    people: a recognizer that does (the GPU runs) scores its training pairs far apart, and that
+    threshold is wrong for people it never saw. The cross-validated accuracy (LFW's standard
+    way: each tenth of the pairs judged at the threshold best on the other nine) is free of it."""
+    threshold = best_threshold(threshold_scores, threshold_same)
     false_accept, true_accept, _ = roc_curve(same, scores)
+    folded = cross_validated_accuracy(scores, same)
     return {
         "accuracy": float(((scores >= threshold) == same).mean()),
         "threshold": threshold,
+        "accuracy_10fold": folded,
+        "accuracy_10fold_ci95": list(wilson_interval(round(folded * len(same)), len(same))),
         "roc_auc": float(roc_auc_score(same, scores)),
         "tar_at_far_1e-2": float(np.interp(1e-2, false_accept, true_accept)),
         "tar_at_far_1e-3": float(np.interp(1e-3, false_accept, true_accept)),
         "pairs": len(same),
     }
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The score threshold (accept at >=) with the highest accuracy on these pairs."""
+    candidates = np.unique(scores)
+    accuracy_at = [((scores >= t) == same).mean() for t in candidates]
+    return float(candidates[int(np.argmax(accuracy_at))])
+
+
+def cross_validated_accuracy(scores: np.ndarray, same: np.ndarray, folds: int = 10) -> float:
+    """Share of pairs judged right at the threshold chosen on the other folds; folds are
+    stratified (same-person and different-person pairs dealt out in turn), since pairs files
+    list the two kinds in blocks."""
+    fold_of = np.empty(len(same), dtype=int)
+    for kind in (True, False):
+        members = np.flatnonzero(same == kind)
+        fold_of[members] = np.arange(len(members)) * folds // max(len(members), 1)
+    correct = 0
+    for fold in range(folds):
+        held_out = fold_of == fold
+        if not held_out.any():
+            continue
+        threshold = best_threshold(scores[~held_out], same[~held_out])
+        correct += int(((scores[held_out] >= threshold) == same[held_out]).sum())
+    return correct / len(same)

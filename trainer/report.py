@@ -2,8 +2,10 @@
 
     python -m trainer.report CLOSED.json VIEW1.json [MORE.json ...] > docs/results/accuracy.json
 
-The first closed-set and the first View 1 file give the headline fields; every file is kept
-under ``runs`` by experiment name.
+The first closed-set and the first View 1 file give the headline fields (View 1: accuracy at
+the training pairs' threshold, and where the run has them, the 10-fold cross-validated accuracy
+and ROC AUC, which do not depend on that threshold); every file is kept under ``runs`` by
+experiment name.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     if closed:
         summary["closed_set"] = closed["closed_set"]
     if view1:
-        summary["verification_view1"] = {  # nested blocks (tta, plain photos) stay in runs
-            view: metrics["accuracy"]
+        views = {  # nested blocks (tta, plain photos) stay in runs
+            view: metrics
             for view, metrics in view1["verification_view1"].items()
             if "accuracy" in metrics
         }
+        summary["verification_view1"] = {view: m["accuracy"] for view, m in views.items()}
+        if all("accuracy_10fold" in m for m in views.values()):  # runs since issue 4's GPU round 2
+            summary["verification_view1_threshold_free"] = {
+                view: {"accuracy_10fold": m["accuracy_10fold"], "roc_auc": m["roc_auc"]}
+                for view, m in views.items()
+            }
     headline = [r for r in (closed, view1) if r]
     summary["hardware"] = sorted({r["hardware"] for r in headline})
     summary["command"] = [r["command"] for r in headline]

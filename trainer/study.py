@@ -501,6 +501,28 @@ class StudyRun:
         return max(eligible, key=lambda item: item[1]["headline"]["scrambled"])[0]
 
 
+def accuracy_run(
+    study: StudyConfig, entries: list[dict[str, Any]], variant: str, command: str
+) -> dict[str, Any]:
+    """A study's last recorded result of ``variant`` as an ``rllfpr eval accuracy`` file (for
+    ``python -m trainer.report``): the protocol's result, its hardware, the command and the
+    experiment config it ran."""
+    recorded = [e for e in entries if e.get("variant") == variant and "result" in e]
+    if not recorded:
+        raise ValueError(f"no recorded result of variant {variant!r}")
+    entry = recorded[-1]
+    protocol = "verification_view1" if "verification_view1" in entry["result"] else "closed_set"
+    extra = study.view1_overrides if protocol == "verification_view1" else None
+    spec = next(v for v in study.variants if v.name == variant)
+    config = study.experiment(spec, entry["size"], protocol, extra)
+    hardware_name = next(e["hardware"] for e in entries if e["stage"] == "start")
+    return entry["result"] | {
+        "hardware": hardware_name,
+        "command": command,
+        "config": config.model_dump(mode="json"),
+    }
+
+
 def key_spread(study: StudyConfig, pack: Pack, seeds: int, names: list[str] | None = None) -> str:
     """Markdown: the two instant screens of keys 1..``seeds`` of each variant's SN (or of the
     ``names`` variants) at the screen size, no training: privacy (largest |adjacent r| on
@@ -651,6 +673,13 @@ def main() -> None:
     keys.add_argument("--variants", nargs="*", default=None, help="Default: every variant.")
     table = commands.add_parser("report", help="Print the markdown tables of a results.jsonl.")
     table.add_argument("results", type=Path)
+    export = commands.add_parser(
+        "export", help="One variant's result as an accuracy file for python -m trainer.report."
+    )
+    export.add_argument("study", type=Path)
+    export.add_argument("results", type=Path)
+    export.add_argument("variant")
+    export.add_argument("--produced-by", required=True, help="The command that ran the study.")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if arguments.command == "pack":
@@ -676,6 +705,13 @@ def main() -> None:
     elif arguments.command == "report":
         lines = arguments.results.read_text().splitlines()
         print(report([json.loads(line) for line in lines]), end="")
+    elif arguments.command == "export":
+        study = StudyConfig.from_yaml(arguments.study)
+        lines = arguments.results.read_text().splitlines()
+        exported = accuracy_run(
+            study, [json.loads(line) for line in lines], arguments.variant, arguments.produced_by
+        )
+        print(json.dumps(exported, indent=2))
     else:
         torch.backends.cudnn.benchmark = True
         study = StudyConfig.from_yaml(arguments.study)
