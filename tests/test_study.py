@@ -295,6 +295,18 @@ def test_unscreened_study_confirms_its_first_variant_on_the_named_protocols(
         ("confirm", "deployed"),
     ]
     assert "verification_view1" in entries[1]["result"]
+    table = report(entries)
+    assert "| 10-fold: original |" in table  # View 1 beside its threshold-free measures
+    assert "| deployed | 32 |" in table
+    # a closed-set confirmation that cannot start within its budget is recorded as skipped
+    late = study.model_copy(
+        update={"confirm_protocols": ["closed_set"], "confirm_closed_set_budget_s": 0.0}
+    )
+    StudyRun(late, orl_pack, tmp_path / "late").run()
+    lines = (tmp_path / "late" / "results.jsonl").read_text().splitlines()
+    skipped = [json.loads(line) for line in lines]
+    assert [entry["stage"] for entry in skipped] == ["start", "skipped"]
+    assert "deployed (closed-set confirmation)" in report(skipped)
     # exported as an accuracy file that trainer.report merges like `rllfpr eval accuracy`'s
     run = accuracy_run(study, entries, "deployed", "scripts/study-parallel ...")
     assert run["config"]["name"] == "deployed-verification_view1-32"

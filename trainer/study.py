@@ -60,6 +60,7 @@ class Strict(BaseModel):
 
 
 ConfirmProtocol = Literal["closed_set", "verification_view1"]
+_CONFIRM_BUDGET = "confirm_closed_set_budget_s"  # the reason recorded when that budget skips
 
 
 class Variant(Strict):
@@ -453,6 +454,9 @@ class StudyRun:
                 self._attempt(winner, lambda: self.view1(winner, view1_size))
             elif self.elapsed < self.study.confirm_closed_set_budget_s:
                 self._attempt(winner, lambda: self.closed_set(winner, full, "confirm", True))
+            else:
+                skip = {"stage": "skipped", "variant": winner.name, "reason": _CONFIRM_BUDGET}
+                self.record(skip)
 
     def _screen(self, variant: Variant) -> dict[str, Any] | None:
         size = self.study.screen_size
@@ -593,21 +597,33 @@ def report(results: list[dict[str, Any]]) -> str:
         )
     view1 = [e for e in results if e["stage"] == "confirm" and "cross_key" not in e["headline"]]
     if view1:
-        lines += ["", "| View 1 | size | original | scrambled | gap |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| View 1 | size | original | scrambled | gap | 10-fold: original | scrambled | "
+            "ROC AUC: original | scrambled |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for entry in view1:
-            head = entry["headline"]
+            head, pairs = entry["headline"], entry["result"]["verification_view1"]
+            folded = [pairs[v].get("accuracy_10fold") for v in ("original", "scrambled")]
             lines.append(
                 f"| {entry['variant']} | {entry['size']} | {_percent(head['original'])} | "
                 f"{_percent(head['scrambled'])} | "
-                f"{100 * (head['original'] - head['scrambled']):.1f} pt |"
+                f"{100 * (head['original'] - head['scrambled']):.1f} pt | "
+                + " | ".join("-" if f is None else _percent(f) for f in folded)
+                + f" | {pairs['original']['roc_auc']:.3f} | {pairs['scrambled']['roc_auc']:.3f} |"
             )
     lines += _tta_report(results)
     failed = [f"{e['variant']} ({e['error']})" for e in results if e["stage"] == "failed"]
     if failed:
         lines += ["", f"Failed: {'; '.join(failed)}."]
-    skipped = [e["variant"] for e in results if e["stage"] == "skipped"]
+    skipped = [
+        e["variant"] + (" (closed-set confirmation)" if e["reason"] == _CONFIRM_BUDGET else "")
+        for e in results
+        if e["stage"] == "skipped"
+    ]
     if skipped:
-        lines += ["", f"Not screened (time budget): {', '.join(skipped)}."]
+        lines += ["", f"Not run (time budget): {', '.join(skipped)}."]
     return "\n".join(lines) + "\n"
 
 
