@@ -4,8 +4,8 @@
 
 The first closed-set and the first View 1 file give the headline fields (View 1: accuracy at
 the training pairs' threshold, and where the run has them, the 10-fold cross-validated accuracy
-and ROC AUC, which do not depend on that threshold); every file is kept under ``runs`` by
-experiment name.
+and ROC AUC, which do not depend on that threshold); every file is kept under ``runs`` by its
+file name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     runs = {}
     for path in paths:
         run = json.loads(path.read_text())
-        runs[run["config"]["name"]] = run
+        runs[path.stem] = run  # a file name: two runs of one experiment config can sit side by side
     closed = next((r for r in runs.values() if "closed_set" in r), None)
     view1 = next((r for r in runs.values() if "verification_view1" in r), None)
     summary: dict[str, Any] = {}
