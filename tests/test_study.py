@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tarfile
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from trainer.config import DataConfig
@@ -319,6 +323,49 @@ def test_unscreened_study_confirms_its_first_variant_on_the_named_protocols(
         accuracy_run(study, entries, "never-run", "")
     with pytest.raises(ValueError, match="confirm_protocols"):
         StudyConfig.model_validate({**study.model_dump(), "confirm_protocols": ["view1"]})
+
+
+def test_study_parallel_runs_studies_side_by_side_and_stops_them_at_the_limit(
+    orl_pack: Pack, tmp_path: Path
+) -> None:
+    pack = tmp_path / "pack.npz"
+    orl_pack.save(pack)
+    configs = []
+    for name, epochs in (("quick", 1), ("slow", 10_000)):
+        base = {
+            "data": {"min_images": 2, "max_identities": 4, "test_fraction": 0.34},
+            "scrambler": {"levels": 2, "widths": [4, 8]},
+            "recognizer": {"backbone": "compact", "embedding_dim": 16},
+            "optim": {"epochs": epochs, "batch_size": 8, "warmup_epochs": 0},
+            "device": "cpu",
+        }
+        study = {
+            "base": base,
+            "variants": [{"name": name, "change": "none"}],
+            "screen_size": 32,
+            "confirm": False,
+        }
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text(yaml.safe_dump(study))
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"TMPDIR": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "study-parallel"), str(pack), str(tmp_path / "out"), "20"]
+        + [str(config) for config in configs],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=240,
+    )
+    assert done.returncode == 1, done.stderr  # the slow study was stopped at its limit
+    assert "slow: exit 124" in done.stdout
+    quick = (tmp_path / "out" / "quick" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in quick] == ["start", "screen", "chosen"]
+    with tarfile.open(tmp_path / "out" / "logs.tgz") as logs:
+        names = logs.getnames()
+    assert "./logs/slow.log" in names  # the stopped study's log comes back
+    assert any(name.startswith("./slow/") and name.endswith("train_log.jsonl") for name in names)
 
 
 def _screened(name: str, scrambled: float, correlation: float, overrides: dict[str, Any]) -> Any:
