@@ -100,7 +100,31 @@ def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path)
         }
     )
     StudyRun(study, orl_pack, tmp_path).run()
-    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    recorded = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # with test-time augmentation each evaluation is first recorded without it, so a time
+    # limit during the long 18-copy evaluation still leaves the plain result
+    assert [entry["stage"] for entry in recorded] == [
+        "start",
+        "screen-plain",
+        "screen",
+        "screen-plain",
+        "screen",
+        "chosen",
+        "confirm-plain",
+        "confirm",
+        "confirm-plain",
+        "confirm",
+    ]
+    for plain, full in pairwise(recorded):
+        if plain["stage"].endswith("-plain"):
+            assert plain["headline"] == full["headline"]  # the same models, evaluated the same
+            protocol = "closed_set" if "closed_set" in plain["result"] else "verification_view1"
+            assert "tta" not in plain["result"][protocol]
+            assert "tta" in full["result"][protocol]
+    cut = [e for e in recorded if e["stage"] != "confirm"]  # as if stopped in the last two
+    assert report(cut).count("| confirm-plain |") == 1  # the closed set's plain result shows
+    assert "| View 1 |" in report(cut)
+    entries = [e for e in recorded if not e["stage"].endswith("-plain")]
     stages = [entry["stage"] for entry in entries]
     assert stages == ["start", "screen", "screen", "chosen", "confirm", "confirm"]
     screens = [e for e in entries if e["stage"] == "screen"]
