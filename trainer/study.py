@@ -387,9 +387,7 @@ class StudyRun:
                 unlabeled=self.pack.unlabeled(size, spec.data, data.names),
             )
 
-        started = time.monotonic()
-        screen = privacy_screen(config, data)
-        return self._evaluated(variant, size, stage, config, evaluate, started, screen)
+        return self._evaluated(variant, size, stage, config, evaluate, privacy_screen(config, data))
 
     def view1(self, variant: Variant, size: int) -> None:
         config = self.study.experiment(
@@ -404,7 +402,7 @@ class StudyRun:
                 original_dir=self.work / "originals" / _recipe_key(spec),
             )
 
-        self._evaluated(variant, size, "confirm", config, evaluate, time.monotonic(), {})
+        self._evaluated(variant, size, "confirm", config, evaluate, screen={})
 
     def _evaluated(
         self,
@@ -413,13 +411,13 @@ class StudyRun:
         stage: str,
         config: ExperimentConfig,
         evaluate: Callable[[ExperimentConfig], dict[str, Any]],
-        started: float,
         screen: dict[str, Any],
     ) -> dict[str, Any]:
         """Train and evaluate ``config`` and record the result. With test-time augmentation the
         plain evaluation is recorded first, as stage ``<stage>-plain``: the 18-copy evaluation
         takes longest, and when a GPU round's time limit stops it the headline is already kept
         (the second GPU round lost three studies' results that way)."""
+        started = time.monotonic()
 
         def record(spec: ExperimentConfig, label: str) -> dict[str, Any]:
             result = evaluate(spec)
