@@ -646,6 +646,11 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The entries of a study's results.jsonl, in the order they were recorded."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _reported(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Screen and confirmation entries; one recorded before its test-time evaluation only
     where the full entry never came (the time limit stopped it)."""
@@ -753,14 +758,11 @@ def main() -> None:
         faces = Pack.load(arguments.pack)
         print(key_spread(study, faces, arguments.seeds, arguments.variants), end="")
     elif arguments.command == "report":
-        lines = arguments.results.read_text().splitlines()
-        print(report([json.loads(line) for line in lines]), end="")
+        print(report(read_results(arguments.results)), end="")
     elif arguments.command == "export":
         study = StudyConfig.from_yaml(arguments.study)
-        lines = arguments.results.read_text().splitlines()
-        exported = accuracy_run(
-            study, [json.loads(line) for line in lines], arguments.variant, arguments.produced_by
-        )
+        entries = read_results(arguments.results)
+        exported = accuracy_run(study, entries, arguments.variant, arguments.produced_by)
         print(json.dumps(exported, indent=2))
     else:
         torch.backends.cudnn.benchmark = True
