@@ -9,17 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from edge_agent.agent import Agent, AgentConfigError
-from edge_agent.backends import available_backends, resolve
-from edge_agent.sources import SourceError
 from rllfpr.cli_support import ConfigOption, console, fail
 from rllfpr.config import ConfigError, Settings, load_settings
-from rllfpr.keys.material import KeyMaterialError
-from rllfpr.wire.topics import TopicError
+
+if TYPE_CHECKING:  # torch and OpenCV load only when a command runs, so --help answers at once
+    from edge_agent.agent import Agent
 
 agent_app = typer.Typer(
     help="The edge agent: camera to scrambled faces over MQTT.", no_args_is_help=True
@@ -81,6 +79,11 @@ def run(
 
     Settings come from defaults < --config file < RLLFPR_* environment < these options.
     """
+    from edge_agent.agent import Agent, AgentConfigError
+    from edge_agent.sources import SourceError
+    from rllfpr.keys.material import KeyMaterialError
+    from rllfpr.wire.topics import TopicError
+
     overrides = {
         "site": site,
         "camera": camera,
@@ -124,6 +127,8 @@ def _run_agent(agent: Agent, key_timeout: float, drain_timeout: float) -> None:
 def backends() -> None:
     """List the scrambler backends usable here and the one `auto` picks."""
     import onnxruntime
+
+    from edge_agent.backends import available_backends, resolve
 
     console.print(f"available: {', '.join(available_backends())}; auto picks {resolve('auto')}")
     console.print(f"ONNX Runtime providers: {', '.join(onnxruntime.get_available_providers())}")

@@ -246,7 +246,7 @@ def _send_mqtt(settings: Settings, messages: list[tuple[str, bytes]], station: s
 
 
 def _send_http(settings: Settings, api: str | None, messages: list[tuple[str, bytes]]) -> None:
-    from recognizer_service.enrollment import ApiError, api_request
+    from recognizer_service.api_client import ApiError, api_request
 
     url = f"{_api_base(settings, api)}/v1/enrollments"
     try:
@@ -264,7 +264,7 @@ def list_subjects(
     config: Path | None = ConfigOption,
 ) -> None:
     """List galleries, or the subjects of one epoch's gallery."""
-    from recognizer_service.enrollment import ApiError, api_request
+    from recognizer_service.api_client import ApiError, api_request
 
     settings = settings_or_fail(config)
     base = _api_base(settings, api)
@@ -294,7 +294,7 @@ def erase(
     config: Path | None = ConfigOption,
 ) -> None:
     """Erase a subject: every template, in every epoch and shard."""
-    from recognizer_service.enrollment import ApiError, api_request
+    from recognizer_service.api_client import ApiError, api_request
 
     settings = settings_or_fail(config)
     if not yes:

@@ -25,12 +25,12 @@ from rllfpr import mqtt
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.config import Settings
 from rllfpr.keys import envelope, material
-from rllfpr.models.scrambler import ScramblerNetwork
-from rllfpr.models.store import ModelStore
 from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, Revocation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads only when a command runs, so --help answers at once
+    from rllfpr.models.scrambler import ScramblerNetwork
+    from rllfpr.models.store import ModelStore
     from trainer.rotation import KeyPublisher
 
 ScopeOption = typer.Option(None, help="Key scope (default: keys.scope of the configuration).")
@@ -88,6 +88,7 @@ def keys_rotate(
     config: Path | None = ConfigOption,
 ) -> None:
     """Build, gate and stage the next key epoch of a scope (trained on the trainer's corpus)."""
+    from rllfpr.models.store import ModelStore
     from trainer.experiment import load_dataset
     from trainer.rotation import EpochBuilder, GateError, RotationConfig
 
@@ -154,6 +155,8 @@ def keys_revoke(
     config: Path | None = ConfigOption,
 ) -> None:
     """Revoke an epoch: agents forget its SN, recognizers delete its gallery and model."""
+    from rllfpr.models.store import ModelStore
+
     settings = settings_or_fail(config)
     scope = scope or settings.keys.scope
     with _publisher(settings) as publisher:
@@ -191,6 +194,8 @@ def keys_status(
     config: Path | None = ConfigOption,
 ) -> None:
     """Every epoch of a scope as the broker, the model store and this trainer see it."""
+    from rllfpr.models.store import ModelStore
+
     settings = settings_or_fail(config)
     scope = scope or settings.keys.scope
     retained = _retained_key_messages(settings, scope, wait_s)
