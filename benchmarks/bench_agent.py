@@ -42,13 +42,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agent import Agent
 from edge_agent.backends import OnnxRuntimeBackend, TorchBackend
-from edge_agent.prepare import crop_box, sharpness
 from edge_agent.sources import Backoff, CaptureSource
 from edge_agent.spool import Spool
 from rllfpr import local_services, mqtt
 from rllfpr.config import AgentSettings, KeySettings, MqttSettings, Settings
 from rllfpr.faces.align import align
-from rllfpr.faces.detect import Detection, FaceDetector
+from rllfpr.faces.detect import Detection, FaceDetector, crop_box
+from rllfpr.faces.pixels import sharpness
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire import codec, topics

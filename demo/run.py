@@ -28,6 +28,7 @@ from rich.console import Console
 from demo.people import Cast, Visit, cast
 from rllfpr import mqtt
 from rllfpr.config import Settings
+from rllfpr.faces.pixels import load_rgb
 from rllfpr.keys import material
 from rllfpr.keys.scrambler_key import ScramblerKey, open_scrambler_bundle
 from rllfpr.local_services import Endpoint, free_port
@@ -35,7 +36,6 @@ from rllfpr.models.store import ModelStore
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import RecognitionEvent, utc_now
 from trainer import hardware
-from trainer.data import load_rgb
 
 log = logging.getLogger(__name__)
 SCOPE = "fleet"
@@ -371,7 +371,7 @@ class Station:
     """The enrollment station: photos -> vault (encrypted) -> scrambled enrollment messages."""
 
     def __init__(self, settings: Settings, workspace: Workspace, client: paho.Client) -> None:
-        from recognizer_service.vault import PhotoVault, create_vault_key, load_vault_key
+        from enrollment_station.vault import PhotoVault, create_vault_key, load_vault_key
         from rllfpr.faces.detect import FaceDetector
 
         key_file = workspace.run / "vault.key"
@@ -382,7 +382,7 @@ class Station:
 
     def keep(self, people: dict[str, list[Path]]) -> int:
         """Detect each photo's central face and keep its region, encrypted."""
-        from recognizer_service.vault import face_region
+        from enrollment_station.vault import face_region
         from rllfpr.faces.detect import central_face
 
         kept = 0
@@ -398,8 +398,8 @@ class Station:
 
     def enroll(self, key: ScramblerKey) -> int:
         """Scramble every kept face with ``key`` and send it; returns the number sent."""
-        from recognizer_service.enrollment import enrollment_messages
-        from recognizer_service.vault import scramble
+        from enrollment_station.enrollment import enrollment_messages
+        from enrollment_station.vault import scramble
 
         sent = 0
         for person in self.vault.subjects():
@@ -537,7 +537,7 @@ def replay_old_face(settings: Settings, recognizer: Any, observer: Observer) -> 
 
 def sample_sheet(station: Station, key_one: ScramblerKey, key_two: ScramblerKey) -> np.ndarray:
     """Rows: aligned faces (never sent) / what leaves the camera under epoch 1 / under epoch 2."""
-    from recognizer_service.vault import scramble
+    from enrollment_station.vault import scramble
 
     faces = [station.vault.faces(person)[0] for person in station.vault.subjects()[:6]]
     size = key_one.network.config.input_size

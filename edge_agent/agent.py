@@ -31,12 +31,12 @@ from edge_agent.backends import ScramblerBackend, build_backend, resolve, torch_
 from edge_agent.keys import ActiveKey, AgentKeys
 from edge_agent.link import MqttLink
 from edge_agent.metrics import AgentMetrics, HealthServer
-from edge_agent.prepare import AlignedFace, FacePreparer, crop_box
+from edge_agent.prepare import AlignedFace, FacePreparer
 from edge_agent.sources import Backoff, Frame, FrameReader, FrameSource, open_source
 from edge_agent.spool import Spool
 from edge_agent.tracker import IouTracker, Verdict
 from rllfpr.config import AgentSettings, Settings
-from rllfpr.faces.detect import Detection, FaceDetector
+from rllfpr.faces.detect import Detection, FaceDetector, crop_box
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import FaceHeader, PixelFormat

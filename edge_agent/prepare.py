@@ -10,34 +10,14 @@ quality that ranks a track's faces). Aligned faces live only in memory, until sc
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from rllfpr.faces.align import AlignmentError, align
 from rllfpr.faces.detect import Detection, FaceDetector
-from rllfpr.wire.messages import CropBox
-
-
-def sharpness(face: np.ndarray) -> float:
-    """Variance of the Laplacian of an RGB face's grey levels: low means blurred."""
-    grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
-
-
-def crop_box(box: np.ndarray, frame_shape: tuple[int, ...]) -> CropBox:
-    """The detection box rounded outwards to whole pixels and clipped to the frame."""
-    height, width = frame_shape[:2]
-    x1 = min(max(0, math.floor(float(box[0]))), width - 1)
-    y1 = min(max(0, math.floor(float(box[1]))), height - 1)
-    x2 = max(x1 + 1, min(width, math.ceil(float(box[2]))))
-    y2 = max(y1 + 1, min(height, math.ceil(float(box[3]))))
-    return CropBox(
-        x=x1, y=y1, width=x2 - x1, height=y2 - y1, frame_width=width, frame_height=height
-    )
+from rllfpr.faces.pixels import sharpness
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""``rllfpr recognizer ...`` (service and models) and ``rllfpr gallery ...`` (enrollment)."""
+"""``rllfpr recognizer ...`` (service and models) and ``rllfpr gallery list`` / ``erase`` (through
+the recognizer's HTTP API). The station's ``gallery enroll / keep / reenroll`` live in
+``enrollment_station.cli``."""
 
 from __future__ import annotations
 
@@ -13,28 +15,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
-from rllfpr.config import Settings
+from rllfpr.cli_support import ApiOption, ConfigOption, console, fail, settings_or_fail
 
 recognizer_app = typer.Typer(help="The recognizer service and its models.", no_args_is_help=True)
 gallery_app = typer.Typer(
     help="Enroll, list and erase gallery subjects (through the recognizer's HTTP API or MQTT).",
     no_args_is_help=True,
 )
-
-ApiOption = typer.Option(
-    None, "--api", help="Recognizer HTTP API (default: recognizer.http_host:http_port)."
-)
-
-
-def _api_base(settings: Settings, api: str | None) -> str:
-    options = settings.recognizer
-    return (api or f"http://{options.http_host}:{options.http_port}").rstrip("/")
-
-
-def _token(settings: Settings) -> str | None:
-    token = settings.recognizer.api_token
-    return token.get_secret_value() if token else None
 
 
 @recognizer_app.command("run")
@@ -180,82 +167,6 @@ def calibrate(
     console.print(f"written: {output} and {output.with_suffix('.md')}")
 
 
-@gallery_app.command("enroll")
-def enroll(
-    folder: Path = typer.Argument(..., help="Folder of photos of one person."),
-    subject: str = typer.Option(..., help="Subject id to enroll (a topic level)."),
-    bundle: Path = typer.Option(
-        ..., exists=True, dir_okay=False, help="Key bundle of the epoch to enroll under."
-    ),
-    site: str = typer.Option(..., help="Site of the enrollment station."),
-    station: str = typer.Option("enrollment-station", help="Id of this station (agent id)."),
-    via: str = typer.Option("mqtt", help="mqtt (enrollment topic, QoS 1) or http (the API)."),
-    api: str | None = ApiOption,
-    config: Path | None = ConfigOption,
-) -> None:
-    """Align and scramble photos locally; send only the scrambled faces for enrollment."""
-    from recognizer_service.enrollment import enrollment_messages, photos_in, scramble_photos
-    from rllfpr.faces.detect import FaceDetector
-    from rllfpr.keys.bundle import BundleError
-    from rllfpr.keys.material import KeyMaterialError
-    from rllfpr.keys.scrambler_key import open_scrambler_bundle
-    from rllfpr.wire.topics import TopicError, level
-
-    if via not in ("mqtt", "http"):
-        raise fail(f"unknown --via {via!r}: use mqtt or http")
-    settings = settings_or_fail(config)
-    try:
-        level(subject), level(site), level(station)
-        key = open_scrambler_bundle(bundle.read_bytes(), settings.keys)
-        photos = photos_in(folder)
-    except (TopicError, BundleError, KeyMaterialError, FileNotFoundError) as error:
-        raise fail(str(error)) from error
-    faces, failures = scramble_photos(photos, key, FaceDetector(min_face_size=40))
-    for failure in failures:
-        console.print(f"[yellow]skipped[/yellow] {failure}")
-    if not faces:
-        raise fail(f"no usable face in {len(photos)} photos of {folder}")
-    messages = enrollment_messages(faces, key, subject, site, station)
-    if via == "mqtt":
-        _send_mqtt(settings, messages, station)
-    else:
-        _send_http(settings, api, messages)
-    console.print(
-        f"sent {len(messages)} scrambled faces of {subject} for scope {key.header.scope} "
-        f"epoch {key.header.epoch} ({len(failures)} photos skipped)"
-    )
-
-
-def _send_mqtt(settings: Settings, messages: list[tuple[str, bytes]], station: str) -> None:
-    from rllfpr import mqtt
-
-    client = mqtt.make_client(settings.mqtt, "enroll", client_id=f"rllfpr-enroll-{station}")
-    try:
-        mqtt.connect(client, settings.mqtt, clean_start=True)
-    except mqtt.MqttError as error:
-        raise fail(str(error)) from error
-    try:
-        for topic, payload in messages:
-            info = client.publish(topic, payload, qos=1)
-            info.wait_for_publish(settings.recognizer.publish_timeout_s)
-            if not info.is_published():
-                raise fail(f"the broker did not confirm an enrollment on {topic}")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _send_http(settings: Settings, api: str | None, messages: list[tuple[str, bytes]]) -> None:
-    from recognizer_service.api_client import ApiError, api_request
-
-    url = f"{_api_base(settings, api)}/v1/enrollments"
-    try:
-        for _topic, payload in messages:
-            api_request(url, _token(settings), "POST", payload)
-    except ApiError as error:
-        raise fail(str(error)) from error
-
-
 @gallery_app.command("list")
 def list_subjects(
     scope: str | None = typer.Option(None, help="Only this key scope."),
@@ -264,12 +175,12 @@ def list_subjects(
     config: Path | None = ConfigOption,
 ) -> None:
     """List galleries, or the subjects of one epoch's gallery."""
-    from recognizer_service.api_client import ApiError, api_request
+    from rllfpr.api_client import ApiError, api_base, api_request, api_token
 
     settings = settings_or_fail(config)
-    base = _api_base(settings, api)
+    base = api_base(settings, api)
     try:
-        galleries: Any = api_request(f"{base}/v1/galleries", _token(settings))
+        galleries: Any = api_request(f"{base}/v1/galleries", api_token(settings))
         table = Table("scope", "epoch", "subject", "templates")
         for gallery in galleries:
             if (scope and gallery["scope"] != scope) or (
@@ -277,7 +188,7 @@ def list_subjects(
             ):
                 continue
             path = f"/v1/galleries/{gallery['scope']}/{gallery['epoch']}/subjects"
-            subjects: Any = api_request(f"{base}{path}", _token(settings))
+            subjects: Any = api_request(f"{base}{path}", api_token(settings))
             for name, count in subjects.items():
                 table.add_row(gallery["scope"], str(gallery["epoch"]), name, str(count))
     except ApiError as error:
@@ -294,106 +205,16 @@ def erase(
     config: Path | None = ConfigOption,
 ) -> None:
     """Erase a subject: every template, in every epoch and shard."""
-    from recognizer_service.api_client import ApiError, api_request
+    from rllfpr.api_client import ApiError, api_base, api_request, api_token
 
     settings = settings_or_fail(config)
     if not yes:
         typer.confirm(f"erase every template of {subject}?", abort=True)
-    url = f"{_api_base(settings, api)}/v1/subjects/{urllib.parse.quote(subject)}"
+    url = f"{api_base(settings, api)}/v1/subjects/{urllib.parse.quote(subject)}"
     if scope:
         url += f"?scope={urllib.parse.quote(scope)}"
     try:
-        result: Any = api_request(url, _token(settings), "DELETE")
+        result: Any = api_request(url, api_token(settings), "DELETE")
     except ApiError as error:
         raise fail(str(error)) from error
     console.print(f"erased {result['templates_erased']} templates of {subject}")
-
-
-VaultOption = typer.Option(..., help="The station's vault folder (encrypted face regions).")
-VaultKeyOption = typer.Option(
-    ..., help="The station's 32-byte vault key (created 0600 when missing with --create-key)."
-)
-
-
-@gallery_app.command("keep")
-def keep(
-    folder: Path = typer.Argument(..., help="Folder of photos of one person."),
-    subject: str = typer.Option(..., help="Subject id (a topic level)."),
-    vault: Path = VaultOption,
-    vault_key: Path = VaultKeyOption,
-    create_key: bool = typer.Option(False, help="Create the vault key if it does not exist."),
-) -> None:
-    """Keep a person's enrollment faces in the station's encrypted vault, so that every future
-    key epoch can be enrolled (`gallery reenroll`) without the photos leaving the station."""
-    from recognizer_service.enrollment import photos_in
-    from recognizer_service.vault import PhotoVault, create_vault_key, face_region, load_vault_key
-    from rllfpr.faces.detect import FaceDetector, central_face
-    from rllfpr.keys.material import KeyMaterialError
-    from rllfpr.wire.topics import TopicError, level
-    from trainer.data import load_rgb
-
-    try:
-        level(subject)
-        if create_key and not vault_key.exists():
-            create_vault_key(vault_key)
-        store = PhotoVault(vault, load_vault_key(vault_key))
-        photos = photos_in(folder)
-    except (TopicError, KeyMaterialError, FileNotFoundError) as error:
-        raise fail(str(error)) from error
-    detector, faces = FaceDetector(min_face_size=40), []
-    for photo in photos:
-        try:
-            image = load_rgb(photo)
-        except (OSError, ValueError) as error:
-            console.print(f"[yellow]skipped[/yellow] {photo.name}: unreadable ({error})")
-            continue
-        found = central_face(detector.detect([image])[0], image.shape)
-        if found is None:
-            console.print(f"[yellow]skipped[/yellow] {photo.name}: no face found")
-            continue
-        faces.append(face_region(image, found, photo.name))
-    if not faces:
-        raise fail(f"no usable face in {len(photos)} photos of {folder}")
-    total = store.add(subject, faces)
-    console.print(f"kept {len(faces)} faces of {subject} ({total} in the vault, encrypted)")
-
-
-@gallery_app.command("reenroll")
-def reenroll(
-    bundle: Path = typer.Option(
-        ..., exists=True, dir_okay=False, help="Key bundle of the (staged) epoch to enroll under."
-    ),
-    vault: Path = VaultOption,
-    vault_key: Path = VaultKeyOption,
-    site: str = typer.Option(..., help="Site of the enrollment station."),
-    station: str = typer.Option("enrollment-station", help="Id of this station (agent id)."),
-    config: Path | None = ConfigOption,
-) -> None:
-    """Scramble everyone in the vault with a new epoch's key and send it for enrollment: run
-    it when an epoch is staged, so its gallery is full before the epoch is activated."""
-    from recognizer_service.enrollment import enrollment_messages
-    from recognizer_service.vault import PhotoVault, VaultError, load_vault_key, scramble
-    from rllfpr.keys.bundle import BundleError
-    from rllfpr.keys.material import KeyMaterialError
-    from rllfpr.keys.scrambler_key import open_scrambler_bundle
-
-    settings = settings_or_fail(config)
-    try:
-        key = open_scrambler_bundle(bundle.read_bytes(), settings.keys)
-        store = PhotoVault(vault, load_vault_key(vault_key))
-        messages = [
-            message
-            for subject in store.subjects()
-            for message in enrollment_messages(
-                scramble(store.faces(subject), key), key, subject, site, station
-            )
-        ]
-    except (BundleError, KeyMaterialError, VaultError) as error:
-        raise fail(str(error)) from error
-    if not messages:
-        raise fail(f"the vault {vault} holds nobody")
-    _send_mqtt(settings, messages, station)
-    console.print(
-        f"sent {len(messages)} scrambled faces of {len(store.subjects())} subjects for scope "
-        f"{key.header.scope} epoch {key.header.epoch}"
-    )

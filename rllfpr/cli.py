@@ -1,4 +1,7 @@
-"""The ``rllfpr`` command line. Each service adds its sub-application here when it works."""
+"""The ``rllfpr`` command line: the composition root, and the one core module that imports the
+services' command modules (``edge_agent.cli``, ``recognizer_service.cli``,
+``enrollment_station.cli``, ``trainer.cli``, ``trainer.keys_cli``); those import their heavy
+dependencies only when a command runs."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.cli import agent_app
+from enrollment_station.cli import enroll, keep, reenroll
 from recognizer_service.cli import gallery_app, recognizer_app
 from rllfpr import __version__
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
@@ -124,6 +128,9 @@ keys_app.command("status")(keys_status)
 app.add_typer(eval_app, name="eval")
 app.add_typer(agent_app, name="agent")
 app.add_typer(recognizer_app, name="recognizer")
+gallery_app.command("enroll")(enroll)
+gallery_app.command("keep")(keep)
+gallery_app.command("reenroll")(reenroll)
 app.add_typer(gallery_app, name="gallery")
 
 if __name__ == "__main__":

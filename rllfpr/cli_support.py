@@ -12,6 +12,9 @@ from rllfpr.config import ConfigError, Settings, load_settings
 console = Console()
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (else $RLLFPR_CONFIG).")
+ApiOption = typer.Option(
+    None, "--api", help="Recognizer HTTP API (default: recognizer.http_host:http_port)."
+)
 
 
 def fail(message: str) -> typer.Exit:

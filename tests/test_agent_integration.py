@@ -21,6 +21,7 @@ from edge_agent.agent import Agent
 from edge_agent.sources import Frame
 from rllfpr.cli import app
 from rllfpr.faces.align import align
+from rllfpr.faces.pixels import to_unit
 from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
@@ -39,7 +40,6 @@ from tests.test_agent_support import (
     shared_detector,
     wait_until,
 )
-from trainer.train import to_unit
 
 pytestmark = pytest.mark.integration
 

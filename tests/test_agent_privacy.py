@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from edge_agent.agent import Agent
-from edge_agent.prepare import crop_box, sharpness
 from rllfpr.config import Settings
 from rllfpr.faces.align import align
+from rllfpr.faces.detect import crop_box
+from rllfpr.faces.pixels import sharpness, to_unit
 from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
@@ -38,7 +39,6 @@ from tests.test_agent_support import (
     wait_until,
 )
 from trainer.metrics import grayscale
-from trainer.train import to_unit
 
 pytestmark = pytest.mark.integration
 IMAGES = 12

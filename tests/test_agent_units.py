@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.prepare import crop_box, sharpness
 from edge_agent.sources import (
     Backoff,
     FrameReader,
@@ -20,6 +19,8 @@ from edge_agent.sources import (
 )
 from edge_agent.spool import Spool
 from edge_agent.tracker import IouTracker, Verdict, iou_matrix
+from rllfpr.faces.detect import crop_box
+from rllfpr.faces.pixels import sharpness
 
 
 def box(x: float, y: float, side: float = 100.0) -> np.ndarray:

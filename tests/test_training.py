@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.nn import functional
 
+from rllfpr.faces.pixels import to_unit
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig, identity
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
@@ -26,7 +27,6 @@ from trainer.train import (
     moved,
     outputs_of,
     reconstruction_tap,
-    to_unit,
     train,
     tta_copies,
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognizer_service.vault import (
+from enrollment_station.vault import (
     PhotoVault,
     VaultError,
     VaultFace,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from rllfpr.faces.align import AlignmentError, align
 from rllfpr.faces.detect import FaceDetector, central_face
+from rllfpr.faces.pixels import load_rgb
 
 log = logging.getLogger(__name__)
 AlignMethod = Literal["mtcnn", "resize"]
@@ -55,11 +56,6 @@ def read_people_file(path: Path) -> list[str]:
     """Names from an LFW ``people*.txt`` file (first line: count; then ``name<TAB>n``)."""
     lines = path.read_text().splitlines()[1:]
     return [line.split()[0] for line in lines if line.strip()]
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclass

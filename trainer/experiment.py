@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllfpr.faces.pixels import to_unit
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.config import ExperimentConfig, TTAConfig
@@ -33,7 +34,6 @@ from trainer.train import (
     embed,
     moved,
     pick_device,
-    to_unit,
     train,
     tta_moves,
 )

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from rllfpr.faces.pixels import to_unit
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from trainer import hardware
 from trainer.data import AlignedFaces, Aligner, AlignMethod, list_identities, split_per_identity
@@ -26,7 +27,6 @@ from trainer.metrics import (
     majority_rate,
     nearest_neighbour_accuracy,
 )
-from trainer.train import to_unit
 
 CPU = torch.device("cpu")
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional
 from tqdm import tqdm
 
+from rllfpr.faces.pixels import to_unit
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
@@ -104,10 +105,6 @@ class FaceView:
 
     def __call__(self, faces: torch.Tensor) -> torch.Tensor:
         return from_pixels(self.pixels(faces))
-
-
-def to_unit(faces_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(faces_uint8).to(device).permute(0, 3, 1, 2).float().div(255.0)
 
 
 def batches(n: int, size: int, generator: torch.Generator | None) -> Iterator[np.ndarray]:

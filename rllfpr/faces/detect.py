@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+
+from rllfpr.wire.messages import CropBox
 
 MTCNN_SMALLEST_FACE = 12  # P-Net's window: MTCNN finds no smaller face at any scale
 
@@ -104,3 +107,15 @@ def central_face(detections: list[Detection], image_shape: tuple[int, ...]) -> D
         return float(np.linalg.norm(box_centre - centre)), -detection.size
 
     return min(detections, key=distance)
+
+
+def crop_box(box: np.ndarray, frame_shape: tuple[int, ...]) -> CropBox:
+    """The detection box rounded outwards to whole pixels and clipped to the frame."""
+    height, width = frame_shape[:2]
+    x1 = min(max(0, math.floor(float(box[0]))), width - 1)
+    y1 = min(max(0, math.floor(float(box[1]))), height - 1)
+    x2 = max(x1 + 1, min(width, math.ceil(float(box[2]))))
+    y2 = max(y1 + 1, min(height, math.ceil(float(box[3]))))
+    return CropBox(
+        x=x1, y=y1, width=x2 - x1, height=y2 - y1, frame_width=width, frame_height=height
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rllfpr.faces.pixels import to_unit
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.privacy.baselines.base import Properties, Protection
-from trainer.train import to_unit
 
 
 def scramble_faces(network: ScramblerNetwork, faces: np.ndarray, batch: int = 256) -> np.ndarray:

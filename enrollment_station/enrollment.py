@@ -17,14 +17,12 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
-from edge_agent.prepare import crop_box, sharpness
 from rllfpr.faces.align import AlignmentError, align
-from rllfpr.faces.detect import FaceDetector, central_face
+from rllfpr.faces.detect import FaceDetector, central_face, crop_box
+from rllfpr.faces.pixels import load_rgb, sharpness, to_unit
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import CropBox, FaceHeader, PixelFormat, utc_now
-from trainer.data import load_rgb
-from trainer.train import to_unit
 
 log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}

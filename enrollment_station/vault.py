@@ -25,14 +25,14 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from recognizer_service.enrollment import ScrambledFace
+from enrollment_station.enrollment import ScrambledFace
 from rllfpr.faces.align import align, similarity_transform
 from rllfpr.faces.detect import Detection
+from rllfpr.faces.pixels import to_unit
 from rllfpr.keys.material import KeyMaterialError
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire.messages import CropBox
 from rllfpr.wire.topics import level
-from trainer.train import to_unit
 
 MAGIC = b"RLPV"
 FORMAT_VERSION = 1

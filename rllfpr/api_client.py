@@ -1,5 +1,5 @@
-"""A client of the recognizer's HTTP API for the command line (standard library only, so that
-``rllfpr gallery list`` and ``erase`` answer without loading torch)."""
+"""A client of the recognizer's HTTP API (urllib; no torch, no HTTP library): the enrollment
+station's ``--via http`` and the ``gallery list`` / ``erase`` commands use it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ import json
 import urllib.error
 import urllib.request
 
+from rllfpr.config import Settings
+
 
 class ApiError(RuntimeError):
     """The recognizer's HTTP API refused a request or could not be reached."""
+
+
+def api_base(settings: Settings, api: str | None) -> str:
+    """The API's base URL: ``api`` when given, else ``recognizer.http_host:http_port``."""
+    options = settings.recognizer
+    return (api or f"http://{options.http_host}:{options.http_port}").rstrip("/")
+
+
+def api_token(settings: Settings) -> str | None:
+    token = settings.recognizer.api_token
+    return token.get_secret_value() if token else None
 
 
 def api_request(
