@@ -420,11 +420,17 @@ def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
     from rllfpr.local_services import mosquitto, redis_server
     from trainer.rotation import KeyPublisher
 
+    lfw = base.data / "lfw"
+    if not lfw.is_dir():
+        raise FileNotFoundError(
+            f"LFW not found at {lfw.resolve()}: point RLLFPR_DATA (or `data:` in the config "
+            "file) at the folder that holds lfw/ (see the README)"
+        )
     workspace = Workspace.for_config(base.cache)
     ensure_trainer_keys(workspace.trainer_keys)
     shutil.rmtree(workspace.run, ignore_errors=True)
     workspace.run.mkdir(parents=True)
-    people = cast(base.data / "lfw", corpus_people=80, enrolled_people=8, strangers=4)
+    people = cast(lfw, corpus_people=80, enrolled_people=8, strangers=4)
     started = time.monotonic()
     with mosquitto() as broker, redis_server() as store:
         console.print(f"Mosquitto on :{broker.port}, Redis 8 on :{store.port} (this run only)")

@@ -4,12 +4,14 @@ Precedence, lowest to highest: field defaults < YAML config file < environment v
 The config file is given explicitly (``load_settings(path)`` / ``--config``) or through
 ``RLLFPR_CONFIG``. Environment variables use the ``RLLFPR_`` prefix and ``__`` between nested
 sections, e.g. ``RLLFPR_MQTT__HOST=broker.local``. Unknown keys anywhere are an error, so a typo
-fails at start-up instead of silently falling back to a default.
+fails at start-up instead of silently falling back to a default; that holds for the environment
+too: an ``RLLFPR_`` variable that is neither a setting nor one of ``NOT_SETTINGS`` is refused.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +32,24 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "RLLFPR_CONFIG"
+
+# RLLFPR_ variables that are not settings: the config file, and those the scripts and the
+# compose files read. Any other RLLFPR_ variable that names no setting is refused.
+NOT_SETTINGS = frozenset(
+    {
+        CONFIG_FILE_ENV,
+        "RLLFPR_MOSQUITTO",  # rllfpr/local_services.py: the mosquitto binary (scripts/setup)
+        "RLLFPR_REDIS_SERVER",  # rllfpr/local_services.py, scripts/install-redis8
+        "RLLFPR_VENV",  # scripts/setup: where the virtual environment goes
+        "RLLFPR_PYTHON",  # scripts/setup: the Python that makes it
+        "RLLFPR_CERT_DAYS",  # deploy/compose/init-secrets.sh
+        "RLLFPR_UID",  # deploy/compose/.env: the containers' user
+        "RLLFPR_GID",
+        "RLLFPR_OFFLINE_KEYS",  # deploy/compose/.env: the trainer's offline key folder
+        "RLLFPR_TORCH_INDEX_URL",  # deploy/compose/.env: the image's torch wheels
+        "RLLFPR_IMAGE_TAG",  # deploy/compose/docker-compose.yml
+    }
+)
 _config_file: ContextVar[Path | None] = ContextVar("rllfpr_config_file", default=None)
 
 
@@ -394,9 +414,10 @@ class TrainerSettings(Section):
         description="Ed25519 private key (PEM, from `rllfpr keys init`) that signs bundles and "
         "key announcements; refused unless readable by its owner only.",
     )
-    rotation_config: Path = Field(
-        Path("configs/rotation.yaml"),
-        description="RotationConfig YAML: corpus, recipe and gates of every new epoch.",
+    rotation_config: Path | None = Field(
+        None,
+        description="RotationConfig YAML: corpus, recipe and gates of every new epoch "
+        "(`deploy/config/rotation.yaml` is the deployed one); `rllfpr keys rotate` needs it.",
     )
     work_directory: Path = Field(
         Path("~/.local/share/rllfpr/trainer"),
@@ -455,11 +476,41 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        unknown = unknown_environment(os.environ)
+        if unknown:
+            raise ConfigError(
+                f"unknown environment variable{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}: not a setting (`rllfpr config show` lists them; "
+                "sections take two underscores, e.g. RLLFPR_MQTT__HOST)"
+            )
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file.get()
         if config_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The ``RLLFPR_`` variables of ``environ`` that name no setting (a field, or a section
+    followed by ``__``, whose keys the section itself checks) and are not ``NOT_SETTINGS``."""
+    prefix = "RLLFPR_"
+    fields = {name.upper(): field for name, field in Settings.model_fields.items()}
+    sections = {
+        name
+        for name, field in fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+    unknown = []
+    for variable in environ:
+        upper = variable.upper()
+        if not upper.startswith(prefix) or upper in NOT_SETTINGS:
+            continue
+        name = upper[len(prefix) :]
+        section, nested, _ = name.partition("__")
+        if (nested and section in sections) or (not nested and name in fields):
+            continue
+        unknown.append(variable)
+    return sorted(unknown)
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -2,7 +2,10 @@
 
 Used by the integration tests and by the demo; production deployments use ``deploy/``.
 Binaries come from ``RLLFPR_MOSQUITTO`` / ``RLLFPR_REDIS_SERVER`` (written by
-``scripts/setup``) or ``PATH``.
+``scripts/setup``), ``PATH``, Debian's ``/usr/sbin/mosquitto``, or the Redis 8 that
+``scripts/install-redis8`` built into the cache (``$RLLFPR_CACHE``, else
+``$XDG_CACHE_HOME/rllfpr``, else ``~/.cache/rllfpr``), so that ``.venv/bin/rllfpr demo`` works
+without sourcing ``.venv/rllfpr.env``.
 """
 
 from __future__ import annotations
@@ -119,14 +122,51 @@ def redis_major_version(binary: str) -> int:
     return int(match.group(1))
 
 
+def built_redis_servers() -> list[Path]:
+    """The redis-server binaries scripts/install-redis8 built into the cache, newest first."""
+    cache = os.environ.get("RLLFPR_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rllfpr"
+    )
+    found = Path(cache).expanduser().glob("redis-*/bin/redis-server")
+    version = re.compile(r"redis-(\d+)\.(\d+)\.(\d+)$")
+
+    def release(binary: Path) -> tuple[int, ...]:
+        match = version.search(binary.parent.parent.name)
+        return tuple(int(part) for part in match.groups()) if match else (0,)
+
+    return sorted(found, key=release, reverse=True)
+
+
+def find_redis_server() -> str:
+    """A redis-server >= 8: ``RLLFPR_REDIS_SERVER`` if set (it must be one), else the first of
+    ``PATH`` and the cache's builds that is."""
+    chosen = os.environ.get("RLLFPR_REDIS_SERVER")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise ServiceError(f"RLLFPR_REDIS_SERVER={chosen} is not an executable file")
+        if (major := redis_major_version(chosen)) < 8:
+            raise ServiceError(
+                f"{chosen} is Redis {major}; vector sets need Redis >= 8 "
+                "(run scripts/install-redis8)"
+            )
+        return chosen
+    seen = []
+    for candidate in [shutil.which("redis-server"), *map(str, built_redis_servers())]:
+        if candidate and os.access(candidate, os.X_OK):
+            if redis_major_version(candidate) >= 8:
+                return candidate
+            seen.append(candidate)
+    older = f" ({', '.join(seen)}: older than 8)" if seen else ""
+    raise ServiceError(
+        f"no redis-server >= 8 found{older}: run scripts/setup (it builds one into the "
+        "cache), or set RLLFPR_REDIS_SERVER to a redis-server >= 8"
+    )
+
+
 @contextlib.contextmanager
 def redis_server(password: str | None = None) -> Iterator[Endpoint]:
     """Run a Redis >= 8 server (vector sets) on a free port, without persistence."""
-    binary = _find_binary("RLLFPR_REDIS_SERVER", "redis-server")
-    if (major := redis_major_version(binary)) < 8:
-        raise ServiceError(
-            f"{binary} is Redis {major}; vector sets need Redis >= 8 (run scripts/install-redis8)"
-        )
+    binary = find_redis_server()
     with tempfile.TemporaryDirectory(prefix="rllfpr-redis-") as workdir:
         port = free_port()
         log = Path(workdir) / "redis.log"

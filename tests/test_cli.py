@@ -133,3 +133,20 @@ def test_accuracy_tables_show_the_plain_photo_attack_and_skip_tta_blocks() -> No
     assert "plain-photo gallery" in text
     assert "key-A templates, key-B model's probes" in text
     assert "33.0%" in text
+
+
+def test_keys_rotate_without_a_rotation_config_says_which_setting(tmp_path: Path) -> None:
+    env = {"RLLFPR_KEYS__FLEET_KEY_FILE": str(tmp_path / "fleet.key")}
+    result = runner.invoke(app, ["keys", "rotate"], env=env)
+    assert result.exit_code == 2
+    assert "trainer.rotation_config" in result.output
+    assert "deploy/config/rotation.yaml" in result.output
+
+
+def test_demo_without_the_face_data_names_rllfpr_data(tmp_path: Path) -> None:
+    env = {"RLLFPR_DATA": str(tmp_path / "nowhere"), "RLLFPR_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(app, ["demo", "--output", str(tmp_path / "out")], env=env)
+    assert result.exit_code == 2
+    assert "RLLFPR_DATA" in result.output
+    assert str(tmp_path / "nowhere" / "lfw") in result.output.replace("\n", "")
+    assert not (tmp_path / "cache").exists()  # nothing started, nothing written

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from rllfpr.config import ConfigError, Settings, load_settings
+from rllfpr.config import NOT_SETTINGS, ConfigError, Settings, load_settings, unknown_environment
 
 
 def test_defaults_load_without_file_or_environment() -> None:
@@ -58,6 +58,48 @@ def test_typo_in_nested_environment_variable_fails(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RLLFPR_MQTT__HOTS", "broker")
     with pytest.raises(ConfigError, match="hots"):
         load_settings()
+
+
+@pytest.mark.parametrize("name", ["RLLFPR_HOTS", "RLLFPR_MQTT_HOST", "rllfpr_mqtt_port"])
+def test_an_environment_variable_that_is_no_setting_fails(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "x")
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+def test_settings_and_the_scripts_own_variables_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in NOT_SETTINGS - {"RLLFPR_CONFIG"}:
+        monkeypatch.setenv(name, "anything")
+    monkeypatch.setenv("RLLFPR_DATA", str(tmp_path))
+    monkeypatch.setenv("RLLFPR_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("RLLFPR_MQTT__HOST", "broker.local")
+    monkeypatch.setenv("RLLFPR_AGENT", '{"site": "hall"}')  # a whole section as JSON
+    settings = load_settings()
+    assert (settings.data, settings.log_level) == (tmp_path, "DEBUG")
+    assert (settings.mqtt.host, settings.agent.site) == ("broker.local", "hall")
+
+
+def test_the_scripts_variables_are_the_allowed_ones() -> None:
+    """Every RLLFPR_ variable the scripts and deployment files read is a setting or allowed."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.joinpath("scripts").iterdir(), *root.joinpath("deploy").rglob("*")]
+    files += [root / "rllfpr" / "local_services.py", root / ".ci" / "run"]
+    names = set()
+    for path in files:
+        if path.is_file() and path.suffix not in {".png", ".pem", ".key"}:
+            names |= set(re.findall(r"RLLFPR_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="ignore")))
+    assert names  # the scan found the scripts' variables
+    assert unknown_environment(dict.fromkeys(names, "x")) == []
+
+
+def test_rotation_config_has_no_default_that_does_not_exist() -> None:
+    assert load_settings().trainer.rotation_config is None
 
 
 def _undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import redis
 
+from rllfpr import local_services
 from rllfpr.local_services import Endpoint
 
 pytestmark = pytest.mark.integration
@@ -59,3 +62,22 @@ def test_removing_an_element_and_a_whole_epoch(store: redis.Redis) -> None:
     assert vectors.vcard(key) == 1
     store.unlink(key)
     assert store.exists(key) == 0
+
+
+def test_the_redis_that_setup_built_is_found_without_the_environment_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.venv/bin/rllfpr demo` without sourcing .venv/rllfpr.env: the cache's build is used."""
+    real = local_services.find_redis_server()  # the test environment's Redis 8
+    build = tmp_path / "redis-8.0.2" / "bin"
+    build.mkdir(parents=True)
+    (build / "redis-server").symlink_to(real)
+    monkeypatch.delenv("RLLFPR_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("RLLFPR_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert local_services.find_redis_server() == str(build / "redis-server")
+    with local_services.redis_server() as endpoint:
+        assert redis.Redis(port=endpoint.port).ping()
+    monkeypatch.setenv("RLLFPR_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(local_services.ServiceError, match="scripts/setup"):
+        local_services.find_redis_server()

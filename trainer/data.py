@@ -41,7 +41,10 @@ def list_identities(
     """Identity -> sorted image files (the first ``max_images``), for the first
     ``max_identities`` identities (sorted by name) with at least ``min_images`` images."""
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
+        raise FileNotFoundError(
+            f"dataset folder not found: {root.resolve()} (datasets are found under the `data` "
+            "setting: RLLFPR_DATA, or `data:` in the config file)"
+        )
     identities = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(

@@ -96,7 +96,16 @@ def keys_rotate(
     scope = scope or settings.keys.scope
     if settings.keys.fleet_key_file is None:
         raise fail("no fleet key configured (keys.fleet_key_file)")
-    rotation = RotationConfig.from_yaml(settings.trainer.rotation_config)
+    path = settings.trainer.rotation_config
+    if path is None:
+        raise fail(
+            "no rotation config (trainer.rotation_config): the corpus, recipe and gates of a "
+            "new epoch; the deployed one is deploy/config/rotation.yaml"
+        )
+    try:
+        rotation = RotationConfig.from_yaml(path)
+    except (OSError, ValueError) as error:
+        raise fail(f"cannot read the rotation config {path}: {error}") from error
     store = ModelStore(settings.recognizer.model_store)
     built = _built_epochs(settings, scope)
     epoch = max(built + store.epochs(scope) + [0]) + 1
