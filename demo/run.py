@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
+import yaml
 from rich.console import Console
 
 from demo.people import Cast, Visit, cast
@@ -40,29 +41,11 @@ from trainer import hardware
 log = logging.getLogger(__name__)
 SCOPE = "fleet"
 SITE, CAMERA = "lobby", "cam-1"
-GRACE_S = 5
 
-# The trainer's recipe for the demo's two epochs: small enough for two CPU cores (no
-# distillation: its teacher would double the training time), hence a modest accuracy floor.
-ROTATION = {
-    "experiment": {
-        "name": "demo",
-        "data": {"dataset": "lfw", "alignment": "mtcnn", "size": 64, "min_images": 10,
-                 "max_images": 12, "max_identities": 80, "test_fraction": 0.3},
-        "scrambler": {"levels": 5, "widths": [16, 32, 64, 64, 64]},
-        "recognizer": {"backbone": "compact", "input_size": 64},
-        "augment": {"flip": True, "shift": 2},
-        "optim": {"optimizer": "adamw", "lr": 0.003, "epochs": 20, "batch_size": 64},
-        "loss": {"scale": 30, "margin": 0.35},
-        "device": "cpu",
-    },
-    "fine_tune_epochs": 0,  # epoch 2 from scratch, as deploy/config/rotation.yaml
-    "calibration_people": 0.25,
-    "accuracy_floor": 0.15,
-    "cross_key_margin": 0.05,
-    "target_fpir": 0.05,
-    "grace_s": GRACE_S,
-}  # fmt: skip
+# The trainer's recipe for the demo's two epochs, shared with trainer.studies.rotation_linkage.
+ROTATION_FILE = Path(__file__).resolve().parents[1] / "configs" / "rotation-demo.yaml"
+ROTATION: dict[str, Any] = yaml.safe_load(ROTATION_FILE.read_text())
+GRACE_S: int = ROTATION["grace_s"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ the recognizer's HTTP API). The station's ``gallery enroll / keep / reenroll`` l
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -136,35 +135,6 @@ def publish(
         f"published scope {scope} epoch {epoch}: recognizer {info.recognizer_id} "
         f"(seal this id into the epoch's key bundle)"
     )
-
-
-@recognizer_app.command("calibrate")
-def calibrate(
-    experiment: Path = typer.Argument(..., exists=True, dir_okay=False, help="Experiment YAML."),
-    runs: Path = typer.Option(Path("runs"), help="Where the experiment's runs are (or go)."),
-    output: Path = typer.Option(
-        Path("docs/results/openset-lfw.json"), help="Results JSON (a .md is written beside)."
-    ),
-    target_fpir: float = typer.Option(0.1, min=0.0, max=1.0, help="FPIR to calibrate for."),
-    seed: int = typer.Option(0, help="Seed of the split of people."),
-    publish_epoch: int | None = typer.Option(
-        None, help="Also publish the scrambled recognizer with its calibration as this epoch."
-    ),
-    scope: str = typer.Option("fleet", help="Key scope when publishing."),
-    config: Path | None = ConfigOption,
-) -> None:
-    """Open-set identification on LFW people never seen in training: calibrate the threshold on
-    some people, report FNIR/FPIR on others (original and scrambled faces)."""
-    from recognizer_service.calibration_study import markdown, run_study
-
-    settings = settings_or_fail(config)
-    command = f"rllfpr recognizer calibrate {experiment} --target-fpir {target_fpir} --seed {seed}"
-    result = run_study(experiment, settings, runs, target_fpir, seed, command, publish_epoch, scope)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    output.with_suffix(".md").write_text(markdown(result))
-    console.print_json(json.dumps(result["test"]))
-    console.print(f"written: {output} and {output.with_suffix('.md')}")
 
 
 @gallery_app.command("list")

@@ -17,7 +17,7 @@ from recognizer_service.cli import gallery_app, recognizer_app
 from rllfpr import __version__
 from rllfpr.cli_support import ConfigOption, console, fail, settings_or_fail
 from rllfpr.keys import bundle, material
-from trainer.cli import eval_app, train
+from trainer.cli import eval_app, recognizer_calibrate, train
 from trainer.keys_cli import keys_activate, keys_revoke, keys_rotate, keys_status
 
 app = typer.Typer(
@@ -127,6 +127,7 @@ keys_app.command("revoke")(keys_revoke)
 keys_app.command("status")(keys_status)
 app.add_typer(eval_app, name="eval")
 app.add_typer(agent_app, name="agent")
+recognizer_app.command("calibrate")(recognizer_calibrate)
 app.add_typer(recognizer_app, name="recognizer")
 gallery_app.command("enroll")(enroll)
 gallery_app.command("keep")(keep)

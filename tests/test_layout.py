@@ -24,12 +24,6 @@ COMMAND_MODULES = {
     "demo.run",
 }
 STUDIES = "trainer.studies"
-# Imports that break the rules today and are being moved (issue 24); empty when done.
-KNOWN: set[tuple[str, str]] = {
-    ("recognizer_service.calibration_study", "trainer"),
-    ("trainer.rotation", "recognizer_service"),
-    ("trainer.rotation_linkage", "demo"),
-}
 
 
 def module_name(path: Path) -> str:
@@ -85,7 +79,7 @@ def violations() -> list[str]:
         f"{importer} imports {imported}"
         for importer, imports in graph().items()
         for imported in imports
-        if not allowed(importer, imported) and (importer, imported.split(".")[0]) not in KNOWN
+        if not allowed(importer, imported)
     )
 
 
@@ -122,16 +116,6 @@ def test_the_rules(importer: str, imported: str, expected: bool) -> None:
 
 def test_every_import_follows_the_rules() -> None:
     assert violations() == []
-
-
-def test_every_known_exception_still_exists() -> None:
-    seen = {
-        (importer, imported.split(".")[0])
-        for importer, imports in graph().items()
-        for imported in imports
-        if not allowed(importer, imported)
-    }
-    assert seen >= KNOWN, f"fixed, remove from KNOWN: {KNOWN - seen}"
 
 
 def test_the_image_holds_every_package_the_command_line_imports() -> None:

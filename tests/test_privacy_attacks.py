@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.privacy import questionnaire
-from trainer.privacy.attacks.inversion import UNet, train_decoder
-from trainer.privacy.attacks.revocation import equal_error_rate, match, template_scores
-from trainer.privacy.attacks.unlinkability import linkability
-from trainer.privacy.config import InversionConfig
-from trainer.privacy.goals import Goal
+from trainer.studies.privacy import questionnaire
+from trainer.studies.privacy.attacks.inversion import UNet, train_decoder
+from trainer.studies.privacy.attacks.revocation import equal_error_rate, match, template_scores
+from trainer.studies.privacy.attacks.unlinkability import linkability
+from trainer.studies.privacy.config import InversionConfig
+from trainer.studies.privacy.goals import Goal
 
 
 def test_identical_score_distributions_are_unlinkable() -> None:

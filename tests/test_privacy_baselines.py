@@ -6,18 +6,24 @@ import numpy as np
 import pytest
 
 from trainer.metrics import adjacent_correlation
-from trainer.privacy.baselines.aes import AesCtr, AesEcb, crypt_ctr, decrypt_ecb, encrypt_ecb
-from trainer.privacy.baselines.arnold import Arnold, arnold, period, recover_iterations
-from trainer.privacy.baselines.base import Standardizer, grey_pixels
-from trainer.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
-from trainer.privacy.baselines.noise import AdditiveNoise
-from trainer.privacy.baselines.partialface import (
+from trainer.studies.privacy.baselines.aes import (
+    AesCtr,
+    AesEcb,
+    crypt_ctr,
+    decrypt_ecb,
+    encrypt_ecb,
+)
+from trainer.studies.privacy.baselines.arnold import Arnold, arnold, period, recover_iterations
+from trainer.studies.privacy.baselines.base import Standardizer, grey_pixels
+from trainer.studies.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
+from trainer.studies.privacy.baselines.noise import AdditiveNoise
+from trainer.studies.privacy.baselines.partialface import (
     PartialFace,
     block_dct,
     block_idct,
     zigzag_order,
 )
-from trainer.privacy.metrics import grey_histogram
+from trainer.studies.privacy.metrics import grey_histogram
 
 KEY = bytes(range(32))
 

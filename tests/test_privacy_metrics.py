@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer.metrics import adjacent_correlation
-from trainer.privacy import metrics
+from trainer.studies.privacy import metrics
 
 
 def smooth_faces(count: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:

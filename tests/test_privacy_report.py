@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from rllfpr.cli import app
-from trainer.privacy.config import PrivacyConfig
-from trainer.privacy.report import render
+from trainer.studies.privacy.config import PrivacyConfig
+from trainer.studies.privacy.report import render
 
 TINY: dict[str, Any] = {
     "name": "tiny-privacy",
@@ -123,9 +123,9 @@ def test_eval_privacy_reports_a_bad_config(tmp_path: Path) -> None:
 def test_sn_variants_are_measured_against_the_same_questions(
     data_root: Path, tmp_path: Path
 ) -> None:
-    from trainer.privacy.evaluation import victims
-    from trainer.privacy.sn_variants import measure_variants
-    from trainer.privacy.sn_variants import render as render_variants
+    from trainer.studies.privacy.evaluation import victims
+    from trainer.studies.privacy.sn_variants import measure_variants
+    from trainer.studies.privacy.sn_variants import render as render_variants
 
     config = PrivacyConfig.model_validate(
         TINY

@@ -11,7 +11,6 @@ import torch
 
 from recognizer_service.decision import Observation, decide, observe
 from recognizer_service.gallery import Hit
-from recognizer_service.openset import Searches, calibrate, rates, subject_scores, threshold_for
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.store import (
     ModelStore,
@@ -19,6 +18,7 @@ from rllfpr.models.store import (
     OpenSetCalibration,
     publish_checkpoint,
 )
+from rllfpr.openset import Searches, calibrate, rates, subject_scores, threshold_for
 
 TINY = RecognizerConfig(backbone="compact", input_size=32, embedding_dim=16)
 

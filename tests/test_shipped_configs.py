@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ExperimentConfig
-from trainer.privacy.config import PrivacyConfig
-from trainer.study import StudyConfig
+from trainer.studies.design import StudyConfig
+from trainer.studies.privacy.config import PrivacyConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

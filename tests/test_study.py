@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from trainer.config import DataConfig
 from trainer.data import Aligner, list_identities
 from trainer.report import merge
-from trainer.study import (
+from trainer.studies.design import (
     Pack,
     StudyConfig,
     StudyRun,

@@ -1,4 +1,5 @@
-"""``rllfpr train`` and ``rllfpr eval``: the trainer's commands."""
+"""``rllfpr train``, ``rllfpr eval`` and ``rllfpr recognizer calibrate``: the trainer's commands
+(``rllfpr.cli`` puts ``calibrate`` beside the recognizer's own commands)."""
 
 from __future__ import annotations
 
@@ -157,10 +158,10 @@ def eval_privacy(
     revocation attacks; writes the report, its JSON and its figures."""
     from pydantic import ValidationError
 
-    from trainer.privacy.config import PrivacyConfig
-    from trainer.privacy.evaluation import run_privacy
-    from trainer.privacy.goals import check
-    from trainer.privacy.report import write
+    from trainer.studies.privacy.config import PrivacyConfig
+    from trainer.studies.privacy.evaluation import run_privacy
+    from trainer.studies.privacy.goals import check
+    from trainer.studies.privacy.report import write
 
     settings = settings_or_fail(config)
     try:
@@ -257,3 +258,31 @@ def _print_screen(result: dict[str, Any]) -> None:
         )
     table.add_row("chance (majority class)", f"{result['chance']['majority_class']:.1%}", "")
     console.print(table)
+
+
+def recognizer_calibrate(
+    experiment: Path = typer.Argument(..., exists=True, dir_okay=False, help="Experiment YAML."),
+    runs: Path = typer.Option(Path("runs"), help="Where the experiment's runs are (or go)."),
+    output: Path = typer.Option(
+        Path("docs/results/openset-lfw.json"), help="Results JSON (a .md is written beside)."
+    ),
+    target_fpir: float = typer.Option(0.1, min=0.0, max=1.0, help="FPIR to calibrate for."),
+    seed: int = typer.Option(0, help="Seed of the split of people."),
+    publish_epoch: int | None = typer.Option(
+        None, help="Also publish the scrambled recognizer with its calibration as this epoch."
+    ),
+    scope: str = typer.Option("fleet", help="Key scope when publishing."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Open-set identification on LFW people never seen in training: calibrate the threshold on
+    some people, report FNIR/FPIR on others (original and scrambled faces)."""
+    from trainer.studies.openset import markdown, run_study
+
+    settings = settings_or_fail(config)
+    command = f"rllfpr recognizer calibrate {experiment} --target-fpir {target_fpir} --seed {seed}"
+    result = run_study(experiment, settings, runs, target_fpir, seed, command, publish_epoch, scope)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown(result))
+    console.print_json(json.dumps(result["test"]))
+    console.print(f"written: {output} and {output.with_suffix('.md')}")

@@ -205,8 +205,7 @@ def calibrate_open_set(
     config: RotationConfig, recognizer: Recognizer, key: ScramblerNetwork, people: AlignedFaces
 ) -> tuple[OpenSetCalibration, dict[str, float]]:
     """Threshold and margin from one half of the held-out people; rates on the other half."""
-    from recognizer_service.calibration_study import searches_of, split_people
-    from recognizer_service.openset import calibrate, rates
+    from rllfpr.openset import calibrate, rates, searches_of, split_people
 
     view = FaceView("scrambled", key, pick_device(config.experiment.device))
     embeddings = embed(recognizer, view, people.faces)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from trainer.privacy.baselines.base import Properties, Protection, grey_pixels
+from trainer.studies.privacy.baselines.base import Properties, Protection, grey_pixels
 
 _BLOCK = 16
 

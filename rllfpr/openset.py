@@ -12,6 +12,15 @@ Definitions (NIST FRVT 1:N terms), with the decision rule of ``decision.py`` at 
 Calibration picks, on calibration people only, the margin (from a grid) and the lowest
 threshold whose FPIR does not exceed the target, minimizing FNIR; a separate set of people then
 measures both rates honestly.
+
+The split of evaluation people (``split_people``), used by the rotation gate and the LFW
+open-set study (``trainer.studies.openset``): the people are shuffled and split into two
+disjoint halves, calibration and test. In each half, half of the people with at least two
+photos are known: their first photos (two when they have three or more, else one) are
+enrolled, the rest (at most 8) are mated searches. Everyone else in the half, every
+single-photo person included, is unknown, never enrolled: their photos (at most 3) are
+non-mated searches. Tracks: 3 photos of one person, scored by the mean of their subject
+scores (as the service decides a track), for people with enough photos.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import numpy as np
 
 from rllfpr.models.store import OpenSetCalibration
 
+MAX_PROBES = 8
+MAX_UNKNOWN_PHOTOS = 3
+TRACK_FACES = 3
 DEFAULT_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15)
 _EPSILON = 1e-6
 
@@ -125,3 +137,75 @@ def fnir_at_fpir(
         )["fnir"]
         for target in targets
     }
+
+
+@dataclass(frozen=True)
+class Half:
+    """One half of the evaluation people, as indices into the evaluation faces."""
+
+    gallery: np.ndarray
+    gallery_labels: np.ndarray  # subject column of each template
+    mated: np.ndarray
+    mated_labels: np.ndarray
+    non_mated: np.ndarray
+    mated_tracks: list[tuple[np.ndarray, int]]  # (face indices, subject column)
+    non_mated_tracks: list[np.ndarray]
+    subjects: int
+
+
+def _split_half(people: list[np.ndarray]) -> Half:
+    multi = [faces for faces in people if len(faces) >= 2]
+    known = multi[: len(multi) // 2]
+    known_ids = {id(faces) for faces in known}
+    unknown = [faces for faces in people if id(faces) not in known_ids]
+    gallery, gallery_labels, mated, mated_labels, mated_tracks = [], [], [], [], []
+    for subject, faces in enumerate(known):
+        enrolled = 2 if len(faces) >= 3 else 1
+        gallery += faces[:enrolled].tolist()
+        gallery_labels += [subject] * enrolled
+        probes = faces[enrolled : enrolled + MAX_PROBES]
+        mated += probes.tolist()
+        mated_labels += [subject] * len(probes)
+        if len(probes) >= TRACK_FACES:
+            mated_tracks.append((probes[:TRACK_FACES], subject))
+    non_mated = [i for faces in unknown for i in faces[:MAX_UNKNOWN_PHOTOS]]
+    non_mated_tracks = [faces[:TRACK_FACES] for faces in unknown if len(faces) >= TRACK_FACES]
+    return Half(
+        np.array(gallery),
+        np.array(gallery_labels),
+        np.array(mated),
+        np.array(mated_labels),
+        np.array(non_mated),
+        mated_tracks,
+        non_mated_tracks,
+        len(known),
+    )
+
+
+def split_people(labels: np.ndarray, seed: int) -> dict[str, Half]:
+    """Calibration and test halves of disjoint people, as the module docstring describes."""
+    rng = np.random.default_rng(seed)
+    people = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    order = rng.permutation(len(people))
+    halves = ([people[i] for i in order[0::2]], [people[i] for i in order[1::2]])
+    return {"calibration": _split_half(halves[0]), "test": _split_half(halves[1])}
+
+
+def searches_of(embeddings: np.ndarray, half: Half) -> Searches:
+    """Face-level searches of a half: its mated probes and its unknown people."""
+    gallery = embeddings[half.gallery]
+    probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
+    mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
+    return Searches(subject_scores(gallery, half.gallery_labels, probes, half.subjects), mates)
+
+
+def track_searches(embeddings: np.ndarray, half: Half) -> Searches:
+    """Each track's subject scores: the mean of its faces' scores (the service's consensus)."""
+    gallery = embeddings[half.gallery]
+    tracks = [(faces, subject) for faces, subject in half.mated_tracks]
+    tracks += [(faces, -1) for faces in half.non_mated_tracks]
+    scores = [
+        subject_scores(gallery, half.gallery_labels, embeddings[faces], half.subjects).mean(0)
+        for faces, _ in tracks
+    ]
+    return Searches(np.array(scores), np.array([subject for _, subject in tracks]))

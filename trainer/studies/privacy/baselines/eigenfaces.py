@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 
-from trainer.privacy.baselines.base import Properties, Protection, grey_pixels
+from trainer.studies.privacy.baselines.base import Properties, Protection, grey_pixels
 
 
 class Eigenfaces(Protection):

@@ -133,15 +133,15 @@ class PrivacyConfig(Strict):
     sn_variants: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: dict(SN_VARIANTS),
         description="SN settings (ScramblerConfig overrides of the experiment's SN) whose image "
-        "metrics and machine questionnaire `python -m trainer.privacy.sn_variants` measures "
-        "without training (the questionnaire's recognizer sees original faces only).",
+        "metrics and machine questionnaire `python -m trainer.studies.privacy.sn_variants` "
+        "measures without training (the questionnaire's recognizer sees original faces only).",
     )
     copy_means: list[TTAConfig] = Field(
         default_factory=list,
         description="Several scrambles of one face (test-time augmentation, issue 4): for each "
-        "setting, `python -m trainer.privacy.sn_variants` also measures, with the experiment's "
-        "SN, the mean of a face's copies moved back (what an observer who knows the moves "
-        "would average).",
+        "setting, `python -m trainer.studies.privacy.sn_variants` also measures, with the "
+        "experiment's SN, the mean of a face's copies moved back (what an observer who knows "
+        "the moves would average).",
     )
     seed: int = Field(0, description="Seed of question, pair and sample draws.")
 

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from trainer.privacy.attacks.unlinkability import Linkability
-from trainer.privacy.evaluation import Figures
+from trainer.studies.privacy.attacks.unlinkability import Linkability
+from trainer.studies.privacy.evaluation import Figures
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.privacy.baselines.base import Properties, Protection, grey_pixels
+from trainer.studies.privacy.baselines.base import Properties, Protection, grey_pixels
 
 
 class AdditiveNoise(Protection):

@@ -23,9 +23,9 @@ from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
 from trainer.config import ExperimentConfig, identity
 from trainer.data import AlignedFaces
 from trainer.evaluate import closed_set
-from trainer.privacy.baselines.base import Protection
-from trainer.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
-from trainer.privacy.config import BaselineConfig, Method
+from trainer.studies.privacy.baselines.base import Protection
+from trainer.studies.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
+from trainer.studies.privacy.config import BaselineConfig, Method
 from trainer.train import FaceView, TrainResult, train
 
 

@@ -7,7 +7,7 @@ import torch
 
 from rllfpr.faces.pixels import to_unit
 from rllfpr.models.scrambler import ScramblerNetwork
-from trainer.privacy.baselines.base import Properties, Protection
+from trainer.studies.privacy.baselines.base import Properties, Protection
 
 
 def scramble_faces(network: ScramblerNetwork, faces: np.ndarray, batch: int = 256) -> np.ndarray:

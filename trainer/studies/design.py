@@ -2,13 +2,15 @@
 
 Two steps, because the GPU machine has neither the datasets nor MTCNN's dependencies:
 
-1. ``python -m trainer.study pack runs/study-pack/lfw.npz`` (here): aligns the LFW closed-set
-   subset and LFW View 1 with MTCNN (cached) and stores every aligned face once, as JPEG.
-2. ``python -m trainer.study run configs/study/design.yaml runs/study-pack/lfw.npz OUT`` (on
-   the GPU): screens each variant on the closed-set protocol at the screen size, then confirms
-   the best one that passes the privacy screen at full size (closed set with both keys, then
-   View 1). Every result is appended to ``OUT/results.jsonl`` as soon as it exists, so a time
-   limit keeps what finished; ``python -m trainer.study report`` turns it into the table.
+1. ``python -m trainer.studies.design pack runs/study-pack/lfw.npz`` (here): aligns the LFW
+   closed-set subset and LFW View 1 with MTCNN (cached) and stores every aligned face once, as
+   JPEG.
+2. ``python -m trainer.studies.design run configs/study/design.yaml runs/study-pack/lfw.npz
+   OUT`` (on the GPU): screens each variant on the closed-set protocol at the screen size, then
+   confirms the best one that passes the privacy screen at full size (closed set with both keys,
+   then View 1). Every result is appended to ``OUT/results.jsonl`` as soon as it exists, so a
+   time limit keeps what finished; ``python -m trainer.studies.design report`` turns it into the
+   table.
 """
 
 from __future__ import annotations

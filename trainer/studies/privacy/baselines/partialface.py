@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.privacy.baselines.base import Properties, Protection, Standardizer, grey_pixels
+from trainer.studies.privacy.baselines.base import Properties, Protection, Standardizer, grey_pixels
 
 
 def zigzag_order(block: int) -> list[tuple[int, int]]:

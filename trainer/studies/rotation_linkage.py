@@ -6,7 +6,8 @@ demo's corpus and recipe: once with each epoch trained from its own fresh seed (
 For each, epoch 2's gate report gives the template linkage: epoch 1's gallery probed with
 epoch 2's embeddings of epoch-2 scrambles of held-out corpus faces.
 
-    python -m trainer.rotation_linkage docs/results/rotation-linkage.json [--fine-tune-epochs 6]
+    python -m trainer.studies.rotation_linkage docs/results/rotation-linkage.json \
+        [--fine-tune-epochs 6]
 
 The gates are measured, not enforced here (``cross_key_margin`` 1.0), so that a linked
 fine-tuned epoch is reported instead of refused.
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from demo.run import ROTATION
 from rllfpr.config import load_settings
 from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
@@ -31,6 +32,9 @@ from trainer import hardware
 from trainer.experiment import load_dataset
 from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
 from trainer.train import pick_device
+
+# The demo's recipe (demo/run.py reads the same file).
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "rotation-demo.yaml"
 
 
 def two_epochs(builder: EpochBuilder, scope: str) -> dict[str, Any]:
@@ -41,9 +45,9 @@ def two_epochs(builder: EpochBuilder, scope: str) -> dict[str, Any]:
     return {"fine_tuned": second.report["fine_tuned"], "gates": second.report["gates"]}
 
 
-def measure(fine_tune_epochs: int, work: Path) -> dict[str, Any]:
+def measure(recipe: dict[str, Any], fine_tune_epochs: int, work: Path) -> dict[str, Any]:
     settings = load_settings(None)
-    base = RotationConfig.model_validate(ROTATION | {"cross_key_margin": 1.0})
+    base = RotationConfig.model_validate(recipe | {"cross_key_margin": 1.0})
     corpus = load_dataset(base.experiment, settings.data, settings.cache)
     store = ModelStore(work / "models")
     signing, fleet = Ed25519PrivateKey.generate(), material.FleetKey.generate()
@@ -61,13 +65,14 @@ def main() -> None:
     parser.add_argument("output", type=Path, help="JSON to write")
     parser.add_argument("--fine-tune-epochs", type=int, default=6, help="the demo's former value")
     arguments = parser.parse_args()
+    recipe = yaml.safe_load(RECIPE.read_text())
     with tempfile.TemporaryDirectory() as work:
-        results = measure(arguments.fine_tune_epochs, Path(work))
+        results = measure(recipe, arguments.fine_tune_epochs, Path(work))
     document = {
-        "command": f"python -m trainer.rotation_linkage {arguments.output} "
+        "command": f"python -m trainer.studies.rotation_linkage {arguments.output} "
         f"--fine-tune-epochs {arguments.fine_tune_epochs}",
         "hardware": hardware.describe(pick_device("cpu")),
-        "recipe": ROTATION,
+        "recipe": recipe,
         "results": results,
     }
     arguments.output.write_text(json.dumps(document, indent=2) + "\n")

@@ -16,15 +16,22 @@ test half. Tracks: the same operating point applied to the consensus of 3 photos
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recognizer_service.openset import Searches, calibrate, fnir_at_fpir, rates, subject_scores
 from rllfpr.config import Settings
 from rllfpr.models.store import ModelStore, OpenSetCalibration
+from rllfpr.openset import (
+    Half,
+    calibrate,
+    fnir_at_fpir,
+    rates,
+    searches_of,
+    split_people,
+    track_searches,
+)
 from trainer import hardware
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, Aligner, list_identities, read_people_file
@@ -33,82 +40,7 @@ from trainer.train import FaceView, embed, pick_device, train
 
 log = logging.getLogger(__name__)
 MAX_PHOTOS = 10
-MAX_PROBES = 8
-MAX_UNKNOWN_PHOTOS = 3
-TRACK_FACES = 3
 FPIR_POINTS = (0.01, 0.05, 0.1, 0.2)
-
-
-@dataclass(frozen=True)
-class Half:
-    """One half of the evaluation people, as indices into the evaluation faces."""
-
-    gallery: np.ndarray
-    gallery_labels: np.ndarray  # subject column of each template
-    mated: np.ndarray
-    mated_labels: np.ndarray
-    non_mated: np.ndarray
-    mated_tracks: list[tuple[np.ndarray, int]]  # (face indices, subject column)
-    non_mated_tracks: list[np.ndarray]
-    subjects: int
-
-
-def _split_half(people: list[np.ndarray]) -> Half:
-    multi = [faces for faces in people if len(faces) >= 2]
-    known = multi[: len(multi) // 2]
-    known_ids = {id(faces) for faces in known}
-    unknown = [faces for faces in people if id(faces) not in known_ids]
-    gallery, gallery_labels, mated, mated_labels, mated_tracks = [], [], [], [], []
-    for subject, faces in enumerate(known):
-        enrolled = 2 if len(faces) >= 3 else 1
-        gallery += faces[:enrolled].tolist()
-        gallery_labels += [subject] * enrolled
-        probes = faces[enrolled : enrolled + MAX_PROBES]
-        mated += probes.tolist()
-        mated_labels += [subject] * len(probes)
-        if len(probes) >= TRACK_FACES:
-            mated_tracks.append((probes[:TRACK_FACES], subject))
-    non_mated = [i for faces in unknown for i in faces[:MAX_UNKNOWN_PHOTOS]]
-    non_mated_tracks = [faces[:TRACK_FACES] for faces in unknown if len(faces) >= TRACK_FACES]
-    return Half(
-        np.array(gallery),
-        np.array(gallery_labels),
-        np.array(mated),
-        np.array(mated_labels),
-        np.array(non_mated),
-        mated_tracks,
-        non_mated_tracks,
-        len(known),
-    )
-
-
-def split_people(labels: np.ndarray, seed: int) -> dict[str, Half]:
-    """Calibration and test halves of disjoint people (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    people = [np.flatnonzero(labels == label) for label in np.unique(labels)]
-    order = rng.permutation(len(people))
-    halves = ([people[i] for i in order[0::2]], [people[i] for i in order[1::2]])
-    return {"calibration": _split_half(halves[0]), "test": _split_half(halves[1])}
-
-
-def searches_of(embeddings: np.ndarray, half: Half) -> Searches:
-    """Face-level searches of a half: its mated probes and its unknown people."""
-    gallery = embeddings[half.gallery]
-    probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
-    mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
-    return Searches(subject_scores(gallery, half.gallery_labels, probes, half.subjects), mates)
-
-
-def _track_searches(embeddings: np.ndarray, half: Half) -> Searches:
-    """Each track's subject scores: the mean of its faces' scores (the service's consensus)."""
-    gallery = embeddings[half.gallery]
-    tracks = [(faces, subject) for faces, subject in half.mated_tracks]
-    tracks += [(faces, -1) for faces in half.non_mated_tracks]
-    scores = [
-        subject_scores(gallery, half.gallery_labels, embeddings[faces], half.subjects).mean(0)
-        for faces, _ in tracks
-    ]
-    return Searches(np.array(scores), np.array([subject for _, subject in tracks]))
 
 
 def _evaluate(embeddings: np.ndarray, halves: dict[str, Half], target_fpir: float) -> Any:
@@ -118,7 +50,7 @@ def _evaluate(embeddings: np.ndarray, halves: dict[str, Half], target_fpir: floa
         protocol=f"LFW peopleDevTest, calibration half; target FPIR {target_fpir}",
     )
     test = searches_of(embeddings, halves["test"])
-    tracks = _track_searches(embeddings, halves["test"])
+    tracks = track_searches(embeddings, halves["test"])
     point = (calibration.threshold, calibration.min_margin)
     return calibration, {
         "calibration": calibration.model_dump(mode="json"),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from rllfpr.models.scrambler import ScramblerNetwork
-from trainer.privacy.baselines.aes import AesCtr, AesEcb
-from trainer.privacy.baselines.arnold import Arnold
-from trainer.privacy.baselines.base import Original, Protection
-from trainer.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
-from trainer.privacy.baselines.noise import AdditiveNoise
-from trainer.privacy.baselines.partialface import PartialFace
-from trainer.privacy.baselines.scrambler import Scrambled
-from trainer.privacy.config import BaselineConfig, Method
+from trainer.studies.privacy.baselines.aes import AesCtr, AesEcb
+from trainer.studies.privacy.baselines.arnold import Arnold
+from trainer.studies.privacy.baselines.base import Original, Protection
+from trainer.studies.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
+from trainer.studies.privacy.baselines.noise import AdditiveNoise
+from trainer.studies.privacy.baselines.partialface import PartialFace
+from trainer.studies.privacy.baselines.scrambler import Scrambled
+from trainer.studies.privacy.config import BaselineConfig, Method
 
 
 def build(

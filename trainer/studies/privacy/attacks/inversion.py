@@ -3,7 +3,7 @@ pairs the attacker holds, then reconstructs faces of people it never saw.
 
 Input: the SN's wire pixels through ``from_pixels``; target: the grey face in [0, 1]; L1
 loss, Adam with cosine decay. Reconstructions are compared to the true grey faces with PSNR
-and SSIM (``trainer.privacy.metrics``); identity leakage is measured by the caller.
+and SSIM (``trainer.studies.privacy.metrics``); identity leakage is measured by the caller.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from rllfpr.models.scrambler import from_pixels
-from trainer.privacy.config import InversionConfig
+from trainer.studies.privacy.config import InversionConfig
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:

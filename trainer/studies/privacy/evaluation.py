@@ -30,17 +30,17 @@ from trainer.data import (
 from trainer.evaluate import closed_set
 from trainer.experiment import load_dataset, make_key
 from trainer.metrics import adjacent_correlation
-from trainer.privacy import metrics, questionnaire
-from trainer.privacy.attacks.inversion import Decoder, train_decoder
-from trainer.privacy.attacks.revocation import match
-from trainer.privacy.attacks.unlinkability import Linkability, linkability
-from trainer.privacy.baselines import Protection, build
-from trainer.privacy.baselines.arnold import period, recover_iterations
-from trainer.privacy.baselines.base import grey_pixels
-from trainer.privacy.baselines.eigenfaces import Eigenfaces
-from trainer.privacy.baselines.scrambler import scramble_faces
-from trainer.privacy.config import ALL_METHODS, Method, PrivacyConfig
-from trainer.privacy.recognition import (
+from trainer.studies.privacy import metrics, questionnaire
+from trainer.studies.privacy.attacks.inversion import Decoder, train_decoder
+from trainer.studies.privacy.attacks.revocation import match
+from trainer.studies.privacy.attacks.unlinkability import Linkability, linkability
+from trainer.studies.privacy.baselines import Protection, build
+from trainer.studies.privacy.baselines.arnold import period, recover_iterations
+from trainer.studies.privacy.baselines.base import grey_pixels
+from trainer.studies.privacy.baselines.eigenfaces import Eigenfaces
+from trainer.studies.privacy.baselines.scrambler import scramble_faces
+from trainer.studies.privacy.config import ALL_METHODS, Method, PrivacyConfig
+from trainer.studies.privacy.recognition import (
     Split,
     dp_sweep,
     embed_pixels,

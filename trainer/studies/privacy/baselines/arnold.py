@@ -12,7 +12,7 @@ from functools import cache
 
 import numpy as np
 
-from trainer.privacy.baselines.base import Properties, Protection, grey_pixels
+from trainer.studies.privacy.baselines.base import Properties, Protection, grey_pixels
 
 
 @cache

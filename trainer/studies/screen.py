@@ -1,6 +1,6 @@
 """Instant screens of SN variants, one factor at a time from the default key (issue 4).
 
-    python -m trainer.screen_study [OUTPUT_DIR]   (default docs/results/screen)
+    python -m trainer.studies.screen [OUTPUT_DIR]   (default docs/results/screen)
 
 Writes ``screen.json`` and ``screen.md``: raw-pixel 1-NN rank-1 on held-out faces and
 adjacent-pixel correlation, original vs scrambled, for each variant on ORL (64 px) and 600
@@ -60,7 +60,7 @@ def run_study(output: Path) -> dict[str, Any]:
                 "chance_majority": result["chance"]["majority_class"],
             }
     document = {
-        "command": "python -m trainer.screen_study",
+        "command": "python -m trainer.studies.screen",
         "hardware": hardware.describe(),
         "seed": 0,
         "variants": rows,
@@ -109,7 +109,7 @@ def render(document: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault(
-        "RLLFPR_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")
+        "RLLFPR_DATA", str(Path(__file__).resolve().parents[3] / "shared" / "data")
     )
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output", type=Path, nargs="?", default=Path("docs/results/screen"))
