@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,9 +27,9 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 CONFIG_FILE_ENV = "RLLFPR_CONFIG"
@@ -50,7 +51,11 @@ NOT_SETTINGS = frozenset(
         "RLLFPR_IMAGE_TAG",  # deploy/compose/docker-compose.yml
     }
 )
-_config_file: ContextVar[Path | None] = ContextVar("rllfpr_config_file", default=None)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded: no "billion laughs"
+_config_document: ContextVar[dict[str, Any] | None] = ContextVar(
+    "rllfpr_config_document", default=None
+)
 
 
 class ConfigError(ValueError):
@@ -484,9 +489,9 @@ class Settings(BaseSettings):
                 "sections take two underscores, e.g. RLLFPR_MQTT__HOST)"
             )
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = _config_file.get()
-        if config_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        document = _config_document.get()
+        if document is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=document))
         return tuple(sources)
 
 
@@ -513,6 +518,36 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
     return sorted(unknown)
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``; raises ``ConfigError`` for anything else: unreadable,
+    larger than ``MAX_CONFIG_BYTES``, not UTF-8, not YAML, not a mapping with string keys, or
+    expanding (through aliases) to more than ``MAX_CONFIG_NODES`` values."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        document = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections, not {type(document).__name__}"
+        )
+    pending: list[Any] = [document]
+    for _ in range(MAX_CONFIG_NODES):
+        if not pending:
+            return document
+        node = pending.pop()
+        if isinstance(node, dict):
+            if not all(isinstance(key, str) for key in node):
+                raise ConfigError(f"config file {path}: every key must be a string")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    raise ConfigError(f"config file {path} expands to more than {MAX_CONFIG_NODES} values")
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Load settings: defaults < ``config_file`` (or ``$RLLFPR_CONFIG``) < environment < overrides.
 
@@ -522,11 +557,11 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     resolved = Path(path).expanduser() if path else None
     if resolved is not None and not resolved.is_file():
         raise ConfigError(f"config file not found: {resolved}")
-    token = _config_file.set(resolved)
+    token = _config_document.set(read_config_file(resolved) if resolved else None)
     try:
         return Settings(**overrides)
     except ValueError as error:
         where = f" (config file {resolved})" if resolved else ""
         raise ConfigError(f"invalid configuration{where}:\n{error}") from error
     finally:
-        _config_file.reset(token)
+        _config_document.reset(token)

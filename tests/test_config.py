@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,42 @@ def test_invalid_or_unknown_keys_fail_fast(tmp_path: Path, text: str) -> None:
     config.write_text(text)
     with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"mqtt: [\n", "cannot read"),  # not YAML
+        (b"- 1\n- 2\n", "mapping of sections"),  # YAML, not a mapping
+        (b"42\n", "mapping of sections"),
+        (b"?\n", "key must be a string"),  # {None: None}
+        (b"mqtt:\n  1: x\n", "key must be a string"),
+        (b"mqtt: \xff\xfe\n", "cannot read"),  # not UTF-8
+        (b"\x00", "cannot read"),
+        (b"!!python/object:os.system {}\n", "cannot read"),  # no arbitrary objects
+    ],
+)
+def test_a_broken_config_file_is_a_config_error(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    """Found by fuzzing (tests/test_fuzz.py): these raised YAML, Type and Attribute errors."""
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(config)
+
+
+def test_a_config_file_that_expands_without_bound_is_refused_at_once(tmp_path: Path) -> None:
+    """YAML aliases nest a 500-byte file into 10^8 values ("billion laughs"); validating them
+    took 51 s before the loader bounded the expansion."""
+    lines = ["x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]" for i in range(1, 8)]
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join([*lines, "mqtt: {host: *x7}"]))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_settings(config)
+    assert time.monotonic() - started < 2.0
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.keys.bundle import BundleError
@@ -214,3 +216,24 @@ def test_a_production_key_with_a_63_bit_seed_survives_its_bundle() -> None:
     assert restored.seed == 2**63 - 1
     faces = torch.rand(2, 3, 32, 32)
     assert torch.equal(restored.scramble(faces), network.scramble(faces))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        b"",  # np.load raised EOFError
+        b"PK\x03\x04" + b"\0" * 40,  # a broken zip: zipfile.BadZipFile
+        b"\x93NUMPY\x01\x00",  # a lone .npy, not an archive
+        b"garbage",
+    ],
+)
+def test_a_signed_bundle_with_a_broken_state_archive_is_a_bundle_error(state: bytes) -> None:
+    """Found by fuzzing (tests/test_fuzz.py): a trusted signer's bundle whose encrypted state
+    is not an array archive raised EOFError and zipfile errors past the key ring."""
+    header = bundle.read_header(make_bundle()).model_dump_json().encode()
+    head = bundle._PREFIX.pack(bundle.MAGIC, bundle.FORMAT_VERSION, len(header)) + header
+    nonce = bytes.fromhex(json.loads(header)["nonce"])
+    ciphertext = AESGCM(FLEET.secret).encrypt(nonce, state, head)
+    body = head + bundle._LENGTH.pack(len(ciphertext)) + ciphertext
+    with pytest.raises(BundleError, match="not a valid array archive"):
+        bundle.open_bundle(body + SIGNER.sign(body), TRUSTED, {FLEET.key_id: FLEET})

@@ -18,6 +18,8 @@ import io
 import secrets
 import struct
 import uuid
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +41,16 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _PREFIX = struct.Struct(">4sHI")
 _LENGTH = struct.Struct(">I")
+# What reading a corrupt .npz can raise: zip structure, compression, .npy header, truncation.
+_ARCHIVE_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 class BundleError(ValueError):
@@ -79,10 +91,20 @@ def _pack_state(state: Mapping[str, np.ndarray]) -> bytes:
 
 
 def _unpack_state(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive: a zip of plain ``.npy`` members (never a pickle),
+    at most ``MAX_STATE_BYTES`` once uncompressed. Only signed bundles get here, yet a
+    malformed archive is a ``BundleError`` like any other defect."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as error:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except _ARCHIVE_ERRORS as error:
+        raise BundleError(f"bundle state is not a valid array archive: {error}") from error
+    if unpacked > MAX_STATE_BYTES:
+        raise BundleError(f"bundle state unpacks to more than {MAX_STATE_BYTES} bytes")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except _ARCHIVE_ERRORS as error:
         raise BundleError(f"bundle state is not a valid array archive: {error}") from error
 
 
