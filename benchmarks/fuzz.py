@@ -59,8 +59,8 @@ def main() -> int:
         if arguments.select:
             command += ["-k", arguments.select]
         environment = os.environ | {
-            "RLLFPR_FUZZ_EXAMPLES": str(examples),
-            "RLLFPR_FUZZ_STATS": str(stats_file),
+            "FUZZ_EXAMPLES": str(examples),
+            "FUZZ_STATS": str(stats_file),
             "OMP_NUM_THREADS": "1",
         }
         load_before = os.getloadavg()

@@ -9,10 +9,10 @@ The inputs are random bytes and, more usefully, valid messages mutated: fields r
 arbitrary JSON, length fields lied about, bytes flipped, inserted, cut; and payloads that carry
 a valid signature from a trusted key around garbage (what a compromised signer could send).
 
-The suite runs ``RLLFPR_FUZZ_EXAMPLES`` examples per property (default 150: a few thousand in
+The suite runs ``FUZZ_EXAMPLES`` examples per property (default 150: a few thousand in
 all, a few seconds). ``python benchmarks/fuzz.py --long`` runs 100,000 per property with a
 recorded seed (``docs/results/reliability.md``); it reads the per-property counts this module
-writes to ``RLLFPR_FUZZ_STATS``.
+writes to ``FUZZ_STATS``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from tests.test_recognizer_service import model_store as model_store
 from tests.test_recognizer_service import start_service as start_service
 from tests.test_wire_codec import make_header
 
-EXAMPLES = int(os.environ.get("RLLFPR_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 CPU_BOUND_S = 2.0  # CPU time of one call: the machine's other jobs do not count
 WALL_BOUND_S = 30.0  # and a call blocked on something (no CPU used) must not hang either
 MEMORY_BOUND_MB = 256
@@ -131,7 +131,7 @@ def hostile(name: str, call: Callable[[], object], allowed: tuple[type[Exception
 @pytest.fixture(scope="module", autouse=True)
 def _write_statistics() -> Iterator[None]:
     yield
-    target = os.environ.get("RLLFPR_FUZZ_STATS")
+    target = os.environ.get("FUZZ_STATS")
     if target:
         document = {
             name: {**values, "outcomes": dict(values["outcomes"])} for name, values in STATS.items()
