@@ -299,6 +299,13 @@ class KeySettings(Section):
     max_clock_skew_s: int = Field(
         300, ge=0, description="Bundles created further in the future than this are rejected."
     )
+    accept_format_1: bool = Field(
+        False,
+        description="Accept key bundles of format 1, which carry their key's seed in the "
+        "public header: anyone who has seen such a bundle can rebuild its key. Only to keep a "
+        "fleet scrambling until its first format-2 epoch is active; each use is logged as a "
+        "warning.",
+    )
 
     @field_validator("directory")
     @classmethod
