@@ -30,7 +30,7 @@ from demo.people import Cast, Visit, cast
 from rllfpr import mqtt
 from rllfpr.config import Settings
 from rllfpr.faces.pixels import load_rgb
-from rllfpr.keys import material
+from rllfpr.keys import bundle, material
 from rllfpr.keys.scrambler_key import ScramblerKey, open_scrambler_bundle
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.store import ModelStore
@@ -54,7 +54,9 @@ class Workspace:
 
     @classmethod
     def for_config(cls, cache: Path) -> Workspace:
-        digest = hashlib.sha256(json.dumps(ROTATION, sort_keys=True).encode()).hexdigest()[:10]
+        # Bundles of another format are not reused: agents refuse format 1 (issue 21).
+        identity = {"rotation": ROTATION, "bundle_format": bundle.FORMAT_VERSION}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return cls(cache / "demo" / digest)
 
     @property

@@ -141,6 +141,7 @@ def real_faces(data_root: Path, count: int, start: int, side: int) -> np.ndarray
     faces = []
     for person in people:
         image = cv2.imread(str(sorted(person.glob("*.jpg"))[0]), cv2.IMREAD_COLOR)
+        assert image is not None, person
         crop = cv2.cvtColor(image[69:181, 69:181], cv2.COLOR_BGR2RGB)
         faces.append(cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA))
     return np.stack(faces)
@@ -222,7 +223,7 @@ def rebuilds_a_kernel(found: Harvest, public: ScramblerConfig, key: ScramblerNet
     """Whether any candidate seed, with any architecture, draws the key's first kernel (or the
     start of it: a wrong guess of the widths still draws the same random stream). Every
     candidate is tried, whatever its size."""
-    real = key.encoder[0][0].weight.flatten()
+    real = key.state_dict()["encoder.0.0.weight"].flatten()  # the first conv drawn
     assert torch.equal(first_kernel(key.config, key.seed).flatten(), real)  # draws as the SN
     for config in _configs(found, public):
         for seed in found.seeds:
