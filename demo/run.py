@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -26,17 +27,20 @@ import paho.mqtt.client as paho
 import yaml
 from rich.console import Console
 
+from demo.observer import Observer
 from demo.people import Cast, Visit, cast
+from demo.report import labelled_sheet, write_report
 from rllfpr import mqtt
 from rllfpr.config import Settings
 from rllfpr.faces.pixels import load_rgb
-from rllfpr.keys import bundle, material
+from rllfpr.keys import material
 from rllfpr.keys.scrambler_key import ScramblerKey, open_scrambler_bundle
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.store import ModelStore
-from rllfpr.wire import codec, topics
-from rllfpr.wire.messages import RecognitionEvent, utc_now
+from rllfpr.wire import topics
+from rllfpr.wire.messages import utc_now
 from trainer import hardware
+from trainer.progress import duration
 
 log = logging.getLogger(__name__)
 SCOPE = "fleet"
@@ -47,16 +51,40 @@ ROTATION_FILE = Path(__file__).resolve().parents[1] / "configs" / "rotation-demo
 ROTATION: dict[str, Any] = yaml.safe_load(ROTATION_FILE.read_text())
 GRACE_S: int = ROTATION["grace_s"]
 
+# What the first run costs, measured on the reference machine (2-core Xeon, shared; the run
+# in docs/results/demo/report.md): seconds per LFW photo aligned (MTCNN), per face and
+# training epoch, per epoch built beyond its training (key draws, gates, calibration), and the
+# live part (enrollment, two rounds of replay, the rotation). The run prints estimates from these.
+REFERENCE = "2-core Xeon"
+ALIGN_S_PER_PHOTO = 0.16
+TRAIN_S_PER_FACE_EPOCH = 0.02
+BUILD_OVERHEAD_S = 30.0
+LIVE_S = 60.0
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Who walks past the camera and how the key epochs are built (the tests use a small one)."""
+
+    rotation: dict[str, Any] = field(default_factory=lambda: ROTATION)
+    corpus_people: int = 80  # LFW people the trainer's recognizer learns from (ROTATION's)
+    enrolled_people: int = 8
+    strangers: int = 4
+    enrollment_photos: int = 4
+    photos_per_visit: int = 3
+    fps: float = 4.0
+    grace_s: int = GRACE_S
+    settle_timeout_s: float = 60.0  # longest wait for the last events of a round
+
 
 @dataclass(frozen=True)
 class Workspace:
     root: Path
 
     @classmethod
-    def for_config(cls, cache: Path) -> Workspace:
-        # Bundles of another format are not reused: agents refuse format 1 (issue 21).
-        identity = {"rotation": ROTATION, "bundle_format": bundle.FORMAT_VERSION}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    def for_config(cls, cache: Path, rotation: dict[str, Any] | None = None) -> Workspace:
+        recipe = ROTATION if rotation is None else rotation
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
         return cls(cache / "demo" / digest)
 
     @property
@@ -87,6 +115,7 @@ class Workspace:
 class Shown:
     visit: Visit
     round_: int
+    photo: str  # file name
 
 
 class ReplayCamera:
@@ -100,6 +129,7 @@ class ReplayCamera:
         self.rounds, self.fps = rounds, fps
         self.shown: dict[str, Shown] = {}  # captured_at (ISO) -> what was in front of the camera
         self.finished = [threading.Event() for _ in rounds]  # every frame of the round yielded
+        self.yielded = 0  # frames handed to the agent
         self._gates = [threading.Event() for _ in rounds]
         self._gates[0].set()
 
@@ -120,116 +150,14 @@ class ReplayCamera:
                     if stop.wait(1 / self.fps):
                         return
                     captured = utc_now()
-                    self.shown[captured.isoformat()] = Shown(visit, round_)
+                    self.shown[captured.isoformat()] = Shown(visit, round_, photo.name)
                     yield Frame(load_rgb(photo), index, scene, captured, photo.name)
                     index += 1
+                    self.yielded = index
             self.finished[round_].set()
 
 
-# ----------------------------------------------------------------------------- observing
-
-
-@dataclass
-class Tally:
-    """Running score of the events, per round."""
-
-    correct: list[int] = field(default_factory=lambda: [0, 0])
-    decided: list[int] = field(default_factory=lambda: [0, 0])
-    latencies_ms: list[float] = field(default_factory=list)
-    epochs_seen: set[int] = field(default_factory=set)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Observer:
-    """Subscribes to events (as a user would) and to face messages (as an auditor would)."""
-
-    def __init__(self, settings: Settings, camera: ReplayCamera, console: Console) -> None:
-        self.camera, self.console, self.tally = camera, console, Tally()
-        self.face_captures: dict[str, str] = {}  # message id -> captured_at (ISO)
-        self.face_centres: dict[str, bool] = {}  # message id -> the frame's central face?
-        self.wire_pixels: list[tuple[int, np.ndarray]] = []  # (epoch, pixels), a few samples
-        self.replayable: bytes | None = None  # one epoch-1 face message, for the replay check
-        self.lock = threading.Lock()
-        self.settings = settings.mqtt
-        self.client = mqtt.make_client(settings.mqtt, "demo-observer", client_id="demo-observer")
-        self.client.on_message = self._on_message
-
-    def start(self) -> None:
-        mqtt.connect(self.client, self.settings, clean_start=True)
-        self.client.subscribe([(topics.ALL_EVENTS, 1), (topics.ALL_FACES, 1)])
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        try:
-            if msg.topic.startswith(f"{topics.ROOT}/faces/"):
-                self._face(bytes(msg.payload))
-            else:
-                self._event(RecognitionEvent.model_validate_json(msg.payload))
-        except Exception:  # never let a display problem kill paho's thread
-            log.exception("observer cannot read %s", msg.topic)
-
-    def _face(self, payload: bytes) -> None:
-        message = codec.decode(payload)
-        header = message.header
-        crop = header.crop
-        centre_x, centre_y = crop.x + crop.width / 2, crop.y + crop.height / 2
-        central = (
-            abs(centre_x - crop.frame_width / 2) < crop.frame_width * 0.15
-            and abs(centre_y - crop.frame_height / 2) < crop.frame_height * 0.15
-        )
-        with self.lock:
-            key = str(header.message_id)
-            self.face_captures[key] = header.captured_at.isoformat()
-            self.face_centres[key] = central
-            if len([e for e, _ in self.wire_pixels if e == header.key_epoch]) < 6 and central:
-                self.wire_pixels.append((header.key_epoch, message.pixels))
-            if header.key_epoch == 1 and self.replayable is None:
-                self.replayable = payload
-
-    def _event(self, event: RecognitionEvent) -> None:
-        with self.lock:
-            ids = [str(m) for m in event.message_ids]
-            if not any(self.face_centres.get(i, False) for i in ids):
-                return  # a face in the background of an LFW photo: not the labelled person
-            captures = [self.face_captures[i] for i in ids if i in self.face_captures]
-            shown = next((self.camera.shown[c] for c in captures if c in self.camera.shown), None)
-        if shown is None:
-            return
-        truth = shown.visit.person if shown.visit.enrolled else None
-        right = event.subject == truth
-        tally, round_ = self.tally, shown.round_
-        tally.decided[round_] += 1
-        tally.correct[round_] += int(right)
-        tally.latencies_ms.append(event.decision_latency_ms)
-        tally.epochs_seen.add(event.key_epoch)
-        tally.events.append(
-            {
-                "round": round_ + 1,
-                "person": shown.visit.person,
-                "enrolled": shown.visit.enrolled,
-                "decision": event.decision,
-                "subject": event.subject,
-                "score": round(event.score, 3),
-                "margin": round(event.margin, 3),
-                "key_epoch": event.key_epoch,
-                "latency_ms": round(event.decision_latency_ms, 1),
-                "correct": right,
-            }
-        )
-        said = event.subject or "unknown"
-        mark = "[green]✓[/green]" if right else "[red]✗[/red]"
-        accuracy = sum(tally.correct) / max(1, sum(tally.decided))
-        self.console.print(
-            f"  epoch {event.key_epoch} · track {event.track_id}: {mark} {said:<24} "
-            f"(truth {truth or 'stranger'}; score {event.score:.2f}, margin {event.margin:.2f}, "
-            f"{event.decision_latency_ms:.0f} ms) · running accuracy {accuracy:.0%}"
-        )
-
-    def events_for(self, round_: int) -> int:
-        return self.tally.decided[round_]
+# ----------------------------------------------------------------------------- waiting
 
 
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:
@@ -296,57 +224,94 @@ def ensure_trainer_keys(folder: Path) -> None:
     material.save_fleet_key(material.FleetKey.generate(), folder / "fleet.key")
 
 
-def ensure_epochs(settings: Settings, workspace: Workspace, console: Console) -> None:
-    """Epochs 1 and 2, built by the trainer's rotation code once, then cached; this run gets
-    its own copy of the model store."""
+def built_epochs(workspace: Workspace) -> list[int]:
+    """The epochs whose model is in the store and whose sealed bundle is written."""
     store = ModelStore(workspace.models)
-    if store.epochs(SCOPE) != [1, 2]:
-        _build_epochs(settings, workspace, store, console)
-    else:
+    return [e for e in store.epochs(SCOPE) if bundle_path(workspace, e).exists()]
+
+
+def ensure_epochs(
+    settings: Settings, workspace: Workspace, plan: DemoPlan, console: Console
+) -> dict[str, Any]:
+    """Epochs 1 and 2, built by the trainer's rotation code once, then cached (a finished epoch
+    1 is kept when a first run stops during epoch 2); this run gets its own copy of the store.
+    Returns what the build cost (empty when both were cached)."""
+    built, stored = built_epochs(workspace), ModelStore(workspace.models).epochs(SCOPE)
+    costs: dict[str, Any] = {}
+    if built == [1, 2]:
         console.print(f"key epochs 1 and 2: cached in {workspace.root}")
+    else:
+        if not (built == [1] and stored == [1]):  # an interrupted or failed earlier build
+            for partial in (workspace.models, workspace.trainer):
+                shutil.rmtree(partial, ignore_errors=True)
+            built = []
+        costs = _build_epochs(settings, workspace, plan, built, console)
     shutil.copytree(workspace.models, workspace.run_models)
+    return costs
 
 
 def _build_epochs(
-    settings: Settings, workspace: Workspace, store: ModelStore, console: Console
-) -> None:
-    from trainer.experiment import load_dataset
+    settings: Settings, workspace: Workspace, plan: DemoPlan, built: list[int], console: Console
+) -> dict[str, Any]:
+    from trainer.data import Aligner, dataset_root, list_identities
     from trainer.rotation import EpochBuilder, RotationConfig
 
-    for partial in (workspace.models, workspace.trainer):  # an interrupted or failed earlier build
-        shutil.rmtree(partial, ignore_errors=True)
-    config = RotationConfig.model_validate(ROTATION)
+    config = RotationConfig.model_validate(plan.rotation)
+    spec, keys = config.experiment.data, settings.keys
+    root = dataset_root(spec.dataset, settings.data)
+    identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
+    aligner = Aligner(root, settings.cache, spec.size, spec.alignment)
+    missing = aligner.uncached(identities) if spec.alignment == "mtcnn" else 0
     console.print(
-        "[bold]training[/bold] the recognizers of key epochs 1 and 2 on "
-        f"{config.experiment.data.max_identities} LFW people (first run only, a few minutes)"
+        f"[bold]aligning[/bold] the trainer's corpus: {len(identities)} {root.name} people, "
+        f"{missing} photos not aligned yet"
+        + (f" (about {duration(missing * ALIGN_S_PER_PHOTO)} on a {REFERENCE})" if missing else "")
     )
-    keys = settings.keys
+    started = time.monotonic()
+    corpus = aligner.load(identities)
+    costs: dict[str, Any] = {"photos_aligned": missing, "align_s": time.monotonic() - started}
     builder = EpochBuilder(
         config,
-        load_dataset(config.experiment, settings.data, settings.cache),
-        store,
+        corpus,
+        ModelStore(workspace.models),
         material.load_signing_key(settings.trainer.signing_key_file),  # type: ignore[arg-type]
         material.load_fleet_key(keys.fleet_key_file),  # type: ignore[arg-type]
         workspace.trainer,
     )
-    first = builder.build(SCOPE, 1, previous_key=None)
-    report = first.report["gates"]
-    console.print(
-        f"  epoch 1: held-out accuracy {report['closed_set_accuracy']:.0%}, "
-        f"cross-key {report['cross_key_accuracy']:.0%}"
-    )
-    previous = open_scrambler_bundle(first.bundle, keys).network
-    second = builder.build(SCOPE, 2, previous_key=previous)
-    report = second.report["gates"]
-    console.print(
-        f"  epoch 2: held-out accuracy {report['closed_set_accuracy']:.0%}, "
-        f"cross-key with epoch 1's key {report['cross_key_accuracy']:.0%}, "
-        f"epoch 1's templates matched by epoch 2 {report['template_linkage_accuracy']:.0%}"
-    )
+    faces, epochs = len(builder.split.fit), config.experiment.optim.epochs
+    costs |= {"training_faces": faces, "training_epochs": epochs, "build_s": {}}
+    estimate = faces * epochs * TRAIN_S_PER_FACE_EPOCH + BUILD_OVERHEAD_S
+    previous = None
+    for epoch in (1, 2):
+        if epoch in built:
+            previous = open_scrambler_bundle(bundle_of(workspace, epoch), keys).network
+            console.print(f"key epoch {epoch}: built by an earlier run, kept")
+            continue
+        console.print(
+            f"[bold]building key epoch {epoch}[/bold]: a fresh SN key, its recognizer trained "
+            f"{epochs} epochs on {faces} faces of {len(builder.split.fit.names)} people, gates, "
+            f"calibration, sealed bundle (about {duration(estimate)} on a {REFERENCE})"
+        )
+        started = time.monotonic()
+        report = builder.build(SCOPE, epoch, previous_key=previous).report["gates"]
+        previous = open_scrambler_bundle(bundle_of(workspace, epoch), keys).network
+        costs["build_s"][epoch] = round(time.monotonic() - started, 1)
+        linkage = report.get("template_linkage_accuracy")
+        console.print(
+            f"  epoch {epoch} built in {duration(time.monotonic() - started)}: held-out accuracy "
+            f"{report['closed_set_accuracy']:.0%}, cross-key {report['cross_key_accuracy']:.0%}"
+            + ("" if linkage is None else f", epoch 1's templates matched by it {linkage:.0%}")
+        )
+    costs["align_s"] = round(costs["align_s"], 1)
+    return costs
+
+
+def bundle_path(workspace: Workspace, epoch: int) -> Path:
+    return workspace.trainer / SCOPE / f"epoch-{epoch:08d}.rlkb"
 
 
 def bundle_of(workspace: Workspace, epoch: int) -> bytes:
-    return (workspace.trainer / SCOPE / f"epoch-{epoch:08d}.rlkb").read_bytes()
+    return bundle_path(workspace, epoch).read_bytes()
 
 
 # ----------------------------------------------------------------------------- the station
@@ -398,109 +363,250 @@ class Station:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(base: Settings, output: Path, console: Console) -> dict[str, Any]:
-    """Run the whole demo; writes ``output/report.md``, ``report.json`` and ``faces.png``."""
+def run(
+    base: Settings,
+    output: Path,
+    console: Console,
+    plan: DemoPlan | None = None,
+    services: tuple[Endpoint, Endpoint] | None = None,
+) -> dict[str, Any]:
+    """Run the whole demo; writes ``output/report.md``, ``report.json`` and ``faces.png``.
+    ``services``: a running Mosquitto and Redis 8 to use instead of starting them."""
     from edge_agent.agent import Agent
     from recognizer_service.service import RecognizerService
-    from rllfpr.local_services import mosquitto, redis_server
     from trainer.rotation import KeyPublisher
 
+    plan = plan or DemoPlan()
     lfw = base.data / "lfw"
     if not lfw.is_dir():
         raise FileNotFoundError(
             f"LFW not found at {lfw.resolve()}: point RLLFPR_DATA (or `data:` in the config "
             "file) at the folder that holds lfw/ (see the README)"
         )
-    workspace = Workspace.for_config(base.cache)
+    workspace = Workspace.for_config(base.cache, plan.rotation)
     ensure_trainer_keys(workspace.trainer_keys)
     shutil.rmtree(workspace.run, ignore_errors=True)
     workspace.run.mkdir(parents=True)
-    people = cast(lfw, corpus_people=80, enrolled_people=8, strangers=4)
-    started = time.monotonic()
-    with mosquitto() as broker, redis_server() as store:
+    people = cast(
+        lfw,
+        plan.corpus_people,
+        plan.enrolled_people,
+        plan.strangers,
+        plan.enrollment_photos,
+        plan.photos_per_visit,
+    )
+    announce(plan, workspace, people, base, console)
+    clock = Clock(console)
+    with contextlib.ExitStack() as stack:
+        broker, store = services or _start_services(stack)
         console.print(f"Mosquitto on :{broker.port}, Redis 8 on :{store.port} (this run only)")
         settings = demo_settings(workspace, base.cache, base.data, broker, store)
-        ensure_epochs(settings, workspace, console)
+        with clock.part("key epochs"):
+            first_run = ensure_epochs(settings, workspace, plan, console)
         trainer = mqtt.make_client(settings.mqtt, "demo-trainer", client_id="demo-trainer")
         mqtt.connect(trainer, settings.mqtt, clean_start=True)
+        stack.callback(_disconnect, trainer)
         signing = material.load_signing_key(workspace.trainer_keys / "signing.pem")
         publisher = KeyPublisher(trainer, signing)
         first, second = bundle_of(workspace, 1), bundle_of(workspace, 2)
-        publisher.stage(first)
-        publisher.activate(first, GRACE_S)
-        console.print("trainer: key epoch 1 staged and activated (signed, retained)")
 
-        recognizer = RecognizerService(settings)
-        recognizer.start()
-        station = Station(settings, workspace, trainer)
-        kept = station.keep(people.enrollment)
-        key_one = open_scrambler_bundle(first, settings.keys)
-        station.enroll(key_one)
-        wait_until(lambda: recognizer.gallery.size(SCOPE, 1) >= kept, 120, "enrollment, epoch 1")
-        console.print(
-            f"station: {len(people.enrollment)} people enrolled from {kept} photos "
-            "(kept encrypted on the station; only scrambled faces were sent)"
-        )
+        with clock.part("enrollment"):
+            publisher.stage(first)
+            publisher.activate(first, plan.grace_s)
+            console.print("trainer: key epoch 1 staged and activated (signed, retained)")
+            recognizer = RecognizerService(settings)
+            recognizer.start()
+            stack.callback(recognizer.stop)
+            station = Station(settings, workspace, trainer)
+            kept = station.keep(people.enrollment)
+            key_one = open_scrambler_bundle(first, settings.keys)
+            station.enroll(key_one)
+            wait_until(
+                lambda: recognizer.gallery.size(SCOPE, 1) >= kept, 120, "enrollment, epoch 1"
+            )
+            console.print(
+                f"station: {len(people.enrollment)} people enrolled from {kept} photos "
+                "(kept encrypted on the station; only scrambled faces were sent)"
+            )
 
-        camera = ReplayCamera(people.rounds, fps=4)
+        camera = ReplayCamera(people.rounds, fps=plan.fps)
         observer = Observer(settings, camera, console)
         observer.start()
+        stack.callback(observer.close)
         agent = Agent(settings, camera)
         agent.start()
+        stack.callback(agent.close)
         if not agent.wait_for_key(30):
             raise TimeoutError("the agent received no active key")
         runner = threading.Thread(target=agent.run, name="demo-agent", daemon=True)
-        console.rule("round 1 · key epoch 1")
-        runner.start()
-        rounds = [len(r) for r in people.rounds]
-        camera.finished[0].wait(600)
-        wait_quietly(lambda: observer.events_for(0) >= rounds[0], 20)
+        settled = []
+        with clock.part("round 1"):
+            console.rule("round 1 · key epoch 1")
+            runner.start()
+            camera.finished[0].wait(600)
+            settled.append(settle(agent, recognizer, observer, camera, plan.settle_timeout_s))
 
-        console.rule("key rotation: epoch 1 -> 2")
-        publisher.stage(second)
-        console.print("trainer: epoch 2 staged")
-        key_two = open_scrambler_bundle(second, settings.keys)
-        station.enroll(key_two)
-        wait_until(lambda: recognizer.gallery.size(SCOPE, 2) >= kept, 120, "re-enrollment")
-        console.print(f"station: re-enrolled {kept} faces from its vault under epoch 2")
-        sheet = sample_sheet(station, key_one, key_two)
-        publisher.activate(second, GRACE_S)
-        wait_until(
-            lambda: (k := agent.keys.current()) is not None and k.epoch == 2, 30, "agent switch"
+        with clock.part("rotation"):
+            console.rule("key rotation: epoch 1 -> 2")
+            publisher.stage(second)
+            console.print("trainer: epoch 2 staged")
+            key_two = open_scrambler_bundle(second, settings.keys)
+            station.enroll(key_two)
+            wait_until(lambda: recognizer.gallery.size(SCOPE, 2) >= kept, 120, "re-enrollment")
+            console.print(f"station: re-enrolled {kept} faces from its vault under epoch 2")
+            sheet = sample_sheet(station, key_one, key_two)
+            publisher.activate(second, plan.grace_s)
+            wait_until(
+                lambda: (k := agent.keys.current()) is not None and k.epoch == 2,
+                30,
+                "agent switch",
+            )
+            console.print(
+                f"trainer: epoch 2 active; the agent switched; epoch 1 accepted {plan.grace_s} s"
+            )
+
+        with clock.part("round 2"):
+            console.rule("round 2 · key epoch 2")
+            camera.release(1)
+            time.sleep(plan.grace_s + 1)
+            publisher.revoke(SCOPE, 1)
+            wait_until(lambda: recognizer.gallery.size(SCOPE, 1) == 0, 30, "gallery 1 deleted")
+            console.print("trainer: epoch 1 revoked -> recognizer deleted gallery 1 and its model")
+            replay_rejected = replay_old_face(settings, recognizer, observer)
+            console.print(
+                "replayed an epoch-1 face after revocation: "
+                + ("[green]rejected[/green]" if replay_rejected else "[red]ACCEPTED[/red]")
+            )
+            runner.join(600)
+            settled.append(settle(agent, recognizer, observer, camera, plan.settle_timeout_s))
+        summary = {
+            "seconds": round(clock.total(), 1),
+            "parts": clock.seconds,
+            "first_run": first_run,  # what building the epochs cost; empty when cached
+            "visits": [len(r) for r in people.rounds],
+            "faces_published": agent.metrics.value("faces_published"),
+            "events_published": events_published(recognizer),
+            "rounds_settled": settled,
+            "replayed_epoch_1_face_rejected": replay_rejected,
+            "hardware": hardware.describe(),
+        }
+    console.print("agent, recognizer, broker and Redis stopped")
+    return write_report(output, observer, summary, sheet)
+
+
+def _start_services(stack: contextlib.ExitStack) -> tuple[Endpoint, Endpoint]:
+    from rllfpr.local_services import mosquitto, redis_server
+
+    return stack.enter_context(mosquitto()), stack.enter_context(redis_server())
+
+
+def _disconnect(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def announce(
+    plan: DemoPlan, workspace: Workspace, people: Cast, base: Settings, console: Console
+) -> None:
+    """What this run will do and about how long each part takes."""
+    from trainer.data import Aligner, dataset_root, list_identities
+    from trainer.rotation import RotationConfig
+
+    built = built_epochs(workspace) if workspace.models.exists() else []
+    visits = sum(len(r) for r in people.rounds)
+    console.print(
+        f"[bold]RLLFPR demo[/bold]: {len(people.enrollment)} enrolled people and "
+        f"{plan.strangers} stranger{'s' if plan.strangers != 1 else ''} walk past a camera "
+        f"({visits} visits of {plan.photos_per_visit} LFW photos), before and after a key "
+        f"rotation. {os.cpu_count()} CPU cores here; times below are for a {REFERENCE}."
+    )
+    if built == [1, 2]:
+        console.print(f"Key epochs 1 and 2 are cached: about {duration(LIVE_S)} in all.")
+        return
+    config = RotationConfig.model_validate(plan.rotation)
+    spec = config.experiment.data
+    root = dataset_root(spec.dataset, base.data)
+    identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
+    photos = sum(len(images) for images in identities.values())
+    missing = Aligner(root, base.cache, spec.size, spec.alignment).uncached(identities)
+    align = missing * ALIGN_S_PER_PHOTO if spec.alignment == "mtcnn" else 0.0
+    faces = photos * (1 - config.calibration_people) * (1 - spec.test_fraction)
+    to_build = 2 - len(built)
+    train = to_build * (faces * config.experiment.optim.epochs * TRAIN_S_PER_FACE_EPOCH)
+    train += to_build * BUILD_OVERHEAD_S
+    console.print(
+        f"First run: key epoch{'s 1 and 2 are' if to_build == 2 else ' 2 is'} built once, then "
+        f"cached in {workspace.root}. About {duration(align + train + LIVE_S)} in all: "
+        + (f"aligning {missing} corpus photos {duration(align)}, " if missing else "")
+        + f"training {duration(train)}, the live part {duration(LIVE_S)}. "
+        f"Later runs take about {duration(LIVE_S)}."
+    )
+
+
+class Clock:
+    """Seconds per part of the run, printed as each part ends."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.started = console, time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.seconds[name] = round(time.monotonic() - started, 1)
+        self.console.print(f"[dim]{name}: {duration(self.seconds[name])}[/dim]")
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _counter(registry: Any, name: str) -> float:
+    """The sum of a counter over its labels (0 before its first increment)."""
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == f"{name}_total"
+    )
+
+
+def events_published(recognizer: Any) -> float:
+    return _counter(recognizer.metrics.registry, "rllfpr_events_published")
+
+
+def settle(
+    agent: Any, recognizer: Any, observer: Observer, camera: ReplayCamera, timeout_s: float
+) -> bool:
+    """Wait until every frame shown so far was processed, every face sent and processed, and
+    the observer holds every event the recognizer published, for long enough that an open
+    track round would have closed (consensus timeout + two sweeps); False on timeout."""
+    options = recognizer.settings.recognizer
+    quiet = options.consensus_timeout_ms / 1000 + 2 * options.maintenance_interval_s
+    registry = recognizer.metrics.registry
+    deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        state = (
+            agent.metrics.value("frames"),
+            agent.spool.depth,
+            _counter(registry, "rllfpr_faces_received"),
+            _counter(registry, "rllfpr_faces_acknowledged"),
+            events_published(recognizer),
+            observer.event_count,
         )
-        console.print(f"trainer: epoch 2 active; the agent switched; epoch 1 accepted {GRACE_S} s")
-        console.rule("round 2 · key epoch 2")
-        camera.release(1)
-        time.sleep(GRACE_S + 1)
-        publisher.revoke(SCOPE, 1)
-        wait_until(lambda: recognizer.gallery.size(SCOPE, 1) == 0, 30, "gallery 1 deleted")
-        console.print("trainer: epoch 1 revoked -> recognizer deleted gallery 1 and its model")
-        replay_rejected = replay_old_face(settings, recognizer, observer)
-        console.print(
-            "replayed an epoch-1 face after revocation: "
-            + ("[green]rejected[/green]" if replay_rejected else "[red]ACCEPTED[/red]")
-        )
-        runner.join(600)
-        wait_quietly(lambda: observer.events_for(1) >= rounds[1], 20)
-        agent.close()
-        published = agent.metrics.registry.get_sample_value("rllfpr_agent_faces_published_total")
-        recognizer.stop()
-        observer.close()
-        trainer.disconnect()
-        trainer.loop_stop()
-    summary = {
-        "seconds": round(time.monotonic() - started, 1),
-        "faces_published": published,
-        "replayed_epoch_1_face_rejected": replay_rejected,
-        "hardware": hardware.describe(),
-    }
-    return write_report(output, people, observer, summary, sheet)
-
-
-def wait_quietly(condition: Any, timeout_s: float) -> None:
-    """Like ``wait_until`` but a timeout is fine: some tracks end as no event at all."""
-    with contextlib.suppress(TimeoutError):
-        wait_until(condition, timeout_s, "events")
+        frames, spooled, received, acknowledged, published, seen = state
+        if state != last:
+            last, since = state, time.monotonic()
+        elif (
+            frames >= camera.yielded
+            and spooled == 0
+            and acknowledged >= received
+            and seen >= published
+            and time.monotonic() - since >= quiet
+        ):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def replay_old_face(settings: Settings, recognizer: Any, observer: Observer) -> bool:
@@ -517,8 +623,7 @@ def replay_old_face(settings: Settings, recognizer: Any, observer: Observer) -> 
     client = mqtt.make_client(settings.mqtt, "demo-replayer", client_id="demo-replayer")
     mqtt.connect(client, settings.mqtt, clean_start=True)
     client.publish(topics.faces(SITE, CAMERA), observer.replayable, qos=1).wait_for_publish(10)
-    client.disconnect()
-    client.loop_stop()
+    _disconnect(client)
     try:
         wait_until(lambda: rejected() > before, 15, "the replay to be rejected")
     except TimeoutError:
@@ -527,96 +632,14 @@ def replay_old_face(settings: Settings, recognizer: Any, observer: Observer) -> 
 
 
 def sample_sheet(station: Station, key_one: ScramblerKey, key_two: ScramblerKey) -> np.ndarray:
-    """Rows: aligned faces (never sent) / what leaves the camera under epoch 1 / under epoch 2."""
+    """Rows, labelled: aligned faces (never sent) / what leaves the camera under epoch 1 /
+    under epoch 2."""
     from enrollment_station.vault import scramble
 
     faces = [station.vault.faces(person)[0] for person in station.vault.subjects()[:6]]
     size = key_one.network.config.input_size
-    top = np.concatenate([face.aligned(size) for face in faces], axis=1)
-    rows = [top]
+    rows = [np.concatenate([face.aligned(size) for face in faces], axis=1)]
     for key in (key_one, key_two):
         pixels = np.concatenate([f.pixels for f in scramble(faces, key)], axis=1)
         rows.append(np.repeat(pixels[..., None], 3, axis=2))
-    return np.concatenate(rows, axis=0)
-
-
-def write_report(
-    output: Path, people: Cast, observer: Observer, summary: dict[str, Any], sheet: np.ndarray
-) -> dict[str, Any]:
-    import cv2
-
-    tally = observer.tally
-    latencies = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
-    rounds = []
-    for index in range(2):
-        events = [e for e in tally.events if e["round"] == index + 1]
-        members = [e for e in events if e["enrolled"]]
-        strangers = [e for e in events if not e["enrolled"]]
-        rounds.append(
-            {
-                "key_epochs": sorted({e["key_epoch"] for e in events}),
-                "visits": len(people.rounds[index]),
-                "events": len(events),
-                "accuracy": _share(sum(e["correct"] for e in events), len(events)),
-                "enrolled_named_correctly": _share(
-                    sum(e["correct"] for e in members), len(members)
-                ),
-                "strangers_called_unknown": _share(
-                    sum(e["correct"] for e in strangers), len(strangers)
-                ),
-            }
-        )
-    result = summary | {
-        "rounds": rounds,
-        "latency_ms": {
-            "p50": float(np.percentile(latencies, 50)),
-            "p95": float(np.percentile(latencies, 95)),
-        },
-        "events": tally.events,
-    }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    cv2.imwrite(str(output / "faces.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    (output / "report.md").write_text(_markdown(result))
-    return result
-
-
-def _share(part: int, whole: int) -> float | None:
-    return round(part / whole, 3) if whole else None
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# RLLFPR demo run",
-        "",
-        f"{result['hardware']}; {result['seconds']} s. Faces published by the agent: "
-        f"{result['faces_published']:.0f}. An epoch-1 face replayed after the revocation was "
-        + ("rejected." if result["replayed_epoch_1_face_rejected"] else "**accepted**."),
-        "",
-        "| round | key epochs in events | visits | events | accuracy | enrolled named "
-        "correctly | strangers called unknown |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for index, row in enumerate(result["rounds"], start=1):
-        lines.append(
-            f"| {index} | {row['key_epochs']} | {row['visits']} | {row['events']} | "
-            f"{_percent(row['accuracy'])} | {_percent(row['enrolled_named_correctly'])} | "
-            f"{_percent(row['strangers_called_unknown'])} |"
-        )
-    latency = result["latency_ms"]
-    lines += [
-        "",
-        f"Decision latency (capture to decision): p50 {latency['p50']:.0f} ms, "
-        f"p95 {latency['p95']:.0f} ms.",
-        "",
-        "![aligned faces (never sent), epoch 1 and epoch 2 scrambles](faces.png)",
-        "",
-        "Top row: aligned faces, which never leave the enrollment station or the camera. "
-        "Middle: what leaves the camera under key epoch 1. Bottom: the same faces under epoch 2.",
-        "",
-    ]
-    return "\n".join(lines)
+    return labelled_sheet(rows)

@@ -194,8 +194,10 @@ class MqttLink:
         reason: ReasonCode,
         _properties: object,
     ) -> None:
-        if self.connected.is_set():
-            log.warning("disconnected from the broker (%s); spooling", reason)
+        if self._stop.is_set():  # close(): a normal shutdown
+            log.info("disconnected from the broker")
+        elif self.connected.is_set():
+            log.warning("lost the broker (%s); spooling until it is back", reason)
         self.connected.clear()
         self.metrics.broker_connected.set(0)
 

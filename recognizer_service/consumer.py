@@ -59,6 +59,7 @@ class MqttLink:
         )
         self.intake: queue.Queue[Delivery] = queue.Queue()
         self._generation = 0
+        self._stopping = False
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
 
@@ -88,6 +89,7 @@ class MqttLink:
     def stop(self, end_session: bool = False) -> None:
         """Disconnect. The broker keeps the session (and the faces in flight or queued for it)
         for this client id's return, unless ``end_session``: then it is discarded."""
+        self._stopping = True
         properties = None
         if end_session:
             properties = Properties(PacketTypes.DISCONNECT)
@@ -158,7 +160,10 @@ class MqttLink:
         with self._lock:
             self._generation += 1
         self.metrics.mqtt_connected.set(0)
-        log.warning("disconnected from the broker: %s; paho reconnects", reason)
+        if self._stopping:  # stop(): a normal shutdown
+            log.info("disconnected from the broker")
+        else:
+            log.warning("lost the broker (%s); reconnecting", reason)
 
     def _on_message(
         self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage

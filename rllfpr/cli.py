@@ -114,10 +114,13 @@ def demo(
         raise fail(f"demo stopped: {error}") from error
     for index, row in enumerate(result["rounds"], start=1):
         console.print(
-            f"round {index}: {row['events']} events, accuracy {row['accuracy']}, key epochs "
-            f"{row['key_epochs']}"
+            f"round {index} (key epochs {row['key_epochs']}): {row['events']} events; enrolled "
+            f"people named {row['enrolled_named_correctly']} of {row['enrolled_events']}, "
+            f"strangers and bystanders called unknown "
+            f"{row['strangers_and_bystanders_called_unknown']} of "
+            f"{row['strangers_and_bystanders_events']}, wrong names {row['wrong_names']}"
         )
-    console.print(f"report: {output / 'report.md'}")
+    console.print(f"report: {output / 'report.md'} (every event, scored: report.json)")
 
 
 app.command("train")(train)

@@ -16,11 +16,11 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rllfpr.faces.align import AlignmentError, align
 from rllfpr.faces.detect import FaceDetector, central_face
 from rllfpr.faces.pixels import load_rgb
+from trainer.progress import progress as progress_of
 
 log = logging.getLogger(__name__)
 AlignMethod = Literal["mtcnn", "resize"]
@@ -139,6 +139,14 @@ class Aligner:
         )
         return faces, files, [file for file in requested if file in failed]
 
+    def uncached(self, identities: dict[str, list[Path]]) -> int:
+        """How many of these images ``load`` would have to align (not in the cache yet)."""
+        missing = 0
+        for name, images in identities.items():
+            known, failed = self._read_cache(name)
+            missing += sum(path.name not in known and path.name not in failed for path in images)
+        return missing
+
     def _read_cache(self, name: str) -> tuple[dict[str, np.ndarray], set[str]]:
         cached = self.cache_dir / f"{name}.npz"
         if not cached.exists():
@@ -190,7 +198,7 @@ class Aligner:
         sources: list[str] = []
         failures: list[str] = []
         names: list[str] = []
-        for name, images in tqdm(
+        for name, images in progress_of(
             identities.items(), desc=f"align {self.root.name}", disable=not progress
         ):
             faces, files, failed = self._identity(name, images)

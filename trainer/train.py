@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
-from tqdm import tqdm
 
 from rllfpr.faces.pixels import to_unit
 from rllfpr.models.recognizer import Recognizer
@@ -31,6 +30,7 @@ from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace, FaceReconstruction, copy_consistency
+from trainer.progress import progress as progress_of
 
 log = logging.getLogger(__name__)
 View = Literal["original", "scrambled"]
@@ -330,12 +330,13 @@ class _Run:
         steps = math.ceil(len(data) / optim.batch_size)
         self.recognizer.train()
         losses, correct = [], 0
-        progress = tqdm(
+        progress = progress_of(
             batches(len(data), optim.batch_size, self.generator),
             total=steps,
             desc=f"{self.run_dir.name} {view.view} epoch {epoch + 1}/{epochs}",
             disable=not bar,
             leave=False,
+            terminal_only=True,  # a log gets one line per few epochs from train()
         )
         for step, index in enumerate(progress):
             if len(index) < 2:
@@ -471,6 +472,12 @@ def train(
     run = _Run(config, view, len(data.names), run_dir, teacher, initial)
     run.resume()
     epoch_index, total = 0, sum(epochs for _, epochs in _stages(config, view))
+    overall = progress_of(
+        total=total,
+        initial=run.epochs_done,
+        desc=f"train {run_dir.name} ({view} faces, {len(data)} of them), epochs",
+        disable=not progress,
+    )
     for stage_view, epochs in _stages(config, view):
         face_view = (
             target_view
@@ -482,5 +489,7 @@ def train(
             if epoch_index > run.epochs_done:
                 last = epoch_index == total
                 run.epoch(data, face_view, stage_epoch, epochs, progress, unlabeled, last)
+                overall.update(1)
+    overall.close()
     run.recognizer.eval()
     return TrainResult(run.recognizer, run.history, run.seconds)
