@@ -33,7 +33,7 @@ from demo.report import labelled_sheet, write_report
 from rllfpr import mqtt
 from rllfpr.config import Settings
 from rllfpr.faces.pixels import load_rgb
-from rllfpr.keys import material
+from rllfpr.keys import bundle, material
 from rllfpr.keys.scrambler_key import ScramblerKey, open_scrambler_bundle
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.store import ModelStore
@@ -83,8 +83,10 @@ class Workspace:
 
     @classmethod
     def for_config(cls, cache: Path, rotation: dict[str, Any] | None = None) -> Workspace:
+        # Bundles of another format are not reused: agents refuse format 1 (issue 21).
         recipe = ROTATION if rotation is None else rotation
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+        identity = {"rotation": recipe, "bundle_format": bundle.FORMAT_VERSION}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return cls(cache / "demo" / digest)
 
     @property

@@ -9,7 +9,8 @@ fixed order: revocations, then bundles by epoch, then announcements by epoch and
 Rules (the trainer's side is issue 8; this is what an agent does):
 
 - a bundle is verified and accepted by the shared ``KeyRing`` (signature, decryption, scope,
-  clock skew, revoked and stale epochs refused); an accepted bundle is *staged*: its SN is
+  clock skew, revoked and stale epochs refused; format 1, whose header carries the seed, only
+  with ``keys.accept_format_1``); an accepted bundle is *staged*: its SN is
   built into a backend ahead of time and the bundle bytes are kept on disk;
 - a signed ``active`` announcement switches the agent to its epoch when the bundle it names
   (id and SHA-256) is staged; an announcement for a bundle that has not arrived yet waits for
@@ -128,6 +129,7 @@ class AgentKeys:
             scopes=[self.scope],
             max_clock_skew=self._skew,
             state_file=state_dir / "keyring.json",
+            accept_format_1=settings.accept_format_1,
         )
         self._build_backend = build_backend
         self._metrics = metrics
@@ -242,6 +244,13 @@ class AgentKeys:
         acceptance = self._ring.accept(payload)
         key = acceptance.bundle
         epoch = key.header.epoch
+        if key.header.format_version != bundle.FORMAT_VERSION:
+            log.warning(
+                "using key epoch %d of scope %s from a format-1 bundle, whose seed is public "
+                "(keys.accept_format_1): rotate to a format-2 epoch and revoke this one",
+                epoch,
+                self.scope,
+            )
         active = self._active
         if active is not None and epoch <= active.epoch:
             if epoch < active.epoch:
@@ -259,7 +268,7 @@ class AgentKeys:
 
     def _backend_for(self, key: KeyBundle) -> ScramblerBackend:
         try:
-            network = ScramblerNetwork.from_key_state(key.header.architecture, key.state)
+            network = ScramblerNetwork.from_key_state(key.architecture, key.state)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise KeyRefusedError(
                 f"bundle of epoch {key.header.epoch} does not hold a usable SN: {error}"

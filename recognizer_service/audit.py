@@ -14,13 +14,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import redis
+from recognizer_service.gallery import RedisClient
 
 
 class AuditLog:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str = "rllfpr",
         max_entries: int = 1_000_000,
         retention: timedelta = timedelta(days=90),

@@ -1,11 +1,11 @@
 """The gallery: enrolled templates in Redis >= 8 vector sets, one gallery per key scope and epoch.
 
-Redis keys (``p`` is ``redis.key_prefix``)::
+Redis keys (``p`` is ``redis.key_prefix``; ``{...}`` is a Redis Cluster hash tag)::
 
-    p:gallery:{scope}:{epoch}:{shard}       vector set; element "{subject}/{template id}",
+    p:gallery:{scope:epoch:shard}           vector set; element "{subject}/{template id}",
                                             attributes {"subject", "site", "enrolled_at"}
-    p:templates:{scope}:{epoch}:{subject}   sorted set of "{shard}/{element}" by enrolment time
-    p:subjects:{scope}:{epoch}              set of enrolled subjects
+    p:templates:{scope:epoch}:{subject}     sorted set of "{shard}/{element}" by enrolment time
+    p:subjects:{scope:epoch}                set of enrolled subjects
     p:galleries                             set of "{scope}:{epoch}" that hold templates
 
 The subject is part of the element name, so a search needs no attribute look-up. A template's
@@ -14,9 +14,13 @@ a subject across shards for erasure and retention. A search asks every shard for
 ``count`` templates (one pipelined round trip for a whole micro-batch) and merges them.
 Enrolling the same template id twice stores it once (QoS 1 redelivery is harmless).
 
-Redis Cluster: the shard sets are independent keys and may live on different nodes; the
-per-subject index and the track state use multi-key transactions and scripts, so they need a
-single primary (or hash tags), see the README.
+One code path serves a single Redis and a Redis Cluster (``redis.cluster``): in a cluster each
+shard set hashes to its own slot, so shards spread over the primaries; an epoch's per-subject
+indexes and subject set share one slot, so they change together atomically. Nothing needs a
+transaction across slots; instead writes are ordered so that erasure stays exact: a template
+enters its subject's index before its vector set and leaves its vector set before the index,
+and an enrollment that raced with an erasure of its subject removes what it added. So no
+template is ever in a vector set without being in its subject's index.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import redis
@@ -37,6 +41,14 @@ from rllfpr.config import RedisSettings
 from rllfpr.wire.topics import level
 
 Quantization = Literal["Q8", "NOQUANT", "BIN"]
+RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
+
+# Remove index members and, when the subject has none left, the subject (one slot, atomic).
+_UNINDEX = """
+redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -47,14 +59,23 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Template:
+    subject: str
+    template_id: str
+    vector: np.ndarray
+    site: str
+    enrolled_at: datetime
+
+
+@dataclass(frozen=True)
 class Enrollment:
     template_id: str
     subject: str
     evicted: int  # older templates of the subject removed by the per-subject limit
 
 
-def connect_redis(settings: RedisSettings) -> redis.Redis:
-    """A client for the configured server: ACL credentials, TLS with ``rediss://``."""
+def connect_redis(settings: RedisSettings) -> RedisClient:
+    """A client for the configured server or cluster: ACL credentials, TLS with ``rediss://``."""
     options: dict[str, Any] = {
         "socket_timeout": 5.0,
         "socket_connect_timeout": 5.0,
@@ -72,6 +93,8 @@ def connect_redis(settings: RedisSettings) -> redis.Redis:
             options["ssl_certfile"] = str(settings.cert_file)
         if settings.key_file:
             options["ssl_keyfile"] = str(settings.key_file)
+    if settings.cluster:
+        return redis.RedisCluster.from_url(settings.url, **options)
     return redis.Redis.from_url(settings.url, **options)
 
 
@@ -92,7 +115,7 @@ def vsim_cosine(score: float) -> float:
 class Gallery:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str = "rllfpr",
         shards: int = 1,
         quantization: Quantization = "Q8",
@@ -100,6 +123,7 @@ class Gallery:
         search_ef: int = 200,
         search_count: int = 20,
         max_templates_per_subject: int = 20,
+        build_ef: int | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -109,17 +133,19 @@ class Gallery:
         self.search_ef = search_ef
         self.search_count = search_count
         self.max_templates_per_subject = max_templates_per_subject
+        self.build_ef = build_ef
+        self._unindex = client.register_script(_UNINDEX)
 
     # Key names -------------------------------------------------------------------------------
 
     def set_key(self, scope: str, epoch: int, shard: int) -> str:
-        return f"{self.prefix}:gallery:{scope}:{epoch}:{shard}"
+        return f"{self.prefix}:gallery:{{{scope}:{epoch}:{shard}}}"
 
     def _subjects_key(self, scope: str, epoch: int) -> str:
-        return f"{self.prefix}:subjects:{scope}:{epoch}"
+        return f"{self.prefix}:subjects:{{{scope}:{epoch}}}"
 
     def _templates_key(self, scope: str, epoch: int, subject: str) -> str:
-        return f"{self.prefix}:templates:{scope}:{epoch}:{subject}"
+        return f"{self.prefix}:templates:{{{scope}:{epoch}}}:{subject}"
 
     @property
     def _galleries_key(self) -> str:
@@ -138,49 +164,105 @@ class Gallery:
         enrolled_at: datetime,
     ) -> Enrollment:
         """Add one template (idempotent per template id), then apply the per-subject limit."""
-        subject = level(subject)
-        element = f"{subject}/{template_id}"
-        shard = shard_of(template_id, self.shards)
-        attributes = {"subject": subject, "site": site, "enrolled_at": enrolled_at.isoformat()}
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.vset().vadd(
-                self.set_key(scope, epoch, shard),
-                np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
-                element,
-                quantization=self.quantization,
-                numlinks=self.hnsw_m,
-                attributes=attributes,
-            )
-            pipe.zadd(
-                self._templates_key(scope, epoch, subject),
-                {f"{shard}/{element}": enrolled_at.timestamp()},
-            )
-            pipe.sadd(self._subjects_key(scope, epoch), subject)
+        template = Template(subject, template_id, vector, site, enrolled_at)
+        return self.enroll_many(scope, epoch, [template])[0]
+
+    def enroll_many(
+        self, scope: str, epoch: int, templates: Sequence[Template]
+    ) -> list[Enrollment]:
+        """Add templates (idempotent per template id) in a few pipelined round trips, then apply
+        the per-subject limit. ``VADD ... CAS`` searches each template's neighbours on Redis'
+        threads. Raises ``redis.RedisError``; enrolling the same templates again completes it."""
+        if not templates:
+            return []
+        placed = []
+        for template in templates:
+            subject = level(template.subject)
+            shard = shard_of(template.template_id, self.shards)
+            element = f"{subject}/{template.template_id}"
+            placed.append((template, subject, shard, element, f"{shard}/{element}"))
+        with self.client.pipeline(transaction=False) as pipe:  # 1. the indexes
+            for template, subject, _shard, _element, member in placed:
+                pipe.zadd(
+                    self._templates_key(scope, epoch, subject),
+                    {member: template.enrolled_at.timestamp()},
+                )
+            pipe.sadd(self._subjects_key(scope, epoch), *{item[1] for item in placed})
             pipe.sadd(self._galleries_key, f"{scope}:{epoch}")
             pipe.execute()
-        evicted = self._evict_beyond(scope, epoch, subject, self.max_templates_per_subject)
-        return Enrollment(template_id, subject, evicted)
+        with self.client.pipeline(transaction=False) as pipe:  # 2. the vector sets
+            for template, subject, shard, element, _member in placed:
+                pipe.execute_command(*self._vadd(scope, epoch, shard, element, template, subject))
+            pipe.execute()
+        with self.client.pipeline(transaction=False) as pipe:  # 3. erased meanwhile?
+            for _template, subject, _shard, _element, member in placed:
+                pipe.zscore(self._templates_key(scope, epoch, subject), member)
+            still_indexed = pipe.execute()
+        orphans = [item for item, score in zip(placed, still_indexed, strict=True) if score is None]
+        if orphans:
+            with self.client.pipeline(transaction=False) as pipe:
+                for _template, _subject, shard, element, _member in orphans:
+                    pipe.vset().vrem(self.set_key(scope, epoch, shard), element)
+                pipe.execute()
+        evicted = self._evict_beyond(scope, epoch, sorted({item[1] for item in placed}))
+        return [
+            Enrollment(template.template_id, subject, evicted.pop(subject, 0))
+            for template, subject, *_ in placed
+        ]
 
-    def _evict_beyond(self, scope: str, epoch: int, subject: str, keep: int) -> int:
-        index = self._templates_key(scope, epoch, subject)
-        surplus = int(self.client.zcard(index)) - keep
-        if surplus <= 0:
-            return 0
-        oldest = [_text(member) for member in self.client.zrange(index, 0, surplus - 1)]
-        return self._remove(scope, epoch, subject, oldest)
+    def _vadd(
+        self, scope: str, epoch: int, shard: int, element: str, template: Template, subject: str
+    ) -> list[Any]:
+        attributes = {
+            "subject": subject,
+            "site": template.site,
+            "enrolled_at": template.enrolled_at.isoformat(),
+        }
+        arguments: list[Any] = [
+            "VADD",
+            self.set_key(scope, epoch, shard),
+            "FP32",
+            np.ascontiguousarray(template.vector, dtype=np.float32).tobytes(),
+            element,
+            "CAS",
+            self.quantization.value,
+            "M",
+            self.hnsw_m,
+            "SETATTR",
+            json.dumps(attributes),
+        ]
+        if self.build_ef is not None:
+            arguments += ["EF", self.build_ef]
+        return arguments
+
+    def _evict_beyond(self, scope: str, epoch: int, subjects: Sequence[str]) -> dict[str, int]:
+        """Apply the per-subject limit; returns how many templates each subject lost."""
+        keep = self.max_templates_per_subject
+        with self.client.pipeline(transaction=False) as pipe:
+            for subject in subjects:
+                pipe.zcard(self._templates_key(scope, epoch, subject))
+            counts = pipe.execute()
+        evicted = {}
+        for subject, count in zip(subjects, counts, strict=True):
+            if int(count) > keep:
+                index = self._templates_key(scope, epoch, subject)
+                oldest = self.client.zrange(index, 0, int(count) - keep - 1)
+                evicted[subject] = self._remove(scope, epoch, subject, [_text(m) for m in oldest])
+        return evicted
 
     def _remove(self, scope: str, epoch: int, subject: str, members: Sequence[str]) -> int:
-        """Remove templates given as index members "{shard}/{element}"."""
+        """Remove templates given as index members "{shard}/{element}": from their vector sets
+        first, then from the index (and the subject from the subject set if none is left)."""
         if not members:
             return 0
-        with self.client.pipeline(transaction=True) as pipe:
+        with self.client.pipeline(transaction=False) as pipe:
             for member in members:
                 shard, element = member.split("/", 1)
                 pipe.vset().vrem(self.set_key(scope, epoch, int(shard)), element)
-            pipe.zrem(self._templates_key(scope, epoch, subject), *members)
             pipe.execute()
-        if self.client.zcard(self._templates_key(scope, epoch, subject)) == 0:
-            self.client.srem(self._subjects_key(scope, epoch), subject)
+        keys = [self._templates_key(scope, epoch, subject), self._subjects_key(scope, epoch)]
+        for start in range(0, len(members), 1000):  # Lua's unpack() has a stack limit
+            self._unindex(keys=keys, args=[subject, *members[start : start + 1000]])
         return len(members)
 
     def erase(self, subject: str, scope: str | None = None) -> int:
@@ -192,7 +274,6 @@ class Gallery:
             index = self._templates_key(gallery_scope, epoch, subject)
             members = [_text(member) for member in self.client.zrange(index, 0, -1)]
             removed += self._remove(gallery_scope, epoch, subject, members)
-            self.client.srem(self._subjects_key(gallery_scope, epoch), subject)
         return removed
 
     def drop(self, scope: str, epoch: int) -> int:
@@ -230,7 +311,7 @@ class Gallery:
             for name in names:
                 pipe.zcard(self._templates_key(scope, epoch, name))
             counts = pipe.execute()
-        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+        return {name: int(count) for name, count in zip(names, counts, strict=True) if count}
 
     def size(self, scope: str, epoch: int) -> int:
         with self.client.pipeline(transaction=False) as pipe:

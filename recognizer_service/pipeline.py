@@ -26,7 +26,7 @@ import redis
 from recognizer_service.audit import AuditLog
 from recognizer_service.decision import Decision, decide, observe
 from recognizer_service.epochs import EpochModels
-from recognizer_service.gallery import Enrollment, Gallery
+from recognizer_service.gallery import Enrollment, Gallery, Template
 from recognizer_service.metrics import Metrics
 from recognizer_service.tracks import (
     FaceObservation,
@@ -208,34 +208,51 @@ class BatchProcessor:
     def _enroll(
         self, items: Sequence[tuple[Face, np.ndarray]], actor: str | None = None
     ) -> list[Enrollment]:
-        results = []
-        for face, vector in items:
+        """Enroll a batch's enrollment faces: one ``enroll_many`` per gallery (scope, epoch)."""
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for index, (face, _) in enumerate(items):
+            groups[(face.header.key_scope, face.header.key_epoch)].append(index)
+        results: list[Enrollment] = [None] * len(items)  # type: ignore[list-item]
+        for (scope, epoch), indices in groups.items():
+            templates = []
+            for index in indices:
+                header, vector = items[index][0].header, items[index][1]
+                assert header.subject is not None
+                templates.append(
+                    Template(
+                        header.subject,
+                        str(header.message_id),
+                        vector,
+                        header.site,
+                        header.captured_at,
+                    )
+                )
+            for index, result in zip(
+                indices, self.gallery.enroll_many(scope, epoch, templates), strict=True
+            ):
+                results[index] = result
+        entries: list[tuple[str, str, dict[str, object]]] = []
+        for (face, _), result in zip(items, results, strict=True):
             header = face.header
-            assert header.subject is not None
-            result = self.gallery.enroll(
-                header.key_scope,
-                header.key_epoch,
-                header.subject,
-                str(header.message_id),
-                vector,
-                header.site,
-                header.captured_at,
-            )
-            self.audit.record(
-                "enroll",
-                actor or f"mqtt:{header.agent}",
-                scope=header.key_scope,
-                epoch=header.key_epoch,
-                subject=header.subject,
-                site=header.site,
-                template=result.template_id,
-                evicted=result.evicted or None,
+            entries.append(
+                (
+                    "enroll",
+                    actor or f"mqtt:{header.agent}",
+                    {
+                        "scope": header.key_scope,
+                        "epoch": header.key_epoch,
+                        "subject": header.subject,
+                        "site": header.site,
+                        "template": result.template_id,
+                        "evicted": result.evicted or None,
+                    },
+                )
             )
             self.metrics.enrollments.inc()
             if result.evicted:
                 self.metrics.erasures.labels("per_subject_limit").inc(result.evicted)
             self.metrics.processed.labels("enroll").inc()
-            results.append(result)
+        self.audit.record_many(entries)
         return results
 
     def enroll_payload(self, payload: bytes, actor: str) -> Enrollment:

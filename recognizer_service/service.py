@@ -23,7 +23,7 @@ import redis
 from recognizer_service.audit import AuditLog
 from recognizer_service.consumer import MqttLink
 from recognizer_service.epochs import EpochModels, pick_device
-from recognizer_service.gallery import Gallery, connect_redis
+from recognizer_service.gallery import Gallery, RedisClient, connect_redis
 from recognizer_service.keywatch import KeyWatch
 from recognizer_service.metrics import Metrics
 from recognizer_service.pipeline import (
@@ -59,7 +59,7 @@ class RecognizerService:
         self,
         settings: Settings,
         client_id: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: RedisClient | None = None,
     ) -> None:
         self.settings = settings
         options = settings.recognizer
@@ -75,6 +75,7 @@ class RecognizerService:
             shards=options.shards,
             quantization=options.quantization,
             hnsw_m=options.hnsw_m,
+            build_ef=options.build_ef,
             search_ef=options.search_ef,
             search_count=options.search_count,
             max_templates_per_subject=options.max_templates_per_subject,

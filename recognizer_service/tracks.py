@@ -12,10 +12,14 @@ lives in Redis, changed only by the two scripts below (atomic on the server):
 
 Redis keys (``p`` is the key prefix; a track is ``{site}:{camera}:{agent}:{track id}``)::
 
-    p:track:{track}              hash: inc (random incarnation), round (open round number),
-                                 m:{message id} -> round, d:{round} -> published
-    p:track:{track}:r:{round}    list of the round's observations (JSON)
-    p:rounds                     sorted set "{track key}|{round}" -> deadline (ms): the outbox
+    p:{tracks}:track:{track}            hash: inc (random incarnation), round (open round
+                                        number), m:{message id} -> round, d:{round} -> published
+    p:{tracks}:track:{track}:r:{round}  list of the round's observations (JSON)
+    p:{tracks}:rounds                   sorted set "{track key}|{round}" -> deadline (ms): the
+                                        outbox
+
+``{tracks}`` is a Redis Cluster hash tag: the scripts change a track and the outbox together,
+so all track state lives in one slot (one primary of a cluster; it is small and short-lived).
 
 A round's event id is ``uuid5(track key, incarnation, round)``: a republished round (lease
 expired, or a crash between PUBACK and ``finish``) carries the same event id, which
@@ -34,10 +38,13 @@ from enum import IntEnum
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from recognizer_service.decision import Observation
+from recognizer_service.gallery import RedisClient
 
 EVENT_NAMESPACE = uuid.UUID("5b2f8f0e-3c1d-4f57-9a0e-7a52f1f3c6d1")
+TRACKS_TAG = "{tracks}"
 
 # Deadlines use the Redis server's clock, so replicas' clocks do not matter.
 _NOW_MS = """
@@ -119,7 +126,7 @@ class TrackId:
     track_id: int
 
     def key(self, prefix: str) -> str:
-        return f"{prefix}:track:{self.site}:{self.camera}:{self.agent}:{self.track_id}"
+        return f"{prefix}:{TRACKS_TAG}:track:{self.site}:{self.camera}:{self.agent}:{self.track_id}"
 
     @classmethod
     def from_key(cls, key: str) -> TrackId:
@@ -185,7 +192,7 @@ def _status(claimed: int, published: int, closed: bool) -> ObserveStatus:
 class Tracks:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str = "rllfpr",
         consensus_faces: int = 3,
         consensus_timeout_ms: float = 1500.0,
@@ -203,34 +210,51 @@ class Tracks:
 
     @property
     def outbox_key(self) -> str:
-        return f"{self.prefix}:rounds"
+        return f"{self.prefix}:{TRACKS_TAG}:rounds"
 
     def observe_many(
         self, faces: list[tuple[TrackId, FaceObservation]]
     ) -> list[tuple[ObserveStatus, RoundRef]]:
         """Record observations (one round trip); returns each face's round and status."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for track, face in faces:
-                self._observe(
-                    keys=[track.key(self.prefix), self.outbox_key],
-                    args=[
-                        face.message_id,
-                        face.to_json(),
-                        self.consensus_faces,
-                        self.timeout_ms,
-                        self.idle_s,
-                        self.lease_ms,
-                        uuid.uuid4().hex,
-                    ],
-                    client=pipe,
-                )
-            replies = pipe.execute()
+        calls = [
+            (
+                [track.key(self.prefix), self.outbox_key],
+                [
+                    face.message_id,
+                    face.to_json(),
+                    self.consensus_faces,
+                    self.timeout_ms,
+                    self.idle_s,
+                    self.lease_ms,
+                    uuid.uuid4().hex,
+                ],
+            )
+            for track, face in faces
+        ]
+        replies = self._pipelined(self._observe, calls)
         return [
             (_status(claimed, published, int(number) < int(current)), RoundRef(key, int(number)))
             for key, (number, claimed, published, current) in zip(
                 (track.key(self.prefix) for track, _ in faces), replies, strict=True
             )
         ]
+
+    def _pipelined(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per (keys, args) in one pipeline (``EVALSHA``: redis-py's cluster
+        pipeline refuses its script objects). A server that lost its script cache (a restart,
+        a promoted replica) gets the script again, and the pipeline runs again: the script is
+        idempotent per message id."""
+        for attempt in range(2):
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def sweep(self, limit: int = 100) -> list[RoundRef]:
         """Claim rounds past their deadline (timed out, or an expired claimant's lease)."""

@@ -249,7 +249,17 @@ class RedisSettings(Section):
     )
     username: str | None = Field(None, description="ACL username.")
     password: SecretStr | None = Field(None, description="ACL password.")
-    key_prefix: str = Field("rllfpr", description="Prefix of every Redis key this project writes.")
+    cluster: bool = Field(
+        False,
+        description="The server is a Redis Cluster: `url` names one of its nodes and the client "
+        "finds the others. Gallery shards spread over the primaries (see `recognizer.shards`).",
+    )
+    key_prefix: str = Field(
+        "rllfpr",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of every Redis key this project writes (no braces: the keys carry "
+        "Redis Cluster hash tags after it).",
+    )
     ca_file: Path | None = Field(
         None, description="CA certificate that signed the server's one (with `rediss://`)."
     )
@@ -288,6 +298,13 @@ class KeySettings(Section):
     )
     max_clock_skew_s: int = Field(
         300, ge=0, description="Bundles created further in the future than this are rejected."
+    )
+    accept_format_1: bool = Field(
+        False,
+        description="Accept key bundles of format 1, which carry their key's seed in the "
+        "public header: anyone who has seen such a bundle can rebuild its key. Only to keep a "
+        "fleet scrambling until its first format-2 epoch is active; each use is logged as a "
+        "warning.",
     )
 
     @field_validator("directory")
@@ -336,6 +353,13 @@ class RecognizerSettings(Section):
         "Q8", description="Vector-set quantization of newly created galleries (VADD)."
     )
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW links per node (VADD M).")
+    build_ef: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Exploration factor of an insertion (VADD EF): lower enrolls faster and "
+        "builds a sparser graph; null keeps Redis' default (200).",
+    )
     search_ef: int = Field(
         200, ge=1, description="VSIM exploration factor: higher is slower and more exact."
     )

@@ -176,3 +176,140 @@ def redis_server(password: str | None = None) -> Iterator[Endpoint]:
             arguments += ["--requirepass", password]
         with _serving(arguments, port, log) as endpoint:
             yield endpoint
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster on loopback ports: ``primaries`` primaries with ``replicas`` replicas
+    each. ``kill`` and ``restart`` act on one node, as a crash and its return."""
+
+    binary: str
+    workdir: Path
+    ports: list[int]
+    bus_ports: dict[int, int]  # node port -> cluster bus port (not port + 10000: may be > 65535)
+    processes: dict[int, subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node: cluster clients discover the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def arguments(self, port: int) -> list[str]:
+        directory = self.workdir / str(port)
+        directory.mkdir(exist_ok=True)
+        return [
+            self.binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            str(self.bus_ports[port]),
+            "--cluster-node-timeout",
+            "1000",  # ms without an answer before a primary is failed over
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(directory),
+            "--logfile",
+            "redis.log",
+        ]
+
+    def start_node(self, port: int) -> None:
+        process = subprocess.Popen(self.arguments(port), stdout=subprocess.DEVNULL)
+        self.processes[port] = process
+        _wait_for_port(Endpoint("127.0.0.1", port), process, self.workdir / str(port) / "redis.log")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (no shutdown, no save)."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait()
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again: it rejoins from its nodes.conf and append-only file."""
+        self.start_node(port)
+
+    def cli(self, *arguments: str, port: int | None = None) -> str:
+        result = subprocess.run(
+            [self.cli_binary, "-p", str(port or self.ports[0]), *arguments],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    @property
+    def cli_binary(self) -> str:
+        return str(Path(self.binary).with_name("redis-cli"))
+
+    def primaries(self) -> list[int]:
+        """Ports of the primaries that serve slots now."""
+        ports = []
+        for line in self.cli("cluster", "nodes", port=self.alive()[0]).splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return sorted(ports)
+
+    def alive(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Until every live node says the cluster is ok and all slots are served."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = []
+            for port in self.alive():
+                with contextlib.suppress(subprocess.SubprocessError):
+                    states.append(self.cli("cluster", "info", port=port))
+            if states and all(
+                "cluster_state:ok" in state and "cluster_slots_ok:16384" in state
+                for state in states
+            ):
+                return
+            time.sleep(0.2)
+        raise ServiceError(f"Redis Cluster not healthy within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def redis_cluster(primaries: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    """Run a Redis >= 8 Cluster on free loopback ports for the duration of the block (plain
+    ``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster create``)."""
+    binary = _find_binary("RLLFPR_REDIS_SERVER", "redis-server")
+    if (major := redis_major_version(binary)) < 8:
+        raise ServiceError(f"{binary} is Redis {major}; vector sets need Redis >= 8")
+    with tempfile.TemporaryDirectory(prefix="rllfpr-redis-cluster-") as workdir:
+        ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        cluster = RedisCluster(binary, Path(workdir), ports, {p: free_port() for p in ports}, {})
+        try:
+            for port in ports:
+                cluster.start_node(port)
+            subprocess.run(
+                [
+                    cluster.cli_binary,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in ports),
+                    "--cluster-replicas",
+                    str(replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
+            cluster.wait_healthy()
+            yield cluster
+        finally:
+            for process in cluster.processes.values():
+                _stop(process)

@@ -27,6 +27,13 @@ def redis_endpoint() -> Iterator[Endpoint]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[local_services.RedisCluster]:
+    """A Redis 8 Cluster: three primaries, one replica each, on loopback ports."""
+    with local_services.redis_cluster(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared face datasets (``RLLFPR_DATA``); tests that need them skip without them."""
     root = Path(os.environ.get("RLLFPR_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -15,6 +15,7 @@ from edge_agent.metrics import AgentMetrics
 from rllfpr.keys.material import KeyMaterialError
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire.messages import KeyState
+from tests.key_secrecy import seal_format_1
 from tests.test_agent_support import SMALL_SN, KeyFactory, self_learned, wait_until
 
 FACES = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
@@ -28,13 +29,14 @@ def network(seed: int) -> ScramblerNetwork:
 class Harness:
     """An ``AgentKeys`` on a temporary directory, recording what it told the agent."""
 
-    def __init__(self, factory: KeyFactory, key_dir: Path) -> None:
+    def __init__(self, factory: KeyFactory, key_dir: Path, accept_format_1: bool = False) -> None:
         self.factory = factory
         self.metrics = AgentMetrics()
         self.changes: list[int | None] = []
         self.revoked: list[int] = []
+        settings = factory.settings(key_dir)
         self.keys = AgentKeys(
-            factory.settings(key_dir),
+            settings.model_copy(update={"accept_format_1": accept_format_1}),
             key_dir / "agent",
             lambda net, _engine_dir: TorchBackend(net),
             self.metrics,
@@ -209,3 +211,31 @@ def test_a_backend_that_fails_to_build_is_refused_and_the_keys_keep_flowing(
     assert key is not None
     assert key.epoch == 2
     keys.close()
+
+
+def test_a_format_1_bundle_is_refused_unless_accepted_for_the_upgrade(
+    factory: KeyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    production = network(6525962073862236617)  # a 63-bit seed, as rotation draws them
+    legacy = seal_format_1(
+        production,
+        epoch=1,
+        scope=factory.scope,
+        signing_key=factory.signing_key,
+        fleet_key=factory.fleet_key,
+    )
+    refusing = Harness(factory, tmp_path / "refusing")
+    refusing.send(legacy, factory.announcement(legacy))
+    assert refusing.refused("bundle") == 1
+    assert refusing.epoch is None  # the activation waits for a bundle that never comes
+    assert "format 1 is refused" in caplog.text
+    assert not list((tmp_path / "refusing").rglob("*.rlkb"))  # nothing kept on disk
+    refusing.keys.close()
+
+    caplog.clear()
+    upgrading = Harness(factory, tmp_path / "upgrading", accept_format_1=True)
+    upgrading.send(legacy, factory.announcement(legacy))
+    assert upgrading.epoch == 1
+    assert "format-1 bundle, whose seed is public" in caplog.text
+    assert str(production.seed) not in caplog.text
+    upgrading.keys.close()

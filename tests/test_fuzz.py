@@ -317,6 +317,11 @@ npz_like = st.one_of(
     st.binary(max_size=512).map(lambda tail: b"\x93NUMPY" + tail),
     st.just(bundle._pack_state(STATE)).flatmap(mutated_bytes),
 )
+# Format 2's plaintext: architecture length, architecture JSON, then the .npz (issue 21).
+plaintexts = st.one_of(
+    st.binary(max_size=512),
+    npz_like.map(lambda state: _LENGTH.pack(2) + b"{}" + state),
+)
 
 
 @st.composite
@@ -330,7 +335,7 @@ def bundle_payloads(draw: st.DrawFn) -> bytes:
         header = json_bytes(draw(mutated_json(VALID_BUNDLE_HEADER)))
         return sign_bundle_parts(header, None, draw(st.binary(max_size=256)))
     header = json.dumps(VALID_BUNDLE_HEADER).encode()  # signed and encrypted garbage state
-    return sign_bundle_parts(header, draw(npz_like), None)
+    return sign_bundle_parts(header, draw(plaintexts), None)
 
 
 @FUZZ

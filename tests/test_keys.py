@@ -19,6 +19,7 @@ from rllfpr.keys.keyring import KeyRing
 from rllfpr.keys.material import FleetKey, KeyMaterialError
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from tests.key_secrecy import seal_format_1
 
 SIGNER = Ed25519PrivateKey.generate()
 FLEET = FleetKey.generate()
@@ -51,7 +52,7 @@ def new_ring(tmp_path: Path | None = None, **kwargs: object) -> KeyRing:
 def test_bundle_round_trip_restores_state_and_metadata() -> None:
     opened = bundle.open_bundle(make_bundle(epoch=4), TRUSTED, {FLEET.key_id: FLEET})
     assert opened.header.epoch == 4
-    assert opened.header.architecture["levels"] == 5
+    assert opened.architecture["levels"] == 5  # the architecture comes from the ciphertext
     assert set(opened.state) == set(STATE)
     for name, array in STATE.items():
         assert np.array_equal(opened.state[name], array)
@@ -212,7 +213,7 @@ def test_a_production_key_with_a_63_bit_seed_survives_its_bundle() -> None:
     key = network.key_state()
     sealed = make_bundle(architecture=key["architecture"], state=key["state"])
     opened = bundle.open_bundle(sealed, TRUSTED, {FLEET.key_id: FLEET})
-    restored = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    restored = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
     assert restored.seed == 2**63 - 1
     faces = torch.rand(2, 3, 32, 32)
     assert torch.equal(restored.scramble(faces), network.scramble(faces))
@@ -233,7 +234,77 @@ def test_a_signed_bundle_with_a_broken_state_archive_is_a_bundle_error(state: by
     header = bundle.read_header(make_bundle()).model_dump_json().encode()
     head = bundle._PREFIX.pack(bundle.MAGIC, bundle.FORMAT_VERSION, len(header)) + header
     nonce = bytes.fromhex(json.loads(header)["nonce"])
-    ciphertext = AESGCM(FLEET.secret).encrypt(nonce, state, head)
+    plaintext = bundle._LENGTH.pack(2) + b"{}" + state  # a valid architecture part, format 2
+    ciphertext = AESGCM(FLEET.secret).encrypt(nonce, plaintext, head)
     body = head + bundle._LENGTH.pack(len(ciphertext)) + ciphertext
     with pytest.raises(BundleError, match="not a valid array archive"):
         bundle.open_bundle(body + SIGNER.sign(body), TRUSTED, {FLEET.key_id: FLEET})
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "reason"),
+    [
+        (b"\0\0", "truncated"),
+        (b"\xff\xff\xff\xff{}", "architecture length out of range"),
+        (b"\0\0\0\x09{}", "architecture length out of range"),
+        (b"\0\0\0\x02\xff\xfe", "not JSON"),
+        (b"\0\0\0\x02[]", "not a JSON object"),
+    ],
+)
+def test_a_signed_bundle_with_a_broken_architecture_part_is_a_bundle_error(
+    plaintext: bytes, reason: str
+) -> None:
+    header = bundle.read_header(make_bundle()).model_dump_json().encode()
+    head = bundle._PREFIX.pack(bundle.MAGIC, bundle.FORMAT_VERSION, len(header)) + header
+    nonce = bytes.fromhex(json.loads(header)["nonce"])
+    ciphertext = AESGCM(FLEET.secret).encrypt(nonce, plaintext, head)
+    body = head + bundle._LENGTH.pack(len(ciphertext)) + ciphertext
+    with pytest.raises(BundleError, match=reason):
+        bundle.open_bundle(body + SIGNER.sign(body), TRUSTED, {FLEET.key_id: FLEET})
+
+
+def format_1_bundle(epoch: int = 1) -> tuple[bytes, ScramblerNetwork]:
+    network = ScramblerNetwork(ScramblerConfig(levels=2, widths=(4, 8), input_size=32), 7)
+    return seal_format_1(
+        network, epoch=epoch, scope="fleet", signing_key=SIGNER, fleet_key=FLEET
+    ), network
+
+
+def test_a_format_1_bundle_is_refused_with_the_reason_unless_asked_for() -> None:
+    legacy, network = format_1_bundle()
+    with pytest.raises(BundleError, match=r"format 1 is refused: .* seed .* keys rotate"):
+        bundle.open_bundle(legacy, TRUSTED, {FLEET.key_id: FLEET})
+    with pytest.raises(BundleError, match="format 1 is refused"):
+        new_ring().accept(legacy)
+    header = bundle.read_header(legacy)  # for sorting and display: no architecture, no seed
+    assert header.format_version == 1
+    assert "architecture" not in header.model_dump()
+    opened = bundle.open_bundle(legacy, TRUSTED, {FLEET.key_id: FLEET}, accept_format_1=True)
+    restored = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
+    faces = torch.rand(2, 3, 32, 32)
+    assert torch.equal(restored.scramble(faces), network.scramble(faces))
+    assert new_ring(accept_format_1=True).accept(legacy).is_new
+
+
+def test_a_header_must_agree_with_its_prefix_on_the_format() -> None:
+    data = make_bundle()
+    behind_format_1 = data[:4] + (1).to_bytes(2, "big") + data[6:]
+    with pytest.raises(BundleError, match="invalid bundle header"):  # no architecture
+        bundle.read_header(behind_format_1)
+    claims_format_1 = data.replace(b'"format_version":2', b'"format_version":1')
+    with pytest.raises(BundleError, match="says format_version 1, its prefix 2"):
+        bundle.read_header(claims_format_1)
+    legacy = format_1_bundle()[0]
+    behind_format_2 = legacy[:4] + (2).to_bytes(2, "big") + legacy[6:]
+    with pytest.raises(BundleError, match="invalid bundle header"):  # an architecture
+        bundle.read_header(behind_format_2)
+
+
+def test_the_trainer_never_publishes_a_format_1_bundle_again() -> None:
+    import paho.mqtt.client as paho
+
+    from trainer.rotation import KeyPublisher
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)  # never connected: nothing may go out
+    with pytest.raises(BundleError, match="format 1 is refused"):
+        KeyPublisher(client, SIGNER).stage(format_1_bundle()[0])

@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import redis
 
 from recognizer_service.audit import AuditLog
 from recognizer_service.decision import Observation
-from recognizer_service.gallery import Gallery, connect_redis, shard_of
+from recognizer_service.gallery import Gallery, RedisClient, Template, connect_redis, shard_of
 from recognizer_service.tracks import FaceObservation, TrackId, Tracks
 from rllfpr import local_services
 from rllfpr.config import RedisSettings
@@ -25,12 +26,26 @@ pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def client(redis_endpoint: Endpoint) -> redis.Redis:
-    return redis.Redis(host=redis_endpoint.host, port=redis_endpoint.port)
+@pytest.fixture(params=["redis", "cluster"])
+def client(request: pytest.FixtureRequest) -> RedisClient:
+    """The same gallery code against one Redis and against a 3-primary Redis Cluster, chosen
+    by configuration (``redis.cluster``) as the service chooses it."""
+    if request.param == "redis":
+        endpoint: Endpoint = request.getfixturevalue("redis_endpoint")
+        url, cluster = f"redis://{endpoint.host}:{endpoint.port}/0", False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster").url, True
+    return connect_redis(RedisSettings(url=url, cluster=cluster))
 
 
-def gallery(client: redis.Redis, **options: object) -> Gallery:
+def all_keys(client: RedisClient, pattern: str) -> list[Any]:
+    """KEYS on every primary (a cluster client asks one node by default)."""
+    if isinstance(client, redis.RedisCluster):
+        return list(client.keys(pattern, target_nodes=redis.RedisCluster.PRIMARIES))
+    return list(client.keys(pattern))
+
+
+def gallery(client: RedisClient, **options: object) -> Gallery:
     return Gallery(client, prefix=f"t{uuid.uuid4().hex[:8]}", **options)  # type: ignore[arg-type]
 
 
@@ -39,7 +54,7 @@ def unit_rows(rng: np.random.Generator, count: int, dim: int = 32) -> np.ndarray
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def test_sharded_search_merges_to_the_exact_top_templates(client: redis.Redis) -> None:
+def test_sharded_search_merges_to_the_exact_top_templates(client: RedisClient) -> None:
     store = gallery(client, shards=4, quantization="NOQUANT", search_count=5, search_ef=500)
     rng = np.random.default_rng(0)
     templates = unit_rows(rng, 120)
@@ -57,13 +72,13 @@ def test_sharded_search_merges_to_the_exact_top_templates(client: redis.Redis) -
         assert [hit.score for hit in hits] == pytest.approx(probe_scores[best], abs=1e-4)
 
 
-def test_search_of_an_empty_or_missing_gallery_finds_nothing(client: redis.Redis) -> None:
+def test_search_of_an_empty_or_missing_gallery_finds_nothing(client: RedisClient) -> None:
     store = gallery(client, shards=3)
     assert store.search("fleet", 9, unit_rows(np.random.default_rng(1), 2)) == [[], []]
 
 
 def test_erasing_a_subject_removes_every_template_in_every_shard_and_epoch(
-    client: redis.Redis,
+    client: RedisClient,
 ) -> None:
     store = gallery(client, shards=3)
     rng = np.random.default_rng(2)
@@ -81,7 +96,50 @@ def test_erasing_a_subject_removes_every_template_in_every_shard_and_epoch(
     assert store.erase("nobody") == 0
 
 
-def test_the_per_subject_limit_evicts_the_oldest_templates(client: redis.Redis) -> None:
+def test_an_erasure_racing_an_enrollment_leaves_no_template_behind(client: RedisClient) -> None:
+    """Enrollment writes the subject's index, then the vector set, then checks the index: an
+    erasure that ran in between (it found the index entry, but no vector yet) must not leave
+    the vector behind, unindexed and so beyond the reach of any later erasure."""
+
+    class Racing(Gallery):
+        raced = False
+
+        def _vadd(self, *arguments: Any) -> list[Any]:
+            if not self.raced:  # between the index write and the VADD
+                self.raced = True
+                assert self.erase("alice") == 1
+            return super()._vadd(*arguments)
+
+    store = Racing(client, prefix=f"t{uuid.uuid4().hex[:8]}", shards=3)
+    vector = unit_rows(np.random.default_rng(8), 1)[0]
+    store.enroll("fleet", 1, "alice", "t1", vector, "lobby", NOW)
+    assert store.raced
+    assert store.size("fleet", 1) == 0
+    assert store.subjects("fleet", 1) == {}
+    assert store.search("fleet", 1, [vector]) == [[]]
+
+
+def test_enroll_many_writes_a_batch_in_a_few_round_trips(client: RedisClient) -> None:
+    store = gallery(client, shards=3, max_templates_per_subject=2)
+    vectors = unit_rows(np.random.default_rng(9), 5)
+    results = store.enroll_many(
+        "fleet",
+        1,
+        [
+            Template("alice" if i < 3 else "bob", f"t{i}", v, "lobby", NOW + timedelta(seconds=i))
+            for i, v in enumerate(vectors)
+        ],
+    )
+    assert [(r.template_id, r.subject) for r in results] == [
+        (f"t{i}", "alice" if i < 3 else "bob") for i in range(5)
+    ]
+    assert sum(r.evicted for r in results) == 1  # alice's oldest, beyond the limit of 2
+    assert store.subjects("fleet", 1) == {"alice": 2, "bob": 2}
+    assert store.size("fleet", 1) == 4
+    assert store.enroll_many("fleet", 1, []) == []
+
+
+def test_the_per_subject_limit_evicts_the_oldest_templates(client: RedisClient) -> None:
     store = gallery(client, shards=2, max_templates_per_subject=3)
     vectors = unit_rows(np.random.default_rng(3), 5)
     evicted = [
@@ -94,7 +152,7 @@ def test_the_per_subject_limit_evicts_the_oldest_templates(client: redis.Redis) 
     assert store.size("fleet", 1) == 3
 
 
-def test_enrolling_the_same_template_twice_stores_it_once(client: redis.Redis) -> None:
+def test_enrolling_the_same_template_twice_stores_it_once(client: RedisClient) -> None:
     store = gallery(client)
     vector = unit_rows(np.random.default_rng(4), 1)[0]
     for _ in range(2):
@@ -110,7 +168,7 @@ def test_enrolling_the_same_template_twice_stores_it_once(client: redis.Redis) -
     ]
 
 
-def test_retention_deletes_templates_older_than_the_cutoff(client: redis.Redis) -> None:
+def test_retention_deletes_templates_older_than_the_cutoff(client: RedisClient) -> None:
     store = gallery(client, shards=2)
     vectors = unit_rows(np.random.default_rng(5), 4)
     for index, vector in enumerate(vectors):
@@ -120,7 +178,7 @@ def test_retention_deletes_templates_older_than_the_cutoff(client: redis.Redis) 
     assert store.subjects("fleet", 1) == {"alice": 2}
 
 
-def test_dropping_an_epoch_deletes_its_whole_gallery(client: redis.Redis) -> None:
+def test_dropping_an_epoch_deletes_its_whole_gallery(client: RedisClient) -> None:
     store = gallery(client, shards=2)
     rng = np.random.default_rng(6)
     for epoch in (1, 2):
@@ -128,11 +186,12 @@ def test_dropping_an_epoch_deletes_its_whole_gallery(client: redis.Redis) -> Non
             store.enroll("fleet", epoch, f"s{index}", f"{epoch}-{index}", vector, "lobby", NOW)
     assert store.drop("fleet", 1) == 4
     assert store.galleries() == [("fleet", 2)]
-    assert client.keys(f"{store.prefix}:*:fleet:1*") == []
+    assert all_keys(client, f"{store.prefix}:*fleet:1*") == []
+    assert all_keys(client, f"{store.prefix}:*fleet:2*") != []
     assert store.size("fleet", 2) == 4
 
 
-def test_audit_log_records_trims_by_age_and_caps_its_length(client: redis.Redis) -> None:
+def test_audit_log_records_trims_by_age_and_caps_its_length(client: RedisClient) -> None:
     audit = AuditLog(client, prefix=f"t{uuid.uuid4().hex[:8]}", max_entries=100)
     old_id = "1000-0"  # 1970: older than any retention
     client.xadd(audit.key, {"action": "enroll", "actor": "test"}, id=old_id)
@@ -160,7 +219,9 @@ def test_connecting_to_a_password_protected_redis() -> None:
 
 def test_tls_settings_reach_the_client() -> None:
     settings = RedisSettings(url="rediss://gallery.example:6380/0", ca_file="/etc/rllfpr/ca.crt")
-    pool = connect_redis(settings).connection_pool
+    client = connect_redis(settings)
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
     assert pool.connection_class is redis.SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/rllfpr/ca.crt"
     assert pool.connection_kwargs["ssl_cert_reqs"] == ssl.CERT_REQUIRED

@@ -97,7 +97,7 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
 
     from rllfpr.models.scrambler import ScramblerNetwork
 
-    first_key = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    first_key = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
     second = builder.build("fleet", 2, previous_key=first_key)
     assert second.report["fine_tuned"]
     assert "template_linkage_accuracy" not in first.report["gates"]

@@ -126,7 +126,7 @@ def test_key_state_survives_a_signed_encrypted_bundle() -> None:
     opened = bundle.open_bundle(
         data, {material.signer_id(signer.public_key()): signer.public_key()}, {fleet.key_id: fleet}
     )
-    restored = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    restored = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
     assert torch.equal(restored.scramble(faces()), network.scramble(faces()))
 
 

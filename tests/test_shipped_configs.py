@@ -1,5 +1,5 @@
-"""Every experiment, privacy and study config in ``configs/`` validates: the commands the
-result documents give for reproducing a table must not fail on a renamed or removed field."""
+"""Every experiment, privacy, rotation and study config in ``configs/`` validates: the commands
+the result documents give for reproducing a table must not fail on a renamed or removed field."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ExperimentConfig
+from trainer.rotation import RotationConfig
 from trainer.studies.design import StudyConfig
 from trainer.studies.privacy.config import PrivacyConfig
 
@@ -15,9 +16,15 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_experiment_and_privacy_configs_validate(path: Path) -> None:
-    loader = PrivacyConfig if path.name.startswith("privacy-") else ExperimentConfig
-    assert loader.from_yaml(path)
+def test_experiment_privacy_and_rotation_configs_validate(path: Path) -> None:
+    loader: type[ExperimentConfig | PrivacyConfig | RotationConfig] = ExperimentConfig
+    if path.name.startswith("privacy-"):
+        loader = PrivacyConfig
+    elif path.name.startswith("rotation-"):
+        loader = RotationConfig
+    config = loader.from_yaml(path)  # raises on an unknown, renamed or invalid field
+    # what it says survives a round trip: no field is silently dropped or coerced away
+    assert loader.model_validate(config.model_dump(mode="json")) == config
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "study").glob("*.yaml")), ids=lambda p: p.name)

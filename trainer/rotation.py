@@ -223,11 +223,15 @@ def calibrate_open_set(
 def open_own_bundle(
     data: bytes, signing_public: Ed25519PublicKey, fleet_key: FleetKey
 ) -> ScramblerNetwork:
-    """The SN of a bundle this trainer sealed (verified with its own signing key)."""
+    """The SN of a bundle this trainer sealed (verified with its own signing key). Format 1 is
+    read too: the trainer needs its last epoch's key to gate the rotation that replaces it."""
     opened = bundle.open_bundle(
-        data, {material.signer_id(signing_public): signing_public}, {fleet_key.key_id: fleet_key}
+        data,
+        {material.signer_id(signing_public): signing_public},
+        {fleet_key.key_id: fleet_key},
+        accept_format_1=True,
     )
-    return ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+    return ScramblerNetwork.from_key_state(opened.architecture, opened.state)
 
 
 class EpochBuilder:
@@ -383,8 +387,11 @@ class KeyPublisher:
         return announcement
 
     def stage(self, sealed: bytes) -> KeyAnnouncement:
-        """Bundle out first, then the announcement that names it."""
+        """Bundle out first, then the announcement that names it. A format-1 bundle is never
+        published again: its header holds its key's seed in clear (issue 21)."""
         header = bundle.read_header(sealed)
+        if header.format_version != bundle.FORMAT_VERSION:
+            raise bundle.BundleError(bundle.FORMAT_1_REFUSED)
         self._retain(topics.key_bundle(header.scope, header.epoch), sealed)
         return self._announce(sealed, KeyState.STAGED)
 

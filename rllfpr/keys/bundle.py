@@ -1,27 +1,39 @@
-"""Key bundles: one scrambler key (SN weights and BN statistics) signed and encrypted.
+"""Key bundles: one scrambler key (SN architecture, seed, weights and BN statistics) signed
+and encrypted.
 
-File and message layout (integers big-endian)::
+File and message layout, format 2 (integers big-endian)::
 
     magic b"RLKB" | format_version uint16 | header length uint32 | header (UTF-8 JSON)
     | ciphertext length uint32 | ciphertext | Ed25519 signature (64 bytes)
 
-The signature covers every byte before it. The ciphertext is AES-256-GCM of an ``.npz``
-archive of the SN state (numpy, no pickle), with the prefix and header as associated data,
-so neither can be altered or moved to another bundle. Verification order: structure,
-signature (before any decryption), then decryption, then the key-ring policy.
+    plaintext of the ciphertext:
+    architecture length uint32 | architecture (UTF-8 JSON: SN configuration and seed) | .npz
+
+The signature covers every byte before it. The ciphertext is AES-256-GCM of the plaintext
+above (the ``.npz`` archive holds the SN state: numpy, no pickle), with the prefix and header
+as associated data, so neither can be altered or moved to another bundle. Verification order:
+structure, signature (before any decryption), then decryption, then the key-ring policy.
+
+The public header carries only what routing and the key-ring policy need before decrypting
+(format, ids, epoch, scope, creation time, signer, fleet key id, nonce): nothing from which a
+kernel or a statistic of the SN could be derived. Format 1 carried the architecture *with the
+kernel seed* in that header, so every reader of a key topic or a bundle file could rebuild the
+key (issue 21); it is refused unless the caller asks for it (``accept_format_1``), to keep a
+fleet running until its first format-2 epoch is active.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import secrets
 import struct
 import uuid
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -35,9 +47,11 @@ from rllfpr.keys.material import FleetKey, signer_id
 from rllfpr.wire.messages import Epoch, TopicLevel, new_id, utc_now
 
 MAGIC = b"RLKB"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+LEGACY_FORMAT_VERSION: Final = 1  # the architecture and seed in clear (issue 21)
 SIGNATURE_BYTES = 64
 MAX_HEADER_BYTES = 64 * 1024
+MAX_ARCHITECTURE_BYTES = 64 * 1024
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _PREFIX = struct.Struct(">4sHI")
 _LENGTH = struct.Struct(">I")
@@ -52,17 +66,25 @@ _ARCHIVE_ERRORS = (
     zlib.error,
 )
 
+FORMAT_1_REFUSED = (
+    "key bundle format 1 is refused: it carries its key's seed in the public header, so anyone "
+    "who has seen the bundle (any subscriber of the key topics, any copy of the file) can "
+    "rebuild that SN key (issue 21). Build and activate a new epoch with this release's trainer "
+    "(`rllfpr keys rotate --activate`), then revoke the format-1 epochs; until then "
+    "`keys.accept_format_1: true` lets a process use them"
+)
+
 
 class BundleError(ValueError):
     """A bundle is malformed, unsigned, forged, undecryptable or refused by policy."""
 
 
 class BundleHeader(BaseModel):
-    """Public metadata of a key bundle (signed, not encrypted)."""
+    """Public metadata of a key bundle (signed, not encrypted). Nothing here derives the SN."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     bundle_id: uuid.UUID = Field(default_factory=new_id)
     epoch: Epoch
     scope: TopicLevel = Field(description="`fleet` or the site this key is for.")
@@ -70,16 +92,23 @@ class BundleHeader(BaseModel):
     recognizer_id: str = Field(
         min_length=1, max_length=128, description="Id of the recognizer trained for this key."
     )
-    architecture: dict[str, Any] = Field(description="SN configuration that the state fits.")
     signer: str = Field(pattern=r"^[0-9a-f]{16}$", description="Id of the signing key.")
     fleet_key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="Id of the encryption key.")
     nonce: str = Field(pattern=r"^[0-9a-f]{24}$", description="AES-GCM nonce, hex.")
 
 
+class _Format1Header(BundleHeader):
+    """Format 1's header: the same fields plus the architecture, seed included, in clear."""
+
+    architecture: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class KeyBundle:
     header: BundleHeader
-    state: dict[str, np.ndarray]
+    # The secret part, decrypted: never in a repr, a log line or an error message.
+    architecture: dict[str, Any] = field(repr=False)  # SN configuration and seed
+    state: dict[str, np.ndarray] = field(repr=False)
     sha256: str  # of the whole signed bundle, as announcements reference it
 
 
@@ -108,6 +137,30 @@ def _unpack_state(data: bytes) -> dict[str, np.ndarray]:
         raise BundleError(f"bundle state is not a valid array archive: {error}") from error
 
 
+def _pack_secret(architecture: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> bytes:
+    text = json.dumps(dict(architecture), sort_keys=True).encode()
+    if len(text) > MAX_ARCHITECTURE_BYTES:
+        raise BundleError(f"architecture of {len(text)} bytes is too large")
+    return _LENGTH.pack(len(text)) + text + _pack_state(state)
+
+
+def _unpack_secret(plaintext: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(architecture, state); error messages never quote the plaintext."""
+    if len(plaintext) < _LENGTH.size:
+        raise BundleError("bundle plaintext is truncated")
+    (length,) = _LENGTH.unpack_from(plaintext)
+    end = _LENGTH.size + length
+    if length > MAX_ARCHITECTURE_BYTES or end > len(plaintext):
+        raise BundleError("bundle plaintext: architecture length out of range")
+    try:
+        architecture = json.loads(plaintext[_LENGTH.size : end])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BundleError("bundle plaintext: the architecture is not JSON") from None
+    if not isinstance(architecture, dict):
+        raise BundleError("bundle plaintext: the architecture is not a JSON object")
+    return architecture, _unpack_state(plaintext[end:])
+
+
 def seal(
     *,
     epoch: int,
@@ -119,13 +172,13 @@ def seal(
     fleet_key: FleetKey,
     created_at: datetime | None = None,
 ) -> bytes:
-    """Encrypt and sign one key; returns the bundle bytes."""
+    """Encrypt and sign one key (``architecture`` and ``state`` both go in the ciphertext);
+    returns the bundle bytes, format 2."""
     nonce = secrets.token_bytes(12)
     header = BundleHeader(
         epoch=epoch,
         scope=scope,
         recognizer_id=recognizer_id,
-        architecture=dict(architecture),
         signer=signer_id(signing_key.public_key()),
         fleet_key_id=fleet_key.key_id,
         nonce=nonce.hex(),
@@ -133,25 +186,34 @@ def seal(
     )
     header_bytes = header.model_dump_json().encode()
     signed_head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
-    ciphertext = AESGCM(fleet_key.secret).encrypt(nonce, _pack_state(state), signed_head)
+    plaintext = _pack_secret(architecture, state)
+    ciphertext = AESGCM(fleet_key.secret).encrypt(nonce, plaintext, signed_head)
     body = signed_head + _LENGTH.pack(len(ciphertext)) + ciphertext
     return body + signing_key.sign(body)
 
 
 def read_header(data: bytes) -> BundleHeader:
-    """Parse the public header without verifying anything (for display only)."""
+    """Parse the public header without verifying anything (for sorting and display only).
+    A format-1 header is returned without its architecture."""
     header, _, _ = _split(data)
+    return _public(header)
+
+
+def _public(header: BundleHeader) -> BundleHeader:
+    if isinstance(header, _Format1Header):
+        return BundleHeader.model_validate(header.model_dump(exclude={"architecture"}))
     return header
 
 
 def _split(data: bytes) -> tuple[BundleHeader, bytes, bytes]:
-    """Return (header, signed head, ciphertext); checks structure only."""
+    """Return (header, signed head, ciphertext); checks structure only. A format-1 header is
+    a ``_Format1Header``."""
     if len(data) < _PREFIX.size + _LENGTH.size + SIGNATURE_BYTES:
         raise BundleError(f"truncated bundle: {len(data)} bytes")
     magic, version, header_length = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise BundleError(f"not a key bundle: magic {magic!r}")
-    if version != FORMAT_VERSION:
+    if version not in (LEGACY_FORMAT_VERSION, FORMAT_VERSION):
         raise BundleError(f"unsupported bundle format_version {version}")
     if header_length > MAX_HEADER_BYTES:
         raise BundleError(f"bundle header of {header_length} bytes is too large")
@@ -165,10 +227,15 @@ def _split(data: bytes) -> tuple[BundleHeader, bytes, bytes]:
         or len(data) != cipher_start + cipher_length + SIGNATURE_BYTES
     ):
         raise BundleError("bundle length does not match its declared ciphertext length")
+    model = _Format1Header if version == LEGACY_FORMAT_VERSION else BundleHeader
     try:
-        header = BundleHeader.model_validate_json(data[_PREFIX.size : head_end])
+        header = model.model_validate_json(data[_PREFIX.size : head_end])
     except ValidationError as error:
         raise BundleError(f"invalid bundle header: {error}") from error
+    if header.format_version != version:
+        raise BundleError(
+            f"bundle header says format_version {header.format_version}, its prefix {version}"
+        )
     return header, data[:head_end], data[cipher_start : cipher_start + cipher_length]
 
 
@@ -176,10 +243,15 @@ def open_bundle(
     data: bytes,
     trusted: Mapping[str, Ed25519PublicKey],
     fleet_keys: Mapping[str, FleetKey],
+    *,
+    accept_format_1: bool = False,
 ) -> KeyBundle:
-    """Check structure and signature, then decrypt. No epoch policy here: see ``KeyRing``."""
+    """Check structure and signature, then decrypt. No epoch policy here: see ``KeyRing``.
+    Format-1 bundles are refused (``FORMAT_1_REFUSED``) unless ``accept_format_1``."""
     data = bytes(data)
     header, signed_head, ciphertext = _split(data)
+    if header.format_version == LEGACY_FORMAT_VERSION and not accept_format_1:
+        raise BundleError(FORMAT_1_REFUSED)
     public_key = trusted.get(header.signer)
     if public_key is None:
         raise BundleError(f"bundle signed by untrusted key {header.signer}")
@@ -196,4 +268,9 @@ def open_bundle(
         )
     except InvalidTag as error:
         raise BundleError("bundle does not decrypt with the fleet key") from error
-    return KeyBundle(header, _unpack_state(plaintext), hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    if isinstance(header, _Format1Header):
+        state = _unpack_state(plaintext)
+        return KeyBundle(_public(header), dict(header.architecture), state, digest)
+    architecture, state = _unpack_secret(plaintext)
+    return KeyBundle(header, architecture, state, digest)

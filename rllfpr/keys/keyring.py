@@ -1,7 +1,8 @@
 """The key-ring policy every agent and recognizer applies to incoming bundles and revocations.
 
 Rules, per key scope:
-- a bundle must be signed by a trusted signer and decrypt with a held fleet key;
+- a bundle must be signed by a trusted signer and decrypt with a held fleet key; format 1
+  (seed in clear, issue 21) is refused unless the ring was built with ``accept_format_1``;
 - its scope must be one this process serves;
 - it is *stale* unless its epoch is newer than every epoch accepted before; re-delivery of
   the very bundle already accepted (retained topics redeliver on reconnect) is a no-op;
@@ -49,6 +50,7 @@ class KeyRing:
         scopes: Iterable[str] = ("fleet",),
         max_clock_skew: timedelta = timedelta(minutes=5),
         state_file: Path | None = None,
+        accept_format_1: bool = False,
     ) -> None:
         if not trusted:
             raise ValueError("a key ring needs at least one trusted signer")
@@ -57,6 +59,7 @@ class KeyRing:
         self._scopes = set(scopes)
         self._max_clock_skew = max_clock_skew
         self._state_file = state_file
+        self._accept_format_1 = accept_format_1
         self._state: dict[str, ScopeState] = {scope: ScopeState() for scope in self._scopes}
         if state_file is not None and state_file.exists():
             self._load(state_file)
@@ -66,7 +69,9 @@ class KeyRing:
 
     def accept(self, data: bytes, now: datetime | None = None) -> Acceptance:
         """Verify a bundle and apply the policy; raises ``BundleError`` with the reason."""
-        bundle = open_bundle(data, self._trusted, self._fleet_keys)
+        bundle = open_bundle(
+            data, self._trusted, self._fleet_keys, accept_format_1=self._accept_format_1
+        )
         header = bundle.header
         if header.scope not in self._scopes:
             raise BundleError(

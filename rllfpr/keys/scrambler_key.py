@@ -44,9 +44,9 @@ def open_scrambler_bundle(data: bytes, keys: KeySettings) -> ScramblerKey:
     from rllfpr.models.scrambler import ScramblerNetwork
 
     trusted, fleet_keys = verification_keys(keys)
-    opened = open_bundle(data, trusted, fleet_keys)
+    opened = open_bundle(data, trusted, fleet_keys, accept_format_1=keys.accept_format_1)
     try:
-        network = ScramblerNetwork.from_key_state(opened.header.architecture, opened.state)
+        network = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
     except (KeyError, ValueError, RuntimeError) as error:
         raise BundleError(f"bundle state does not fit its SN architecture: {error}") from error
     return ScramblerKey(opened.header, network)

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 from torch.nn import functional
 
@@ -172,6 +172,15 @@ def random_key_seed() -> int:
     return secrets.randbits(KEY_SEED_BITS)
 
 
+class _KeyArchitecture(BaseModel):
+    """The secret architecture document of a key bundle; validation errors hide the input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    scrambler: ScramblerConfig
+    seed: int = Field(ge=0, lt=2**KEY_SEED_BITS, strict=True)
+
+
 class ScramblerNetwork(nn.Module):
     """The SN. ``forward`` gives the float output; ``scramble`` gives wire pixels (0..255)."""
 
@@ -181,7 +190,8 @@ class ScramblerNetwork(nn.Module):
     def __init__(self, config: ScramblerConfig, seed: int) -> None:
         super().__init__()
         if not 0 <= seed < 2**KEY_SEED_BITS:
-            raise ValueError(f"a key seed is an integer in [0, 2**{KEY_SEED_BITS}), got {seed}")
+            # the value is not quoted: error messages end up in logs, and a seed is the key
+            raise ValueError(f"a key seed is an integer in [0, 2**{KEY_SEED_BITS})")
         self.config = config
         self.seed = seed
         widths = config.widths
@@ -299,7 +309,8 @@ class ScramblerNetwork(nn.Module):
         return sum(len(batch) for batch in cached)
 
     def key_state(self) -> dict[str, Any]:
-        """Everything a key bundle must carry: architecture, seed and the numeric state."""
+        """Everything a key bundle must carry: architecture, seed and the numeric state. All of
+        it is secret (the kernels follow from the seed): a bundle encrypts all of it."""
         return {
             "architecture": {"scrambler": self.config.model_dump(mode="json"), "seed": self.seed},
             "state": {
@@ -312,9 +323,13 @@ class ScramblerNetwork(nn.Module):
     def from_key_state(
         cls, architecture: dict[str, Any], state: dict[str, Any]
     ) -> ScramblerNetwork:
-        network = cls(
-            ScramblerConfig.model_validate(architecture["scrambler"]), architecture["seed"]
-        )
+        """The SN of a decrypted key; errors name what is wrong, never a value."""
+        try:
+            key = _KeyArchitecture.model_validate(architecture)
+        except ValidationError as error:
+            where = ", ".join(".".join(map(str, e["loc"])) or "-" for e in error.errors())
+            raise ValueError(f"invalid key architecture at {where}") from None
+        network = cls(key.scrambler, key.seed)
         network.load_state_dict({name: torch.as_tensor(array) for name, array in state.items()})
         network.eval()
         return network

@@ -1,0 +1,267 @@
+"""The attack of issue 21, as a test helper: rebuild an SN key from what a party sees.
+
+An attacker without the fleet key reads bytes: MQTT payloads, files, log lines, HTTP answers.
+``harvest`` collects every integer those bytes show (decimal and hex runs in the printable
+text, base64 runs decoded and searched again) and every JSON object that is a valid
+``ScramblerConfig``; ``best_rebuild`` tries each integer as a key seed with each architecture
+(the public one included: Kerckhoffs), self-learns the BatchNorm statistics on public faces as
+the trainer does, and reports the largest |correlation| between the rebuilt SN's wire pixels
+and the real key's on victims' faces. A leaked seed gives about 0.9 (issue 21 measured 0.913;
+``tests/test_key_secrecy.py`` shows it again on a format-1 bundle); an unrelated seed about 0.
+
+``secret_fragments`` lists the byte strings that would betray the key directly: the seed in
+decimal, hex and as 8 bytes either way round, and runs of every kernel and BatchNorm statistic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import secrets
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import ValidationError
+
+from rllfpr.keys.material import FleetKey, signer_id
+from rllfpr.models.scrambler import KEY_SEED_BITS, ScramblerConfig, ScramblerNetwork
+
+_PRINTABLE = re.compile(rb"[\x20-\x7e]{4,}")
+_DECIMAL = re.compile(r"\d{1,40}")
+_HEX = re.compile(r"[0-9a-fA-F]{6,}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+_SEED_LIMIT = 2**KEY_SEED_BITS
+_SN_FIELDS = set(ScramblerConfig.model_fields)
+# A production seed is 63 random bits (``random_key_seed``): below 2**32 with probability
+# 2**-31. Numbers below that are checked for kernels, not worth an SN each.
+PLAUSIBLE_SEED = 2**32
+
+
+@dataclass
+class Harvest:
+    seeds: set[int]
+    architectures: list[ScramblerConfig]
+
+
+def _hex_candidates(run: str) -> Iterable[int]:
+    yield int(run, 16) % _SEED_LIMIT
+    for start in range(0, max(0, len(run) - 15), 2):  # any 64-bit field inside a long hex run
+        yield int(run[start : start + 16], 16) % _SEED_LIMIT
+
+
+def _json_objects(text: str) -> Iterable[object]:
+    """Every JSON document that starts somewhere in ``text`` and, recursively, every value
+    inside it (JSON held in string values too)."""
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"[{\[]", text)):
+        try:
+            document, _end = decoder.raw_decode(text, start)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        stack: list[object] = [document]
+        while stack:
+            item = stack.pop()
+            yield item
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str) and item[:1] in "{[":
+                yield from _json_objects(item)
+
+
+def harvest(blobs: Iterable[bytes], depth: int = 2) -> Harvest:
+    """Candidate seeds and architectures from raw bytes, as an attacker would look for them."""
+    seeds: set[int] = set()
+    architectures: dict[str, ScramblerConfig] = {}
+    for blob in blobs:
+        for match in _PRINTABLE.finditer(blob):
+            text = match.group().decode("ascii")
+            seeds.update(int(run) % _SEED_LIMIT for run in _DECIMAL.findall(text))
+            for run in _HEX.findall(text):
+                seeds.update(_hex_candidates(run))
+            for item in _json_objects(text):
+                if isinstance(item, dict) and len(set(item) & _SN_FIELDS) >= 2:
+                    try:
+                        config = ScramblerConfig.model_validate(item)
+                    except (ValidationError, TypeError):
+                        continue
+                    architectures[config.model_dump_json()] = config
+            if depth > 0:
+                decoded = []
+                for run in _BASE64.findall(text):
+                    try:
+                        decoded.append(base64.b64decode(run + "=" * (-len(run) % 4)))
+                    except (binascii.Error, ValueError):
+                        continue
+                found = harvest(decoded, depth - 1)
+                seeds |= found.seeds
+                for config in found.architectures:
+                    architectures[config.model_dump_json()] = config
+    return Harvest(seeds, list(architectures.values()))
+
+
+def secret_fragments(network: ScramblerNetwork) -> dict[str, bytes]:
+    """Byte strings whose presence anywhere betrays the key (name -> bytes)."""
+    seed = network.seed
+    fragments = {
+        "seed (decimal)": str(seed).encode(),
+        "seed (hex)": f"{seed:x}".encode(),
+        "seed (8 bytes, little-endian)": seed.to_bytes(8, "little"),
+        "seed (8 bytes, big-endian)": seed.to_bytes(8, "big"),
+    }
+    for name, tensor in network.state_dict().items():
+        values = tensor.detach().cpu().numpy().ravel()
+        if values.size >= 8:  # runs of 8 float32 (32 bytes) never match by chance
+            fragments[name] = values[:8].astype(np.float32).tobytes()
+            fragments[f"{name} (float64)"] = values[:8].astype(np.float64).tobytes()
+    return fragments
+
+
+def leaked(data: bytes, fragments: dict[str, bytes]) -> list[str]:
+    return [name for name, fragment in fragments.items() if fragment in data]
+
+
+def real_faces(data_root: Path, count: int, start: int, side: int) -> np.ndarray:
+    """(N, side, side, 3) uint8 RGB: the central 112 px of the first photo of ``count`` LFW
+    people (LFW centres each face), resized. Real faces without a detector."""
+    people = sorted(p for p in (data_root / "lfw").iterdir() if p.is_dir())[start : start + count]
+    faces = []
+    for person in people:
+        image = cv2.imread(str(sorted(person.glob("*.jpg"))[0]), cv2.IMREAD_COLOR)
+        assert image is not None, person
+        crop = cv2.cvtColor(image[69:181, 69:181], cv2.COLOR_BGR2RGB)
+        faces.append(cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA))
+    return np.stack(faces)
+
+
+def to_input(faces: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+
+
+def best_rebuild(
+    found: Harvest,
+    public: ScramblerConfig,
+    public_faces: np.ndarray,
+    key: ScramblerNetwork,
+    victims: np.ndarray,
+    screen: int = 16,
+) -> tuple[float, int]:
+    """(largest |r| over every plausible candidate seed and every architecture, SNs tried).
+
+    Each candidate SN self-learns its BatchNorm statistics on ``public_faces`` as the trainer
+    does; its raw output (``to_pixels`` is affine up to rounding and clipping) is correlated
+    with the real ``key``'s wire pixels, each image centred on its own mean. Two stages keep
+    this cheap and exact: every candidate on the first ``screen`` victims (an unrelated key's
+    |r| has a standard deviation of about 0.03 there), and any that reaches 0.1 again on all of
+    them (about 0.01 with 128), whose value then counts."""
+    truth = key.scramble(to_input(victims)).numpy()
+    references = (_centred(truth[:screen]), _centred(truth))
+    learn, probes = to_input(public_faces), (to_input(victims[:screen]), to_input(victims))
+    best, tried = 0.0, 0
+    for config in _configs(found, public):
+        for seed in sorted(s for s in found.seeds if s >= PLAUSIBLE_SEED):
+            network = ScramblerNetwork(config, seed)
+            with torch.no_grad():
+                network.train()  # a fresh SN's BatchNorm averages what it sees (momentum None)
+                network(learn)
+                network.eval()
+                correlation = _correlation(network(probes[0]).numpy(), references[0])
+                if abs(correlation) >= 0.1 and len(victims) > screen:
+                    correlation = _correlation(network(probes[1]).numpy(), references[1])
+            best, tried = max(best, abs(correlation)), tried + 1
+    return best, tried
+
+
+def _correlation(output: np.ndarray, reference: np.ndarray) -> float:
+    guess = _centred(output)
+    denominator = np.sqrt((guess**2).sum() * (reference**2).sum())
+    return float((guess * reference).sum() / denominator) if denominator else 0.0
+
+
+def _centred(images: np.ndarray) -> np.ndarray:
+    """Each image minus its own mean, flattened: the correlation then measures agreement pixel
+    by pixel, not whether two SNs happen to brighten the same faces (with a few faces, that
+    alone reached |r| 0.09 between unrelated keys)."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return (flat - flat.mean(axis=1, keepdims=True)).reshape(-1)
+
+
+def _configs(found: Harvest, public: ScramblerConfig) -> list[ScramblerConfig]:
+    """The public architecture and every one found, at the public input size, once each."""
+    unique = {}
+    for config in [public, *found.architectures]:
+        config = config.model_copy(update={"input_size": public.input_size})
+        unique[config.model_dump_json()] = config
+    return list(unique.values())
+
+
+def first_kernel(config: ScramblerConfig, seed: int) -> torch.Tensor:
+    """The first kernel an SN of ``config`` draws from ``seed`` (its first conv's weight),
+    without building the SN: cheap enough for every number an attacker sees."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (config.widths[0], config.in_channels, 3, 3)
+    if config.kernel_distribution == "normal":
+        return torch.randn(shape, generator=generator) * config.kernel_std
+    bound = config.kernel_std * 3**0.5
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+def rebuilds_a_kernel(found: Harvest, public: ScramblerConfig, key: ScramblerNetwork) -> bool:
+    """Whether any candidate seed, with any architecture, draws the key's first kernel (or the
+    start of it: a wrong guess of the widths still draws the same random stream). Every
+    candidate is tried, whatever its size."""
+    real = key.state_dict()["encoder.0.0.weight"].flatten()  # the first conv drawn
+    assert torch.equal(first_kernel(key.config, key.seed).flatten(), real)  # draws as the SN
+    for config in _configs(found, public):
+        for seed in found.seeds:
+            drawn = first_kernel(config, seed).flatten()
+            length = min(len(drawn), len(real))
+            if torch.equal(drawn[:length], real[:length]):
+                return True
+    return False
+
+
+def seal_format_1(
+    network: ScramblerNetwork,
+    *,
+    epoch: int,
+    scope: str,
+    signing_key: Ed25519PrivateKey,
+    fleet_key: FleetKey,
+) -> bytes:
+    """A bundle as the releases before issue 21 wrote it: architecture and seed in the
+    signed, unencrypted header; the state (kernels and statistics) encrypted."""
+    key = network.key_state()
+    nonce = secrets.token_bytes(12)
+    header = {
+        "format_version": 1,
+        "bundle_id": str(uuid.uuid4()),
+        "epoch": epoch,
+        "scope": scope,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "recognizer_id": f"rec-e{epoch}",
+        "architecture": key["architecture"],
+        "signer": signer_id(signing_key.public_key()),
+        "fleet_key_id": fleet_key.key_id,
+        "nonce": nonce.hex(),
+    }
+    head = json.dumps(header).encode()
+    signed_head = struct.pack(">4sHI", b"RLKB", 1, len(head)) + head
+    archive = io.BytesIO()
+    np.savez(archive, **key["state"])
+    ciphertext = AESGCM(fleet_key.secret).encrypt(nonce, archive.getvalue(), signed_head)
+    body = signed_head + struct.pack(">I", len(ciphertext)) + ciphertext
+    return body + signing_key.sign(body)
