@@ -124,7 +124,15 @@ class Agent:
             reconnect_max_s=config.reconnect_max_s,
         )
         self.preparer = FacePreparer(
-            detector or FaceDetector(min_face_size=config.min_face_size, min_score=0.0),
+            detector
+            or FaceDetector(
+                min_face_size=config.min_face_size,
+                min_score=0.0,
+                device=device,
+                backend=config.detector_backend,
+                threads=config.threads,
+                cache=settings.cache,
+            ),
             detect_width=config.detect_width,
             min_face_size=config.min_face_size,
             min_detection_score=config.min_detection_score,
@@ -166,10 +174,11 @@ class Agent:
             self.metrics, self.health, self.config.metrics_host, self.config.metrics_port
         )
         log.info(
-            "agent %s: %s -> %s, scrambler backend %s, metrics on port %d",
+            "agent %s: %s -> %s, detector %s, scrambler backend %s, metrics on port %d",
             self.who.agent,
             self.source.description,
             self.topic,
+            self.preparer.detector.backend,
             self.backend_name,
             self.http.port,
         )

@@ -18,7 +18,6 @@ changed 22 % of the wire pixels (``docs/results/bench-gpu.json``).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from rllfpr.models.export import INPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.runtimes import onnxruntime_available, ort_session_options, tensorrt_available
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,7 @@ class OnnxRuntimeBackend:
 
         available = set(ort.get_available_providers())
         chosen = providers or [p for p in ORT_PROVIDER_PREFERENCE if p in available]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
+        options = ort_session_options(threads)
         self.session = ort.InferenceSession(
             export_onnx(network),
             options,
@@ -158,14 +156,6 @@ def _provider_options(provider: str, engine_dir: Path | None) -> dict[str, str]:
         engine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engine_dir)}
     return {}
-
-
-def tensorrt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-
-
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def available_backends() -> list[BackendName]:

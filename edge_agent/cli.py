@@ -125,10 +125,13 @@ def _run_agent(agent: Agent, key_timeout: float, drain_timeout: float) -> None:
 
 @agent_app.command("backends")
 def backends() -> None:
-    """List the scrambler backends usable here and the one `auto` picks."""
+    """List the scrambler and detector backends usable here and the ones `auto` picks."""
     import onnxruntime
 
-    from edge_agent.backends import available_backends, resolve
+    from edge_agent.backends import available_backends, resolve, torch_device
+    from rllfpr.faces.detect import resolve_backend
 
     console.print(f"available: {', '.join(available_backends())}; auto picks {resolve('auto')}")
+    detector = resolve_backend("auto", torch_device("auto"))
+    console.print(f"face detector: auto picks {detector}")
     console.print(f"ONNX Runtime providers: {', '.join(onnxruntime.get_available_providers())}")

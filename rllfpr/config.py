@@ -193,15 +193,24 @@ class AgentSettings(Section):
         description="Scrambler backend. `auto`: TensorRT on a GPU when installed, else ONNX "
         "Runtime, else torch.",
     )
+    detector_backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="Face detector (MTCNN) runtime. `torch`: facenet-pytorch's eager MTCNN, "
+        "the reference; `onnxruntime` and `tensorrt`: the same networks exported to ONNX, "
+        "with the same pyramid, thresholds and NMS. `auto`: TensorRT on a GPU when installed, "
+        "else ONNX Runtime, else torch.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where torch runs the scrambler (`auto`: the GPU when there is one)."
+        "auto",
+        description="Where torch and ONNX Runtime run the detector and the scrambler (`auto`: "
+        "the GPU when there is one).",
     )
     threads: int = Field(
         0,
         ge=0,
         le=256,
-        description="CPU threads of torch (MTCNN, torch SN) and ONNX Runtime; 0 keeps their "
-        "defaults (all cores). With several agents on one machine, split the cores.",
+        description="CPU threads of torch (torch MTCNN, torch SN) and ONNX Runtime; 0 keeps "
+        "their defaults (all cores). With several agents on one machine, split the cores.",
     )
     spool_dir: Path = Field(
         Path("~/.local/share/rllfpr/agent"),

@@ -1,18 +1,21 @@
-"""Face detection with facenet-pytorch's MTCNN (weights ship inside the package)."""
+"""Face detection with MTCNN (facenet-pytorch's networks and weights), on three runtimes."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
+from rllfpr.faces import mtcnn
+from rllfpr.faces.mtcnn import Networks
 from rllfpr.wire.messages import CropBox
 
-MTCNN_SMALLEST_FACE = 12  # P-Net's window: MTCNN finds no smaller face at any scale
+MTCNN_SMALLEST_FACE = mtcnn.WINDOW  # P-Net's window: MTCNN finds no smaller face at any scale
 
 
 @dataclass(frozen=True)
@@ -26,37 +29,110 @@ class Detection:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
+DetectorBackend = Literal["torch", "onnxruntime", "tensorrt"]
+DetectorChoice = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+
+
+def resolve_backend(choice: DetectorChoice, device: str = "cpu") -> DetectorBackend:
+    """``auto``: TensorRT on a GPU when installed, else ONNX Runtime when installed, else
+    torch. An explicit choice that this machine cannot run is an error."""
+    from rllfpr.runtimes import onnxruntime_available, tensorrt_available
+
+    available = {
+        "torch": True,
+        "onnxruntime": onnxruntime_available(),
+        "tensorrt": tensorrt_available(),
+    }
+    if choice == "auto":
+        if available["tensorrt"] and device != "cpu":
+            return "tensorrt"
+        return "onnxruntime" if available["onnxruntime"] else "torch"
+    if not available[choice]:
+        names = ", ".join(name for name, ok in available.items() if ok)
+        raise RuntimeError(f"detector backend {choice!r} is not available here ({names} are)")
+    return choice
+
+
 class FaceDetector:
-    """Batched MTCNN. Images are RGB uint8 arrays; same-sized images are detected together."""
+    """Batched MTCNN. Images are RGB uint8 arrays; same-sized images are detected together.
+
+    ``backend``: ``torch`` is facenet-pytorch's own MTCNN in eager torch (the reference);
+    ``onnxruntime`` and ``tensorrt`` run the same networks exported to ONNX
+    (``rllfpr.faces.mtcnn_runtime``) inside ``rllfpr.faces.mtcnn``'s NumPy pipeline, which
+    reproduces the reference's pyramid, thresholds and NMS; tests hold their boxes and
+    landmarks to the reference's. ``device`` is where torch or ONNX Runtime run (``cuda``
+    needs onnxruntime-gpu for ``onnxruntime``); ``threads`` are ONNX Runtime's intra-op
+    threads (0: its default); ``cache`` holds the ONNX files and TensorRT engines
+    (default ``~/.cache/rllfpr``)."""
 
     def __init__(
-        self, min_face_size: int = 40, min_score: float = 0.9, device: str = "cpu"
+        self,
+        min_face_size: int = 40,
+        min_score: float = 0.9,
+        device: str = "cpu",
+        backend: DetectorChoice = "torch",
+        threads: int = 0,
+        cache: Path | None = None,
     ) -> None:
-        from facenet_pytorch import MTCNN  # heavy import, only where detection is needed
-
         self.min_score = min_score
         self.min_face_size = min_face_size
-        self._mtcnn: Any = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+        self.backend = resolve_backend(backend, device)
+        self._networks: Networks | None = None
+        self._mtcnn: Any = None
+        if self.backend == "torch":
+            from facenet_pytorch import MTCNN  # heavy import, only where detection is needed
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
+            self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+        elif self.backend == "onnxruntime":
+            from rllfpr.faces.mtcnn_runtime import OnnxRuntimeNetworks
+
+            self._networks = OnnxRuntimeNetworks(cache, threads=threads, device=device)
+        else:
+            from rllfpr.faces.mtcnn_runtime import TensorRTNetworks
+
+            self._networks = TensorRTNetworks(cache)
+
+    def detect(
+        self, images: list[np.ndarray], min_face_size: int | None = None
+    ) -> list[list[Detection]]:
+        """Faces of each image, largest first. ``min_face_size`` (pixels) overrides the
+        detector's for this call."""
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image {index}: expected HxWx3 uint8 RGB, got {image.shape}")
             by_shape[image.shape].append(index)
+        smallest = self.min_face_size if min_face_size is None else min_face_size
         results: list[list[Detection]] = [[] for _ in images]
         for indices in by_shape.values():
             batch = np.stack([images[i] for i in indices])
-            boxes, scores, landmarks = self._mtcnn.detect(batch, landmarks=True)
-            for i, b, s, marks in zip(indices, boxes, scores, landmarks, strict=True):
-                if b is None:
-                    continue
+            for i, faces in zip(indices, self._detect_batch(batch, smallest), strict=True):
                 results[i] = [
-                    Detection(box=box, score=float(score), landmarks=mark)
-                    for box, score, mark in zip(b, s, marks, strict=True)
+                    Detection(box=box, score=float(score), landmarks=marks)
+                    for box, score, marks in zip(*faces, strict=True)
                     if score >= self.min_score
                 ]
         return results
+
+    def _detect_batch(
+        self, batch: np.ndarray, min_face_size: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Boxes, scores and landmarks of each image of ``batch`` (N, H, W, 3)."""
+        if self._networks is not None:
+            return [
+                (faces.boxes, faces.scores, faces.landmarks)
+                for faces in mtcnn.detect(batch, min_face_size, self._networks)
+            ]
+        self._mtcnn.min_face_size = min_face_size
+        try:
+            boxes, scores, landmarks = self._mtcnn.detect(batch, landmarks=True)
+        finally:
+            self._mtcnn.min_face_size = self.min_face_size
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2)))
+        return [
+            empty if b is None else (b, np.asarray(s, np.float32), marks)
+            for b, s, marks in zip(boxes, scores, landmarks, strict=True)
+        ]
 
     def detect_downscaled(
         self, images: list[np.ndarray], max_width: int, min_face_size: int
@@ -76,11 +152,7 @@ class FaceDetector:
         if scale < 1.0:
             size = (max_width, height)
             small = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
-        self._mtcnn.min_face_size = max(MTCNN_SMALLEST_FACE, int(min_face_size * scale))
-        try:
-            found = self.detect(small)
-        finally:
-            self._mtcnn.min_face_size = self.min_face_size
+        found = self.detect(small, max(MTCNN_SMALLEST_FACE, int(min_face_size * scale)))
         if scale == 1.0:
             return found
         factors = np.array([width / max_width, original_height / height], dtype=np.float32)

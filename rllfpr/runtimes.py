@@ -1,0 +1,59 @@
+"""Which inference runtimes this machine has, and how ONNX Runtime sessions are configured.
+
+Shared by the face detector (``rllfpr.faces``) and the edge agent's scrambler backends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def ort_session_options(threads: int = 0, spinning: bool = False) -> Any:
+    """ONNX Runtime session options for a small machine that runs other threads too.
+
+    ``threads`` intra-op threads (0: ONNX Runtime's default, one per physical core), one
+    inter-op thread with sequential execution (the graphs are chains), every graph
+    optimization, and idle threads that sleep rather than spin unless ``spinning``: a
+    spinning pool takes a core from the agent's frame reader and MQTT threads between calls
+    (``docs/results/bench-agent.md`` measures both)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old
+    file or the whole new one, and processes racing on one path each write a whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
