@@ -41,7 +41,8 @@ MIN_IOU, MAX_LANDMARK_PX, MAX_SCORE_DIFFERENCE = 0.99, 0.5, 1e-3
 def bench_agent() -> ModuleType:
     """benchmarks/bench_agent.py, for the frames it measures the agent on."""
     spec = importlib.util.spec_from_file_location("bench_agent", REPO / "benchmarks/bench_agent.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_agent"] = module
     spec.loader.exec_module(module)
@@ -59,6 +60,7 @@ def lfw_photos(data_root: Path, count: int) -> list[np.ndarray]:
     photos = []
     for person in people[::step][:count]:
         image = cv2.imread(str(sorted(person.glob("*.jpg"))[0]))
+        assert image is not None
         photos.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     return photos
 
@@ -103,11 +105,11 @@ def test_area_resize_is_bit_exact_with_torch() -> None:
         assert np.array_equal(mtcnn.resize_images(integral, size), expected), size
     windows = np.array([[0, 61, 0, 83], [5, 40, 7, 30], [60, 61, 82, 83], [10, 13, 20, 70]])
     owner = np.array([0, 1, 1, 0])
-    for size in (24, 48):
-        crops = mtcnn.resize_crops(integral, owner, windows, size)
+    for side in (24, 48):
+        crops = mtcnn.resize_crops(integral, owner, windows, side)
         for crop, (top, bottom, left, right), image in zip(crops, windows, owner, strict=True):
             window = tensor[image : image + 1, :, top:bottom, left:right]
-            expected = interpolate(window, size=(size, size), mode="area")[0].numpy()
+            expected = interpolate(window, size=(side, side), mode="area")[0].numpy()
             assert np.array_equal(crop, expected)
 
 

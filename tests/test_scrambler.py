@@ -48,6 +48,39 @@ def test_unpool_equals_index_unpooling_including_ties() -> None:
     )
 
 
+def windowed_pool_with_mask(
+    x: torch.Tensor, decision_step: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain definition: each 2x2 window as four values, its first maximum chosen in
+    row-major order (on the grid when ``decision_step``), the mask as (N, C, H, W)."""
+    n, c, h, w = x.shape
+    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(n, c, h // 2, w // 2, 4)
+    decided = windows if decision_step is None else torch.round(windows / decision_step)
+    first = functional.one_hot(decided.argmax(dim=-1), 4).to(x.dtype)  # argmax: first maximum
+    pooled = (windows * first).sum(dim=-1)
+    mask = first.reshape(n, c, h // 2, w // 2, 2, 2).permute(0, 1, 2, 4, 3, 5)
+    return pooled, mask.reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("decision_step", [None, 0.01])
+def test_pooling_mask_is_the_first_maximum_of_each_window(decision_step: float | None) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(3, 5, 16, 24, generator=generator))  # many all-zero windows
+    x[0, 0, 4:6, 4:6] = 0.7  # four tied non-zero maxima
+    x[1, 2, 0:2, 2:4] = torch.tensor([[0.3, 0.9], [0.9, 0.2]])  # two tied maxima
+    x[2, 1, 6:8, 6:8] = torch.tensor([[0.5, 0.503], [0.504, 0.1]])  # ties on the 0.01 grid
+    pooled, mask = pool_with_mask(x, decision_step)
+    expected_pooled, expected_mask = windowed_pool_with_mask(x, decision_step)
+    assert torch.equal(mask, expected_mask)
+    assert torch.equal(pooled, expected_pooled)
+    assert torch.equal(functional.avg_pool2d(mask, 2) * 4, torch.ones_like(pooled))  # one-hot
+    values = torch.randn(pooled.shape, generator=generator)
+    spread = unpool_with_mask(values, mask)
+    upsampled = values.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert torch.equal(spread, upsampled * expected_mask)
+
+
 def test_output_is_one_channel_of_input_size_even_when_padding_is_needed() -> None:
     network = learned(ScramblerConfig(levels=5, widths=(4, 4, 8, 8, 8), input_size=112))
     assert network.config.padded_size == 128
