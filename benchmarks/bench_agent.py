@@ -2,17 +2,26 @@
 
 Frames are composed from LFW photos (one to three photos of 110-170 pixels, the face about
 half of that, drifting a pixel a frame over a textured background, a new scene every 40
-frames) and written as an
-MJPG video, which the agent reads like a camera file. Measured on this machine:
+frames) and written as an MJPG video, which the agent reads like a camera file. Every
+ONNX Runtime figure comes with the torch figure measured in the same run. Measured:
 
-- per stage: video decoding, MTCNN detection (full 640x480 and downscaled to 320 wide, single
-  frames and batches), alignment with the sharpness gate, the SN in torch and in ONNX Runtime
-  (batches of 1, 8 and 32; the default 112-pixel SN and the 64-pixel one of the CPU-scale
-  training configs), face-message encoding, spool writes;
+- per stage: video decoding; MTCNN in eager torch (facenet-pytorch, the reference) and in
+  ONNX Runtime, full 640x480 and downscaled to 320 wide, single frames and batches of 8, one
+  and two threads; ONNX Runtime's idle threads spinning or sleeping next to a thread that
+  decodes JPEG frames as the agent's reader does; alignment with the sharpness gate; the SN
+  in torch and in ONNX Runtime (batches of 1, 8 and 32; the default 112-pixel SN and the
+  64-pixel one of the CPU-scale training configs) and ONNX Runtime's session options and
+  chunk sizes; face-message encoding; spool writes;
 - end to end: the agent itself (``edge_agent.agent.Agent``) replaying the video as fast as it
   can into a local Mosquitto, with a key published like the trainer does, for several
-  detection settings; frames/s counts every frame read, faces/s every face detected.
-- with ``--device cuda`` (a GPU machine): the SN in torch on the GPU and MTCNN on the GPU.
+  detection settings, with each detector backend; frames/s counts every frame read, faces/s
+  every face detected;
+- people walking past: a live 25 frames/s camera (frames are dropped when the agent falls
+  behind) in which people cross the view one at a time, each in view for 1 to 6 frames; the
+  share of them of whom at least one face was sent, detecting every frame or every 3rd or
+  5th, and the same unpaced (no frame dropped: the cost of ``detect_every`` alone);
+- with ``--device cuda`` (a GPU machine): MTCNN in torch, ONNX Runtime CUDA and TensorRT on
+  the GPU, and the SN in torch on the GPU.
 
 Usage:
     python benchmarks/bench_agent.py --output docs/results/bench-agent.json
@@ -31,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,22 +51,32 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agent import Agent
-from edge_agent.backends import OnnxRuntimeBackend, TorchBackend
-from edge_agent.sources import Backoff, CaptureSource
+from edge_agent.backends import (
+    CPU_FACES_PER_CALL,
+    OnnxRuntimeBackend,
+    TorchBackend,
+    faces_to_input,
+)
+from edge_agent.sources import Backoff, CaptureSource, Frame
 from edge_agent.spool import Spool
 from rllfpr import local_services, mqtt
 from rllfpr.config import AgentSettings, KeySettings, MqttSettings, Settings
+from rllfpr.faces import mtcnn
 from rllfpr.faces.align import align
 from rllfpr.faces.detect import Detection, FaceDetector, crop_box
+from rllfpr.faces.mtcnn_runtime import OnnxRuntimeNetworks
 from rllfpr.faces.pixels import sharpness
 from rllfpr.keys import bundle, envelope, material
+from rllfpr.models.export import INPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
+from rllfpr.runtimes import ort_session_options
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import FaceHeader, KeyAnnouncement, KeyState, PixelFormat, utc_now
 from trainer import hardware
 
 WIDTH, HEIGHT = 640, 480
 SCENE_FRAMES = 40
+DETECTORS = ("torch", "onnxruntime")
 
 
 # ----- frames
@@ -72,13 +92,15 @@ def lfw_photos(data: Path, count: int) -> list[np.ndarray]:
     return photos
 
 
+def background(rng: np.random.Generator) -> np.ndarray:
+    return cv2.GaussianBlur(rng.integers(40, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8), (0, 0), 8)
+
+
 def compose_frames(photos: list[np.ndarray], count: int, seed: int = 0) -> Iterator[np.ndarray]:
     """640x480 RGB frames: scenes of 1-3 drifting faces on a textured background."""
     rng = np.random.default_rng(seed)
     for start in range(0, count, SCENE_FRAMES):
-        background = cv2.GaussianBlur(
-            rng.integers(40, 200, (HEIGHT, WIDTH, 3), dtype=np.uint8), (0, 0), 8
-        )
+        scenery = background(rng)
         people = int(rng.integers(1, 4))
         sizes = rng.integers(110, 171, people)
         lanes = np.linspace(0, WIDTH - 170 - SCENE_FRAMES, people).astype(int)
@@ -86,7 +108,7 @@ def compose_frames(photos: list[np.ndarray], count: int, seed: int = 0) -> Itera
         picks = rng.choice(len(photos), people, replace=False)
         faces = [cv2.resize(photos[i], (int(s), int(s))) for i, s in zip(picks, sizes, strict=True)]
         for step in range(min(SCENE_FRAMES, count - start)):
-            frame = background.copy()
+            frame = scenery.copy()
             for lane, row, face in zip(lanes, rows, faces, strict=True):
                 x, y = int(lane) + step, int(row) + step % 5
                 frame[y : y + face.shape[0], x : x + face.shape[1]] = face
@@ -134,8 +156,9 @@ def bench_detection(
     batch: int,
     seconds: float,
     threads: int | None = None,
-) -> dict[str, float]:
-    """MTCNN alone on ``frames`` (8 of them), in batches, with ``threads`` torch threads."""
+) -> float:
+    """Frames/s of MTCNN alone on ``frames`` (8 of them), in batches; ``threads`` torch
+    threads (ONNX Runtime's are the detector's own)."""
     frames = frames[:8]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
@@ -145,10 +168,65 @@ def bench_detection(
             detector.detect_downscaled(frames[start : start + batch], width, 40)
 
     try:
-        per_second = rate(step, len(frames), seconds)
+        return round(rate(step, len(frames), seconds), 1)
     finally:
         torch.set_num_threads(previous)
-    return {"frames_per_s": round(per_second, 1), "width": width, "batch": batch}
+
+
+def bench_mtcnn(frames: list[np.ndarray], seconds: float, device: str = "cpu") -> dict[str, Any]:
+    """Each detector backend at each width, batch and thread count, and ONNX Runtime / torch."""
+    onnx = {t: FaceDetector(40, 0.0, device, "onnxruntime", threads=t) for t in (1, 2)}
+    reference = FaceDetector(40, 0.0, device, "torch")
+    rows: dict[str, Any] = {}
+    for width in (640, 320):
+        for batch in (1, 8):
+            for threads in (1, 2):
+                torch_rate = bench_detection(frames, reference, width, batch, seconds, threads)
+                onnx_rate = bench_detection(frames, onnx[threads], width, batch, seconds)
+                rows[f"width {width}, batch {batch}, {threads} thread{'s' * (threads > 1)}"] = {
+                    "torch": torch_rate,
+                    "onnxruntime": onnx_rate,
+                    "onnxruntime_over_torch": round(onnx_rate / torch_rate, 2),
+                }
+                print(f"  MTCNN {width} {batch} {threads}: {rows}", file=sys.stderr)
+    return rows
+
+
+def bench_spinning(frames: list[np.ndarray], seconds: float) -> dict[str, Any]:
+    """MTCNN on ONNX Runtime with two threads (batches of 8 frames, 320 wide) while another
+    thread decodes 640x480 JPEG frames flat out, as the agent's frame reader does: both rates,
+    with ONNX Runtime's idle threads spinning (its default) or sleeping (ours)."""
+    small = np.stack([cv2.resize(f, (320, 240), interpolation=cv2.INTER_AREA) for f in frames[:8]])
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))[1]
+    rows: dict[str, Any] = {}
+    for label, spinning in (
+        ("sleeping (ours)", False),
+        ("spinning (ONNX Runtime's default)", True),
+    ):
+        networks = OnnxRuntimeNetworks(threads=2, spinning=spinning)
+        stop, decoded = threading.Event(), [0]
+
+        def decode(flag: threading.Event = stop, count: list[int] = decoded) -> None:
+            while not flag.is_set():
+                cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+                count[0] += 1
+
+        mtcnn.detect(small, 20, networks)
+        reader = threading.Thread(target=decode, daemon=True)
+        started = time.perf_counter()
+        reader.start()
+        detected = 0
+        while time.perf_counter() - started < seconds:
+            mtcnn.detect(small, 20, networks)
+            detected += len(small)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        reader.join()
+        rows[label] = {
+            "mtcnn_frames_per_s": round(detected / elapsed, 1),
+            "decoded_frames_per_s": round(decoded[0] / elapsed, 1),
+        }
+    return rows
 
 
 def detect_all(frames: list[np.ndarray], detector: FaceDetector) -> list[list[Detection]]:
@@ -203,6 +281,59 @@ def bench_scrambler(
         result[f"batch_{batch}"] = rates
     network.to("cpu")
     return result
+
+
+SN_OPTIONS: dict[str, dict[str, Any]] = {
+    "2 threads, sleeping, all optimizations, arena (ours)": {},
+    "2 threads, spinning": {"spinning": True},
+    "1 thread": {"threads": 1},
+    "extended optimizations (no NCHWc layout)": {"level": "extended"},
+    "basic optimizations": {"level": "basic"},
+    "no memory arena": {"arena": False},
+}
+
+
+def bench_sn_options(faces: np.ndarray, network: ScramblerNetwork, seconds: float) -> Any:
+    """The 112-pixel SN on ONNX Runtime, 8 faces at a time: in calls of 1, 2, 4 or 8 faces
+    with one and two threads, then session options with the backend's calls
+    (``CPU_FACES_PER_CALL``)."""
+    import onnxruntime as ort
+
+    model = export_onnx(network)
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }
+    batch = faces_to_input(np.resize(faces, (8, *faces.shape[1:])), 3)
+
+    def session(
+        threads: int = 2, spinning: bool = False, level: str = "all", arena: bool = True
+    ) -> Any:
+        options = ort_session_options(threads, spinning)
+        options.graph_optimization_level = levels[level]
+        options.enable_cpu_mem_arena = arena
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def calls(s: Any, size: int) -> None:
+        for start in range(0, len(batch), size):
+            s.run(None, {INPUT_NAME: batch[start : start + size]})
+
+    chunks = {}
+    for threads in (1, 2):
+        chosen = session(threads)
+        for size in (1, 2, 4, 8):
+            label = f"{threads} thread{'s' * (threads > 1)}, calls of {size}"
+            chunks[label] = round(rate(partial(calls, chosen, size), 8, seconds), 1)
+    options = {
+        label: round(rate(partial(calls, session(**variant), CPU_FACES_PER_CALL), 8, seconds), 1)
+        for label, variant in SN_OPTIONS.items()
+    }
+    return {
+        "faces_per_call": CPU_FACES_PER_CALL,
+        "calls_faces_per_s": chunks,
+        "options_faces_per_s": options,
+    }
 
 
 def bench_encode_and_spool(faces: np.ndarray, seconds: float, workdir: Path) -> dict[str, float]:
@@ -283,6 +414,7 @@ def publish_key(
 
 
 DEFAULT = {"detect_every": 3, "detect_width": 320}
+# name: (SN backend, agent settings); each runs with both detector backends
 END_TO_END: dict[str, tuple[str, dict[str, Any]]] = {
     "every frame, full 640x480": ("onnxruntime", {"detect_every": 1, "detect_width": 640}),
     "every frame, 320 wide": ("onnxruntime", {"detect_every": 1, "detect_width": 320}),
@@ -297,35 +429,61 @@ END_TO_END: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def bench_end_to_end(video: Path, workdir: Path, network: ScramblerNetwork) -> dict[str, Any]:
+def agent_settings(
+    endpoint: local_services.Endpoint,
+    keys: KeySettings,
+    workdir: Path,
+    camera: str,
+    **options: Any,
+) -> Settings:
+    return Settings(
+        mqtt=MqttSettings(host=endpoint.host, port=endpoint.port),
+        keys=keys,
+        cache=workdir / "cache",
+        agent=AgentSettings(
+            site="bench",
+            camera=camera,
+            replay_fps=0,
+            spool_dir=workdir / "spool",
+            metrics_port=0,
+            device="cpu",
+            **options,
+        ),
+    )
+
+
+def bench_end_to_end(
+    video: Path, workdir: Path, network: ScramblerNetwork, names: list[str]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with local_services.mosquitto() as endpoint:
         keys = publish_key(endpoint, workdir, network)
-        detector = FaceDetector(min_face_size=40, min_score=0.0)
-        for index, (name, (backend, options)) in enumerate(END_TO_END.items()):
-            settings = Settings(
-                mqtt=MqttSettings(host=endpoint.host, port=endpoint.port),
-                keys=keys,
-                agent=AgentSettings(
-                    site="bench",
-                    camera=f"cam{index}",
-                    replay_fps=0,
-                    spool_dir=workdir / "spool",
-                    metrics_port=0,
+        for index, name in enumerate(names):
+            backend, options = END_TO_END[name]
+            row: dict[str, Any] = {"backend": backend, **options}
+            for detector in DETECTORS:
+                settings = agent_settings(
+                    endpoint,
+                    keys,
+                    workdir,
+                    f"cam{index}-{detector}",
                     backend=backend,
-                    device="cpu",
+                    detector_backend=detector,
                     **options,
-                ),
+                )
+                threads = torch.get_num_threads()
+                row[detector] = run_agent(settings, video)
+                torch.set_num_threads(threads)
+            row["onnxruntime_over_torch"] = round(
+                row["onnxruntime"]["frames_per_s"] / row["torch"]["frames_per_s"], 2
             )
-            threads = torch.get_num_threads()
-            results[name] = {"backend": backend, **options, **run_agent(settings, video, detector)}
-            torch.set_num_threads(threads)
-            print(f"  {name}: {results[name]}", file=sys.stderr)
+            results[name] = row
+            print(f"  {name}: {row}", file=sys.stderr)
     return results
 
 
-def run_agent(settings: Settings, video: Path, detector: FaceDetector) -> dict[str, Any]:
-    agent = Agent(settings, str(video), detector=detector)
+def run_agent(settings: Settings, source: Any) -> dict[str, Any]:
+    agent = Agent(settings, source if isinstance(source, CaptureSource | Passers) else str(source))
     agent.start()
     try:
         if not agent.wait_for_key(30):
@@ -348,24 +506,164 @@ def run_agent(settings: Settings, video: Path, detector: FaceDetector) -> dict[s
         "frames_per_s": round(frames / elapsed, 1),
         "faces_detected_per_s": round(value("faces_detected") / elapsed, 1),
         "frames": int(frames),
+        "frames_dropped": int(value("frames_skipped", reason="behind")),
         "faces_detected": int(value("faces_detected")),
         "faces_published": int(value("faces_published")),
         "seconds": round(elapsed, 2),
         "stage_ms_per_frame": {
-            stage: round(1000 * (seconds or 0.0) / frames, 2)
+            stage: round(1000 * (seconds or 0.0) / max(frames, 1), 2)
             for stage, seconds in stage_seconds.items()
         },
     }
 
 
+# ----- people walking past
+class Passers:
+    """A camera in which people walk past one at a time: each face (130 px) crosses the view
+    at 12 px a frame and is whole in view for ``visible`` frames, then ``gap`` empty frames.
+    At ``fps`` > 0 the camera is live: frames come at that rate and the agent's reader drops
+    the oldest when the agent falls behind. Frame ``i`` is stamped ``EPOCH + i / 25 s``."""
+
+    EPOCH = datetime(2026, 1, 1, tzinfo=utc_now().tzinfo)
+    PERIOD = timedelta(milliseconds=40)
+
+    def __init__(
+        self, photos: list[np.ndarray], visible: list[int], fps: float, gap: int = 8
+    ) -> None:
+        self.live = fps > 0
+        self.fps = fps
+        self.description = f"people walking past at {fps:g} frames/s"
+        rng = np.random.default_rng(7)
+        self.scenery = background(rng)
+        self.passer_of_frame: list[int] = []  # -1: nobody
+        self.visible = visible
+        self.faces, self.rows = [], []
+        for passer, frames in enumerate(visible):
+            self.faces.append(cv2.resize(photos[passer % len(photos)], (130, 130)))
+            self.rows.append(int(rng.integers(40, HEIGHT - 180)))
+            self.passer_of_frame += [passer] * frames + [-1] * gap
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        started = time.perf_counter()
+        shown = 0
+        for index, passer in enumerate(self.passer_of_frame):
+            if stop.is_set():
+                return
+            if self.live:
+                time.sleep(max(0.0, started + index / self.fps - time.perf_counter()))
+            frame = self.scenery.copy()
+            if passer >= 0:
+                shown = shown + 1 if index and self.passer_of_frame[index - 1] == passer else 0
+                x = 40 + 12 * shown + 60 * (passer % 5)
+                y = self.rows[passer]
+                frame[y : y + 130, x : x + 130] = self.faces[passer]
+            yield Frame(frame, index, 0, self.EPOCH + index * self.PERIOD, f"frame {index}")
+
+    def passer(self, header: FaceHeader) -> int:
+        index = round((header.captured_at - self.EPOCH) / self.PERIOD)
+        return self.passer_of_frame[index]
+
+
+PASSER_FRAMES = (1, 2, 3, 4, 6)  # frames in view at 25 frames/s: 40 to 240 ms
+
+
+def bench_passers(
+    photos: list[np.ndarray], workdir: Path, network: ScramblerNetwork, per_length: int
+) -> dict[str, Any]:
+    """Share of passers of whom a face was sent, by how many frames they were in view."""
+    visible = [frames for frames in PASSER_FRAMES for _ in range(per_length)]
+    order = np.random.default_rng(3).permutation(len(visible))
+    visible = [visible[i] for i in order]
+    runs = {
+        "live 25 frames/s, every frame": (25.0, 1, "onnxruntime"),
+        "live 25 frames/s, every 3rd frame (default)": (25.0, 3, "onnxruntime"),
+        "live 25 frames/s, every 5th frame": (25.0, 5, "onnxruntime"),
+        "live 25 frames/s, every frame, torch detector": (25.0, 1, "torch"),
+        "live 25 frames/s, every 3rd frame, torch detector": (25.0, 3, "torch"),
+        "unpaced, every frame": (0.0, 1, "onnxruntime"),
+        "unpaced, every 3rd frame": (0.0, 3, "onnxruntime"),
+        "unpaced, every 5th frame": (0.0, 5, "onnxruntime"),
+    }
+    results: dict[str, Any] = {"passers": len(visible), "frames_in_view": list(PASSER_FRAMES)}
+    with local_services.mosquitto() as endpoint:
+        keys = publish_key(endpoint, workdir, network)
+        for index, (name, (fps, every, detector)) in enumerate(runs.items()):
+            source = Passers(photos, visible, fps)
+            settings = agent_settings(
+                endpoint,
+                keys,
+                workdir,
+                f"walk{index}",
+                detect_every=every,
+                detect_width=320,
+                detector_backend=detector,
+                frame_buffer=8,
+            )
+            seen = Collector(endpoint, topics.faces("bench", f"walk{index}"))
+            run = run_agent(settings, source)
+            caught = {source.passer(header) for header in seen.close(run["faces_published"])}
+            shares = {
+                str(frames): round(
+                    sum(1 for p, v in enumerate(visible) if v == frames and p in caught)
+                    / visible.count(frames),
+                    2,
+                )
+                for frames in PASSER_FRAMES
+            }
+            results[name] = {
+                "fps": fps,
+                "detect_every": every,
+                "detector": detector,
+                "caught_by_frames_in_view": shares,
+                "agent_frames_per_s": run["frames_per_s"],
+                "frames_dropped": run["frames_dropped"],
+            }
+            print(f"  {name}: {results[name]}", file=sys.stderr)
+    return results
+
+
+class Collector:
+    """Face messages of one topic, decoded."""
+
+    def __init__(self, endpoint: local_services.Endpoint, topic: str) -> None:
+        self.headers: list[FaceHeader] = []
+        subscribed = threading.Event()
+        settings = MqttSettings(host=endpoint.host, port=endpoint.port)
+        self.client = mqtt.make_client(settings, "bench-collector", client_id=f"c-{topic[-12:]}")
+        self.client.on_message = lambda _c, _u, m: self.headers.append(
+            codec.decode(bytes(m.payload)).header
+        )
+        self.client.on_subscribe = lambda *_args: subscribed.set()
+        mqtt.connect(self.client, settings, clean_start=True)
+        self.client.subscribe(topic, qos=1)
+        if not subscribed.wait(10):
+            raise RuntimeError("the benchmark could not subscribe to the face messages")
+
+    def close(self, expected: int) -> list[FaceHeader]:
+        deadline = time.monotonic() + 10
+        while len(self.headers) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return self.headers
+
+
 # ----- GPU
 def bench_gpu(frames: list[np.ndarray], faces: np.ndarray, seconds: float) -> dict[str, Any]:
-    detector = FaceDetector(min_face_size=40, min_score=0.0, device="cuda")
-    detection = {
-        f"width_{width}_batch_{batch}": bench_detection(frames, detector, width, batch, seconds)
-        for width in (640, 320)
-        for batch in (1, 8)
-    }
+    detection: dict[str, Any] = {}
+    for backend in ("torch", "onnxruntime", "tensorrt"):
+        try:
+            detector = FaceDetector(40, 0.0, "cuda", backend)
+        except (RuntimeError, ImportError) as error:
+            detection[backend] = f"not measured: {error}"
+            continue
+        detection[backend] = {
+            f"width {width}, batch {batch}": bench_detection(
+                frames, detector, width, batch, seconds
+            )
+            for width in (640, 320)
+            for batch in (1, 8)
+        }
     sn = {}
     for name, config in SN_CONFIGS.items():
         network = make_network(config, faces_at(faces, config.input_size))
@@ -409,32 +707,35 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.device == "cuda":
         document["gpu"] = bench_gpu(frames, faces, seconds)
         return document
-    print("stages", file=sys.stderr)
-    document["stages"] = {
-        "decode_frames_per_s": round(bench_decode(video, count), 1),
-        "mtcnn": {
-            f"width_{width}_batch_{batch}_threads_{threads}": bench_detection(
-                frames, detector, width, batch, seconds, threads
-            )
-            for width in (640, 320)
-            for batch in (1, 8)
-            for threads in (1, 2)
-        },
-        "align_and_sharpness": bench_align(frames, detections, seconds),
-        "scrambler": {
-            name: bench_scrambler(
-                faces_at(faces, c.input_size),
-                make_network(c, faces_at(faces, c.input_size)),
-                seconds,
-                "cpu",
-            )
-            for name, c in SN_CONFIGS.items()
-        },
-        "encode_and_spool": bench_encode_and_spool(faces, seconds, workdir),
-    }
-    print("end to end", file=sys.stderr)
+    parts = set(args.parts)
+    if "stages" in parts:
+        print("stages", file=sys.stderr)
+        network = make_network(ScramblerConfig(), faces)
+        document["stages"] = {
+            "decode_frames_per_s": round(bench_decode(video, count), 1),
+            "mtcnn": bench_mtcnn(frames, seconds),
+            "mtcnn_idle_threads": bench_spinning(frames, seconds),
+            "align_and_sharpness": bench_align(frames, detections, seconds),
+            "scrambler": {
+                name: bench_scrambler(
+                    faces_at(faces, c.input_size),
+                    make_network(c, faces_at(faces, c.input_size)),
+                    seconds,
+                    "cpu",
+                )
+                for name, c in SN_CONFIGS.items()
+            },
+            "scrambler_onnxruntime": bench_sn_options(faces, network, seconds),
+            "encode_and_spool": bench_encode_and_spool(faces, seconds, workdir),
+        }
     network = make_network(ScramblerConfig(), faces)
-    document["end_to_end"] = bench_end_to_end(video, workdir, network)
+    if "end_to_end" in parts:
+        print("end to end", file=sys.stderr)
+        names = list(END_TO_END) if not args.quick else [next(iter(END_TO_END))]
+        document["end_to_end"] = bench_end_to_end(video, workdir, network, names)
+    if "passers" in parts:
+        print("people walking past", file=sys.stderr)
+        document["walking_past"] = bench_passers(photos, workdir, network, args.passers)
     return document
 
 
@@ -457,65 +758,143 @@ def markdown(document: dict[str, Any]) -> str:
         "",
     ]
     if "end_to_end" in document:
-        lines += ["## End to end (the agent, into a local Mosquitto)", ""]
-        lines += [
-            "| run | SN backend | frames/s | faces detected/s | published | "
-            "ms/frame: detect | align | scramble |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, run in document["end_to_end"].items():
-            stages = run["stage_ms_per_frame"]
-            lines.append(
-                f"| {name} | {run['backend']} | {run['frames_per_s']} | "
-                f"{run['faces_detected_per_s']} | {run['faces_published']} | "
-                f"{stages['detect']} | {stages['align']} | {stages['scramble']} |"
-            )
-        lines.append("")
+        lines += end_to_end_table(document["end_to_end"])
+    if "walking_past" in document:
+        lines += walking_past_table(document["walking_past"])
     if "stages" in document:
-        stages = document["stages"]
-        lines += ["## Stages", "", "| stage | rate |", "|---|---|"]
-        lines.append(f"| decode MJPG 640x480 | {stages['decode_frames_per_s']} frames/s |")
-        for name, row in stages["mtcnn"].items():
-            lines.append(f"| MTCNN {name.replace('_', ' ')} | {row['frames_per_s']} frames/s |")
-        lines.append(
-            f"| align + sharpness | {stages['align_and_sharpness']['faces_per_s']} faces/s |"
-        )
-        coded = stages["encode_and_spool"]
-        lines.append(f"| encode face message | {coded['encode_per_s']} faces/s |")
-        lines.append(f"| spool write (SQLite) | {coded['spool_put_per_s']} messages/s |")
-        lines += ["", "## Scrambler backends on the CPU (faces/s)", ""]
-        lines += ["| SN | batch | torch | ONNX Runtime | ratio |", "|---|---|---|---|---|"]
-        for sn, batches in stages["scrambler"].items():
-            for batch, row in batches.items():
-                lines.append(
-                    f"| {sn} | {batch.split('_')[1]} | {row['torch']} | {row['onnxruntime']} | "
-                    f"{row['onnxruntime_over_torch']} |"
-                )
-        lines.append("")
+        lines += stage_tables(document["stages"])
     if "gpu" in document:
-        gpu = document["gpu"]
-        lines += [f"## GPU: {gpu['device']}", "", "| what | rate |", "|---|---|"]
-        for name, row in gpu["mtcnn"].items():
-            lines.append(f"| MTCNN {name.replace('_', ' ')} | {row['frames_per_s']} frames/s |")
-        for sn, batches in gpu["scrambler"].items():
-            for batch, row in batches.items():
-                lines.append(
-                    f"| SN torch, {sn}, {batch.replace('_', ' ')} | {row['torch']} faces/s |"
-                )
-        lines.append("")
+        lines += gpu_table(document["gpu"])
     return "\n".join(lines)
+
+
+def end_to_end_table(runs: dict[str, Any]) -> list[str]:
+    lines = [
+        "## End to end (the agent, into a local Mosquitto)",
+        "",
+        "frames/s by detector backend (ONNX Runtime / torch in the same run), then where the "
+        "ONNX Runtime agent's time went.",
+        "",
+        "| run | SN backend | frames/s, torch MTCNN | frames/s, ONNX Runtime MTCNN | ratio | "
+        "faces detected/s | published | ms/frame: detect | align | scramble |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        fast = run["onnxruntime"]
+        stages = fast["stage_ms_per_frame"]
+        lines.append(
+            f"| {name} | {run['backend']} | {run['torch']['frames_per_s']} | "
+            f"{fast['frames_per_s']} | {run['onnxruntime_over_torch']} | "
+            f"{fast['faces_detected_per_s']} | {fast['faces_published']} | "
+            f"{stages['detect']} | {stages['align']} | {stages['scramble']} |"
+        )
+    return [*lines, ""]
+
+
+def walking_past_table(walk: dict[str, Any]) -> list[str]:
+    lengths = walk["frames_in_view"]
+    lines = [
+        "## People walking past",
+        "",
+        f"{walk['passers']} people cross the view one at a time, each whole in view for "
+        f"{', '.join(map(str, lengths))} frames (40 ms a frame at 25 frames/s); the share of "
+        "them of whom at least one face was sent. Live: a 25 frames/s camera whose frames are "
+        "dropped when the agent falls behind. Unpaced: no frame is dropped, so only "
+        "`detect_every` decides.",
+        "",
+        "| run | detector | "
+        + " | ".join(f"{n} frame{'s' * (n > 1)}" for n in lengths)
+        + " | agent frames/s | frames dropped |",
+        "|---|---|" + "---|" * len(lengths) + "---|---|",
+    ]
+    for name, run in walk.items():
+        if not isinstance(run, dict):
+            continue
+        shares = run["caught_by_frames_in_view"]
+        lines.append(
+            f"| {name} | {run['detector']} | "
+            + " | ".join(f"{shares[str(n)]:.0%}" for n in lengths)
+            + f" | {run['agent_frames_per_s']} | {run['frames_dropped']} |"
+        )
+    return [*lines, ""]
+
+
+def stage_tables(stages: dict[str, Any]) -> list[str]:
+    lines = ["## Stages", "", "| stage | rate |", "|---|---|"]
+    lines.append(f"| decode MJPG 640x480 | {stages['decode_frames_per_s']} frames/s |")
+    lines.append(f"| align + sharpness | {stages['align_and_sharpness']['faces_per_s']} faces/s |")
+    coded = stages["encode_and_spool"]
+    lines.append(f"| encode face message | {coded['encode_per_s']} faces/s |")
+    lines.append(f"| spool write (SQLite) | {coded['spool_put_per_s']} messages/s |")
+    lines += [
+        "",
+        "### MTCNN (frames/s)",
+        "",
+        "| frames | torch (facenet-pytorch) | ONNX Runtime | ratio |",
+        "|---|---|---|---|",
+    ]
+    for name, row in stages["mtcnn"].items():
+        lines.append(
+            f"| {name} | {row['torch']} | {row['onnxruntime']} | {row['onnxruntime_over_torch']} |"
+        )
+    lines += [
+        "",
+        "ONNX Runtime MTCNN, 2 threads, batches of 8 frames 320 wide, while another thread "
+        "decodes JPEG frames flat out:",
+        "",
+        "| idle ONNX Runtime threads | MTCNN frames/s | decoded frames/s |",
+        "|---|---|---|",
+    ]
+    for name, row in stages["mtcnn_idle_threads"].items():
+        lines.append(f"| {name} | {row['mtcnn_frames_per_s']} | {row['decoded_frames_per_s']} |")
+    lines += ["", "### Scrambler backends on the CPU (faces/s)", ""]
+    lines += ["| SN | batch | torch | ONNX Runtime | ratio |", "|---|---|---|---|---|"]
+    for sn, batches in stages["scrambler"].items():
+        for batch, row in batches.items():
+            lines.append(
+                f"| {sn} | {batch.split('_')[1]} | {row['torch']} | {row['onnxruntime']} | "
+                f"{row['onnxruntime_over_torch']} |"
+            )
+    options = stages["scrambler_onnxruntime"]
+    lines += [
+        "",
+        "The default SN on ONNX Runtime, 8 faces at a time: split into calls of 1 to 8 faces, "
+        "then session options with the backend's calls of "
+        f"{options.get('faces_per_call', CPU_FACES_PER_CALL)}.",
+        "",
+        "| session | faces/s |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in options["calls_faces_per_s"].items()]
+    lines += [f"| {name} | {value} |" for name, value in options["options_faces_per_s"].items()]
+    return [*lines, ""]
+
+
+def gpu_table(gpu: dict[str, Any]) -> list[str]:
+    lines = [f"## GPU: {gpu['device']}", "", "| what | rate |", "|---|---|"]
+    for backend, rows in gpu["mtcnn"].items():
+        if isinstance(rows, str):
+            lines.append(f"| MTCNN {backend} | {rows} |")
+            continue
+        for name, value in rows.items():
+            lines.append(f"| MTCNN {backend}, {name} | {value} frames/s |")
+    for sn, batches in gpu["scrambler"].items():
+        for batch, row in batches.items():
+            lines.append(f"| SN torch, {sn}, {batch.replace('_', ' ')} | {row['torch']} faces/s |")
+    return [*lines, ""]
 
 
 NOTE = (
     "The two CPU cores are shared with other work running at the same time (see the load "
-    "average): numbers are lower bounds for a dedicated machine and vary between runs. "
-    "MTCNN dominates. Detection at reduced resolution keeps the smallest face at 40 "
-    "full-resolution pixels, so MTCNN's image pyramid starts at the same size as at full "
-    "resolution; only the crops of its later stages get cheaper. The levers are "
+    "average): numbers are lower bounds for a dedicated machine and vary between runs, so "
+    "compare the two backends of one row (measured minutes apart), not rows of different "
+    "runs. Detection at reduced resolution keeps the smallest face at 40 full-resolution "
+    "pixels, so MTCNN's image pyramid starts at the same size as at full resolution; only "
+    "the crops of its later stages get cheaper. The levers are the detector backend, "
     "`detect_every`, `min_face_size` and batching. torch's OpenMP threads busy-wait, so on "
-    "two cores that other processes also use, two threads can be much slower than one "
-    "(the stage rows show both)."
+    "two cores that other processes also use, two threads can be slower than one."
 )
+PARTS = ("stages", "end_to_end", "passers")
 
 
 def main() -> None:
@@ -526,11 +905,13 @@ def main() -> None:
     )
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=3.0, help="per stage measurement")
+    parser.add_argument("--passers", type=int, default=12, help="people per time in view")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     args = parser.parse_args()
     if args.quick:
-        args.frames, args.seconds = 80, 0.3
+        args.frames, args.seconds, args.passers = 80, 0.3, 2
     before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="rllfpr-bench-agent-") as workdir:
         document = measure(args, Path(workdir))

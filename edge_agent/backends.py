@@ -117,6 +117,13 @@ ORT_PROVIDER_PREFERENCE = (
 )
 
 
+# Faces per ONNX Runtime call on the CPU. One face at a time keeps a face's activations in
+# the core's cache: the 112-pixel SN ran 223 faces/s per core one by one and 179 in calls of
+# 8 (CPU time, one thread); two threads on a loaded machine, 43 and 27 faces/s
+# (docs/results/bench-agent.md has the current figures). GPUs get the whole batch.
+CPU_FACES_PER_CALL = 1
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -131,21 +138,27 @@ class OnnxRuntimeBackend:
 
         available = set(ort.get_available_providers())
         chosen = providers or [p for p in ORT_PROVIDER_PREFERENCE if p in available]
-        options = ort_session_options(threads)
         self.session = ort.InferenceSession(
             export_onnx(network),
-            options,
+            ort_session_options(threads),
             providers=[(name, _provider_options(name, engine_dir)) for name in chosen],
         )
         self.providers = self.session.get_providers()
         self.input_size = network.config.input_size
         self._channels = network.config.in_channels
+        on_cpu = self.providers == ["CPUExecutionProvider"]
+        self.faces_per_call = CPU_FACES_PER_CALL if on_cpu else None
 
     def scramble(self, faces: np.ndarray) -> np.ndarray:
         if not len(faces):
             return _empty(self.input_size)
-        grey = self.session.run(None, {INPUT_NAME: faces_to_input(faces, self._channels)})[0]
-        return to_uint8(np.asarray(grey))
+        inputs = faces_to_input(faces, self._channels)
+        step = self.faces_per_call or len(inputs)
+        grey = [
+            self.session.run(None, {INPUT_NAME: inputs[start : start + step]})[0]
+            for start in range(0, len(inputs), step)
+        ]
+        return to_uint8(np.concatenate(grey))
 
 
 def _provider_options(provider: str, engine_dir: Path | None) -> dict[str, str]:

@@ -21,6 +21,7 @@ import torch
 from torch.nn.functional import interpolate
 from torchvision.ops import batched_nms as torchvision_batched_nms
 
+from edge_agent.agent import Agent
 from rllfpr.faces import mtcnn
 from rllfpr.faces.detect import Detection, FaceDetector, resolve_backend
 from rllfpr.faces.mtcnn_runtime import (
@@ -29,9 +30,17 @@ from rllfpr.faces.mtcnn_runtime import (
     TorchNetworks,
     onnx_files,
 )
+from rllfpr.local_services import Endpoint
 from rllfpr.models.export import unsupported_operators
 from rllfpr.runtimes import tensorrt_available
-from tests.test_agent_support import shared_detector
+from tests.test_agent_integration import moving_face_frames, network, started
+from tests.test_agent_support import (
+    KeyFactory,
+    agent_settings,
+    lfw_images,
+    read_rgb,
+    shared_detector,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_IOU, MAX_LANDMARK_PX, MAX_SCORE_DIFFERENCE = 0.99, 0.5, 1e-3
@@ -276,3 +285,28 @@ def test_cache_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert default_cache() == tmp_path
     monkeypatch.delenv("RLLFPR_CACHE")
     assert default_cache() == Path(os.path.expanduser("~/.cache/rllfpr"))
+
+
+@pytest.mark.integration
+def test_the_agent_detects_with_onnxruntime_by_default(
+    mqtt_broker: Endpoint, data_root: Path, tmp_path: Path
+) -> None:
+    """The same sequence as the tracker test of test_agent_integration, with the agent's own
+    detector: `auto` picks ONNX Runtime here and finds the face on every third frame."""
+    image = read_rgb(lfw_images(data_root, 1, start=100)[0])
+    folder = moving_face_frames(image, tmp_path / "sequence", 12)
+    factory = KeyFactory(tmp_path / "trainer")
+    factory.publish(mqtt_broker, network(1), epoch=1)
+    settings = agent_settings(
+        mqtt_broker, factory.settings(tmp_path / "keys"), tmp_path, sequence=True, detect_every=3
+    )
+    assert settings.agent.detector_backend == "auto"
+    agent = started(Agent(settings, str(folder)))
+    try:
+        assert agent.preparer.detector.backend == "onnxruntime"
+        agent.run()
+        assert agent.drain(20)
+    finally:
+        agent.close()
+    assert agent.metrics.value("faces_detected") == 4  # frames 0, 3, 6 and 9
+    assert agent.metrics.value("faces_published") >= 1

@@ -145,6 +145,13 @@ class TorchNetworks:
         return regression, landmarks, probability
 
 
+# R-Net and O-Net crops per ONNX Runtime call on the CPU: small calls keep the activations in
+# the core's cache. CPU time per crop, one thread (2-core Xeon, AVX-512): O-Net 0.48 ms in
+# calls of 16 against 0.62 ms for 144 crops at once, R-Net 0.093 ms in calls of 16-64
+# against 0.123 ms for 384 at once. P-Net gets every frame of a pyramid level at once.
+CPU_CROPS_PER_CALL = {"rnet": 32, "onet": 16}
+
+
 class OnnxRuntimeNetworks:
     """The ONNX files in ONNX Runtime: the CPU, or CUDA when ``device`` is ``cuda`` and the
     installed ONNX Runtime has the CUDA provider."""
@@ -171,9 +178,17 @@ class OnnxRuntimeNetworks:
             name: ort.InferenceSession(str(path), options, providers=providers)
             for name, path in onnx_files(cache).items()
         }
+        self._per_call = CPU_CROPS_PER_CALL if device == "cpu" else {}
 
     def _run(self, name: str, images: np.ndarray) -> list[np.ndarray]:
-        return list(self.sessions[name].run(None, {INPUT: images}))
+        step = self._per_call.get(name) or len(images)
+        chunks = [
+            self.sessions[name].run(None, {INPUT: images[start : start + step]})
+            for start in range(0, len(images), step)
+        ]
+        if len(chunks) == 1:
+            return list(chunks[0])
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     def pnet(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         regression, probability = self._run("pnet", images)
