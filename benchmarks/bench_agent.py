@@ -55,7 +55,6 @@ from edge_agent.backends import (
     CPU_FACES_PER_CALL,
     OnnxRuntimeBackend,
     TorchBackend,
-    faces_to_input,
 )
 from edge_agent.sources import Backoff, CaptureSource, Frame
 from edge_agent.spool import Spool
@@ -65,7 +64,7 @@ from rllfpr.faces import mtcnn
 from rllfpr.faces.align import align
 from rllfpr.faces.detect import Detection, FaceDetector, crop_box
 from rllfpr.faces.mtcnn_runtime import OnnxRuntimeNetworks
-from rllfpr.faces.pixels import sharpness
+from rllfpr.faces.pixels import faces_to_sn_input, sharpness
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.models.export import INPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
@@ -258,8 +257,7 @@ def aligned_faces(frames: list[np.ndarray], detections: list[list[Detection]]) -
 
 def make_network(config: ScramblerConfig, faces: np.ndarray) -> ScramblerNetwork:
     network = ScramblerNetwork(config, seed=0)
-    unit = torch.from_numpy(faces[:32].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    network.self_learn([unit])
+    network.self_learn([faces_to_sn_input(faces[:32], config.in_channels)])
     return network
 
 
@@ -305,7 +303,9 @@ def bench_sn_options(faces: np.ndarray, network: ScramblerNetwork, seconds: floa
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     }
-    batch = faces_to_input(np.resize(faces, (8, *faces.shape[1:])), 3)
+    batch = np.ascontiguousarray(
+        faces_to_sn_input(np.resize(faces, (8, *faces.shape[1:])), 3).numpy()
+    )
 
     def session(
         threads: int = 2, spinning: bool = False, level: str = "all", arena: bool = True

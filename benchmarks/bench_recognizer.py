@@ -13,8 +13,9 @@
    receives the events: faces/s at saturation, publish-to-event latency p50 / p99 at
    saturation and at half that rate.
 3. ``--embedding-only``: embedding throughput of the service's embedding path
-   (``embed_pixels``: uint8 wire pixels in, unit embeddings out; bf16 autocast on CUDA) for
-   ResNet-50 at 112x112, batch 512, both stems. Meant for a GPU: ``--device cuda``.
+   (``rllfpr.faces.pixels.embed_wire``: uint8 wire pixels in, unit embeddings out; bf16
+   autocast on CUDA) for ResNet-50 at 112x112, batch 512, both stems. Meant for a GPU:
+   ``--device cuda``.
 
 Usage:
     python benchmarks/bench_recognizer.py --output docs/results/bench-recognizer.json
@@ -45,7 +46,6 @@ import redis
 import torch
 import yaml
 
-from recognizer_service.epochs import embed_pixels, pick_device
 from recognizer_service.gallery import Gallery
 from rllfpr import local_services, mqtt
 from rllfpr.config import (
@@ -55,6 +55,7 @@ from rllfpr.config import (
     Settings,
     load_settings,
 )
+from rllfpr.faces.pixels import embed_wire, pick_device
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.store import ModelStore, OpenSetCalibration, load_checkpoint_recognizer
@@ -435,10 +436,10 @@ def embedding_throughput(
         recognizer = Recognizer(config).to(device).eval()
         pixels = list(np.random.default_rng(0).integers(0, 256, (batch, size, size), np.uint8))
         for _ in range(3):
-            embed_pixels(recognizer, pixels, device)
+            embed_wire(recognizer, pixels, device, bf16_on_gpu=True)
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
-            embed_pixels(recognizer, pixels, device)  # returns on the host: synchronized
+            embed_wire(recognizer, pixels, device, bf16_on_gpu=True)  # returns on the host
             done += batch
         results[stem] = {"faces_per_s": round(done / (time.perf_counter() - started), 1)}
     return {
@@ -446,7 +447,7 @@ def embedding_throughput(
         "input": f"{size}x{size}, one channel, uint8 wire pixels",
         "batch": batch,
         "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-        "path": "embed_pixels: numpy uint8 -> device -> recognizer -> numpy float32",
+        "path": "embed_wire: numpy uint8 -> device -> recognizer -> numpy float32",
         "results": results,
     }
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_agent.backends import ScramblerBackend, build_backend, resolve, torch_device
+from edge_agent.backends import ScramblerBackend, build_backend, resolve
 from edge_agent.keys import ActiveKey, AgentKeys
 from edge_agent.link import MqttLink
 from edge_agent.metrics import AgentMetrics, HealthServer
@@ -37,6 +37,7 @@ from edge_agent.spool import Spool
 from edge_agent.tracker import IouTracker, Verdict
 from rllfpr.config import AgentSettings, Settings
 from rllfpr.faces.detect import Detection, FaceDetector, crop_box
+from rllfpr.faces.pixels import pick_device
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import FaceHeader, PixelFormat
@@ -93,7 +94,7 @@ class Agent:
         if config.threads:
             torch.set_num_threads(config.threads)
         backend_name = resolve(config.backend)
-        device = torch_device(config.device)
+        device = str(pick_device(config.device))
 
         def make_backend(network: ScramblerNetwork, engine_dir: Path) -> ScramblerBackend:
             return build_backend(

@@ -1,7 +1,8 @@
 """Scrambler backends: one small interface, three runtimes, the same wire pixels.
 
 Every backend turns aligned RGB uint8 faces (N, S, S, 3) into the SN's wire pixels
-(N, S, S) uint8 through the one fixed conversion of ``rllfpr.models.scrambler``:
+(N, S, S) uint8: the SN input of ``rllfpr.faces.pixels`` (grey when the key takes one
+channel), then the one fixed conversion of ``rllfpr.models.scrambler``:
 
 - ``torch``: the ``ScramblerNetwork`` itself, on the CPU or a CUDA GPU;
 - ``onnxruntime``: the graph of ``rllfpr.models.export`` (CPU; CUDA and TensorRT execution
@@ -26,6 +27,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from rllfpr.faces import pixels
 from rllfpr.models.export import INPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.runtimes import onnxruntime_available, ort_session_options, tensorrt_available
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 BackendChoice = Literal["auto", "torch", "onnxruntime", "tensorrt"]
-_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,6 @@ class ScramblerBackend(Protocol):
     def scramble(self, faces: np.ndarray) -> np.ndarray: ...
 
 
-def faces_to_input(faces: np.ndarray, in_channels: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 RGB -> (N, C, S, S) float32 in [0, 1], as the trainer feeds the SN."""
-    if faces.ndim != 4 or faces.shape[3] != 3 or faces.dtype != np.uint8:
-        raise ValueError(f"expected (N, S, S, 3) uint8 faces, got {faces.dtype} {faces.shape}")
-    unit = faces.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    if in_channels == 1:
-        return np.einsum("nchw,c->nhw", unit, _GREY)[:, None].astype(np.float32)
-    return np.ascontiguousarray(unit)
-
-
 def to_uint8(grey_levels: np.ndarray) -> np.ndarray:
     """(N, 1, S, S) integral float grey levels -> (N, S, S) uint8."""
     return np.clip(grey_levels[:, 0], 0, 255).astype(np.uint8)
@@ -101,13 +92,11 @@ class TorchBackend:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.input_size = network.config.input_size
-        self._channels = network.config.in_channels
 
     def scramble(self, faces: np.ndarray) -> np.ndarray:
         if not len(faces):
             return _empty(self.input_size)
-        batch = torch.from_numpy(faces_to_input(faces, self._channels)).to(self.device)
-        return self.network.scramble(batch).cpu().numpy()
+        return pixels.scramble(self.network, faces)
 
 
 ORT_PROVIDER_PREFERENCE = (
@@ -152,7 +141,7 @@ class OnnxRuntimeBackend:
     def scramble(self, faces: np.ndarray) -> np.ndarray:
         if not len(faces):
             return _empty(self.input_size)
-        inputs = faces_to_input(faces, self._channels)
+        inputs = np.ascontiguousarray(pixels.faces_to_sn_input(faces, self._channels).numpy())
         step = self.faces_per_call or len(inputs)
         grey = [
             self.session.run(None, {INPUT_NAME: inputs[start : start + step]})[0]
@@ -190,12 +179,6 @@ def resolve(choice: BackendChoice) -> BackendName:
             )
         return choice
     return available_backends()[-1]
-
-
-def torch_device(choice: Literal["auto", "cpu", "cuda"]) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
 
 
 def build_backend(

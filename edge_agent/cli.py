@@ -128,10 +128,11 @@ def backends() -> None:
     """List the scrambler and detector backends usable here and the ones `auto` picks."""
     import onnxruntime
 
-    from edge_agent.backends import available_backends, resolve, torch_device
+    from edge_agent.backends import available_backends, resolve
     from rllfpr.faces.detect import resolve_backend
+    from rllfpr.faces.pixels import pick_device
 
     console.print(f"available: {', '.join(available_backends())}; auto picks {resolve('auto')}")
-    detector = resolve_backend("auto", torch_device("auto"))
+    detector = resolve_backend("auto", str(pick_device("auto")))
     console.print(f"face detector: auto picks {detector}")
     console.print(f"ONNX Runtime providers: {', '.join(onnxruntime.get_available_providers())}")

@@ -3,8 +3,9 @@
 Every source yields ``Frame`` objects (RGB uint8). Frames of one *scene* share tracks; a new
 scene resets the tracker:
 
-- an image folder replays its images (sorted, recursively) at a set frame rate; each image is
-  its own scene unless the folder is declared a sequence;
+- an image folder replays its images (sorted, recursively; decoded by
+  ``rllfpr.faces.pixels.load_rgb``, as the station and the trainer decode photos) at a set frame
+  rate; each image is its own scene unless the folder is declared a sequence;
 - a video file plays once at a set frame rate, one scene;
 - a camera index or a stream URL (RTSP, HTTP) runs at its own rate and is reopened with
   exponential back-off when it fails; each reconnection starts a new scene.
@@ -29,6 +30,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from rllfpr.faces.pixels import load_rgb
 from rllfpr.wire.messages import utc_now
 
 log = logging.getLogger(__name__)
@@ -79,15 +81,6 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image shape {image.shape}")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode one image file to RGB; raises ``ValueError`` when it is not a readable image."""
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ValueError(f"{path} is not a readable image")
-    return to_rgb(image)
-
-
 class Pacer:
     """Sleeps so that successive ``wait`` calls return at ``fps`` (no sleeping when 0)."""
 
@@ -135,7 +128,7 @@ class ImageFolderSource:
                 return
             pacer.wait(stop)
             try:
-                image = read_image(path)
+                image = load_rgb(path)
             except (OSError, ValueError) as error:
                 log.warning("skipping unreadable image %s: %s", path, error)
                 self._on_unreadable(str(error))

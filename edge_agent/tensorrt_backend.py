@@ -26,8 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from edge_agent.backends import faces_to_input, to_uint8
+from edge_agent.backends import to_uint8
 from edge_agent.storage import remove, write_private
+from rllfpr.faces import pixels
 from rllfpr.models.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerNetwork
 
@@ -146,9 +147,10 @@ class TensorRTBackend:
         chunks = []
         stream = torch.cuda.current_stream()
         for start in range(0, len(faces), self.max_batch):
-            batch = faces_to_input(faces[start : start + self.max_batch], self._channels)
-            inputs = torch.from_numpy(batch).cuda()
-            outputs = torch.empty((len(batch), 1, size, size), device="cuda")
+            chunk = faces[start : start + self.max_batch]
+            cuda = torch.device("cuda")
+            inputs = pixels.faces_to_sn_input(chunk, self._channels, cuda).contiguous()
+            outputs = torch.empty((len(chunk), 1, size, size), device="cuda")
             self._context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
             self._context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
             self._context.set_tensor_address(OUTPUT_NAME, outputs.data_ptr())

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import UnidentifiedImageError
 
 from rllfpr.faces.align import AlignmentError, align
 from rllfpr.faces.detect import FaceDetector, central_face, crop_box
-from rllfpr.faces.pixels import load_rgb, sharpness, to_unit
+from rllfpr.faces.pixels import load_rgb, scramble, sharpness
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import CropBox, FaceHeader, PixelFormat, utc_now
@@ -64,9 +63,9 @@ def scramble_photos(
         except AlignmentError as error:
             failures.append(f"{path.name}: {error}")
             continue
-        pixels = key.network.scramble(to_unit(aligned[None], torch.device("cpu")))[0].numpy()
+        wire = scramble(key.network, aligned[None])[0]
         crop = crop_box(detection.box, image.shape)
-        faces.append(ScrambledFace(path, pixels, detection.score, crop, sharpness(aligned)))
+        faces.append(ScrambledFace(path, wire, detection.score, crop, sharpness(aligned)))
     return faces, failures
 
 

@@ -26,9 +26,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enrollment_station.enrollment import ScrambledFace
+from rllfpr.faces import pixels
 from rllfpr.faces.align import align, similarity_transform
 from rllfpr.faces.detect import Detection
-from rllfpr.faces.pixels import to_unit
 from rllfpr.keys.material import KeyMaterialError
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire.messages import CropBox
@@ -162,10 +162,8 @@ def scramble(faces: list[VaultFace], key: ScramblerKey) -> list[ScrambledFace]:
         return []
     size = key.network.config.input_size
     aligned = np.stack([face.aligned(size) for face in faces])
-    device = next(key.network.parameters()).device
-    pixels = key.network.scramble(to_unit(aligned, device)).cpu().numpy()
     scrambled = []
-    for face, wire in zip(faces, pixels, strict=True):
+    for face, wire in zip(faces, pixels.scramble(key.network, aligned), strict=True):
         height, width = face.region.shape[:2]
         crop = CropBox(x=0, y=0, width=width, height=height, frame_width=width, frame_height=height)
         scrambled.append(ScrambledFace(Path(face.source), wire, face.score, crop))

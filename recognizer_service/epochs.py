@@ -12,22 +12,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from rllfpr.models.scrambler import from_pixels
+from rllfpr.faces.pixels import embed_wire
 from rllfpr.models.store import LoadedModel, ModelStore, ModelStoreError, StoredModel
 
 log = logging.getLogger(__name__)
 EpochKey = tuple[str, int]  # (scope, epoch)
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 class EpochModels:
@@ -107,20 +100,6 @@ class EpochModels:
             return [model.info for _, model in sorted(self._models.items())]
 
     def embed(self, model: LoadedModel, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, S, S) wire pixels of one epoch -> (N, D) unit float32 embeddings."""
-        return embed_pixels(model.recognizer, pixels, self.device)
-
-
-def embed_pixels(
-    recognizer: torch.nn.Module, pixels: Sequence[np.ndarray], device: torch.device
-) -> np.ndarray:
-    """The service's embedding path: wire pixels (uint8 or float16 grey levels) to unit
-    embeddings; bf16 autocast on a GPU, float32 on the CPU."""
-    batch = torch.from_numpy(np.stack(pixels)).to(device, non_blocking=True)
-    images = from_pixels(batch).unsqueeze(1)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        embeddings = recognizer(images)
-    return embeddings.float().cpu().numpy()
+        """(N, S, S) wire pixels of one epoch -> (N, D) unit float32 embeddings: the service's
+        (uint8 or float16 grey levels); bf16 autocast on a GPU, float32 on the CPU."""
+        return embed_wire(model.recognizer, pixels, self.device, bf16_on_gpu=True)

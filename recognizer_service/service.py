@@ -22,7 +22,7 @@ import redis
 
 from recognizer_service.audit import AuditLog
 from recognizer_service.consumer import MqttLink
-from recognizer_service.epochs import EpochModels, pick_device
+from recognizer_service.epochs import EpochModels
 from recognizer_service.gallery import Gallery, RedisClient, connect_redis
 from recognizer_service.keywatch import KeyWatch
 from recognizer_service.metrics import Metrics
@@ -35,6 +35,7 @@ from recognizer_service.pipeline import (
 )
 from recognizer_service.tracks import Tracks
 from rllfpr.config import Settings
+from rllfpr.faces.pixels import pick_device
 from rllfpr.models.store import ModelStore
 from rllfpr.wire.messages import utc_now
 

@@ -17,13 +17,12 @@ from typing import Any
 import cv2
 import numpy as np
 import paho.mqtt.client as paho
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.backends import faces_to_input
 from rllfpr import mqtt
 from rllfpr.config import AgentSettings, KeySettings, MqttSettings, Settings
 from rllfpr.faces.detect import FaceDetector
+from rllfpr.faces.pixels import faces_to_sn_input
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
@@ -63,7 +62,7 @@ def link_folder(images: list[Path], folder: Path) -> Path:
 
 def self_learned(config: ScramblerConfig, seed: int, faces: np.ndarray) -> ScramblerNetwork:
     network = ScramblerNetwork(config, seed)
-    network.self_learn([torch.from_numpy(faces_to_input(faces, config.in_channels))])
+    network.self_learn([faces_to_sn_input(faces, config.in_channels)])
     return network
 
 

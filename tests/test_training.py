@@ -13,6 +13,7 @@ from torch.nn import functional
 
 from rllfpr.faces.pixels import to_unit
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
+from rllfpr.models.scrambler import ScramblerConfig
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig, identity
 from trainer.data import Aligner, list_identities, load_other_people, split_per_identity
 from trainer.evaluate import closed_set
@@ -285,6 +286,8 @@ def test_closed_set_metrics_follow_their_definitions() -> None:
 class _GreyKey(torch.nn.Module):
     """Stands in for an SN whose wire pixels are the grey face: moving a face and moving its
     'scramble' back must then give the face again."""
+
+    config = ScramblerConfig(input_size=20)  # an RGB key, as far as its input goes
 
     def __init__(self) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllfpr.faces.pixels import to_unit
+from rllfpr.faces.pixels import faces_to_sn_input, pick_device, scramble, sn_input, to_unit
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.config import ExperimentConfig, TTAConfig
@@ -27,13 +27,11 @@ from trainer.data import (
 )
 from trainer.evaluate import closed_set, verification
 from trainer.metrics import adjacent_correlation, nearest_neighbour_accuracy
-from trainer.screen import scramble_all
 from trainer.train import (
     FaceView,
     TrainResult,
     embed,
     moved,
-    pick_device,
     train,
     tta_moves,
 )
@@ -66,7 +64,8 @@ def make_key(config: ExperimentConfig, seed: int, train_faces: np.ndarray) -> Sc
     device = pick_device(config.device)
     network = ScramblerNetwork(scrambler, seed).to(device)
     network.self_learn(
-        to_unit(train_faces[i : i + 64], device) for i in range(0, len(train_faces), 64)
+        faces_to_sn_input(train_faces[i : i + 64], scrambler.in_channels, device)
+        for i in range(0, len(train_faces), 64)
     )
     return network
 
@@ -76,8 +75,7 @@ def output_correlation(
 ) -> dict[str, float]:
     """Adjacent-pixel correlation of the key's wire pixels on the first ``count`` aligned faces
     (N, S, S, 3 uint8): the privacy screen of a key (issue 5's goal: every |r| <= 0.1)."""
-    device = next(key.parameters()).device
-    return adjacent_correlation(key.scramble(to_unit(faces[:count], device)).cpu().numpy())
+    return adjacent_correlation(scramble(key, faces[:count]))
 
 
 def identity_screen(
@@ -92,7 +90,10 @@ def identity_screen(
     (N, S, S, 3) faces). Over twelve trained models it ranked their scrambled accuracy with
     Spearman 0.80 (docs/results/design-study.md)."""
     return nearest_neighbour_accuracy(
-        scramble_all(key, gallery), gallery_labels, scramble_all(key, probes), probe_labels
+        scramble(key, gallery, batch=64),
+        gallery_labels,
+        scramble(key, probes, batch=64),
+        probe_labels,
     )
 
 
@@ -105,7 +106,8 @@ def tta_mean_pixels(key: ScramblerNetwork, faces: np.ndarray, spec: TTAConfig) -
     total = torch.zeros(originals.shape[0], 1, *originals.shape[-2:])
     for mirrored, down, right in tta_moves(spec):
         copy = moved(originals.flip(-1) if mirrored else originals, down, right)
-        back = moved(key.scramble(copy).float().cpu().unsqueeze(1), -down, -right)
+        scrambled = key.scramble(sn_input(copy, key.config.in_channels))
+        back = moved(scrambled.float().cpu().unsqueeze(1), -down, -right)
         total += back.flip(-1) if mirrored else back
     return (total[:, 0] / spec.views).round().to(torch.uint8).numpy()
 

@@ -38,6 +38,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
+from rllfpr.faces.pixels import pick_device
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.keys.material import FleetKey
 from rllfpr.models.export import export_onnx, unsupported_operators
@@ -52,7 +53,7 @@ from trainer.data import AlignedFaces, split_per_identity
 from trainer.evaluate import closed_set
 from trainer.experiment import identity_screen, make_key, output_correlation
 from trainer.metrics import majority_rate
-from trainer.train import FaceView, embed, pick_device, train
+from trainer.train import FaceView, embed, train
 
 log = logging.getLogger(__name__)
 

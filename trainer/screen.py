@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from rllfpr.faces.pixels import to_unit
+from rllfpr.faces.pixels import faces_to_sn_input, scramble
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from trainer import hardware
 from trainer.data import AlignedFaces, Aligner, AlignMethod, list_identities, split_per_identity
@@ -45,16 +45,6 @@ class ScreenSpec:
     scrambler: ScramblerConfig = field(default_factory=ScramblerConfig)
 
 
-def scramble_all(network: ScramblerNetwork, faces: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Wire pixels (N, S, S) uint8 of aligned (N, S, S, 3) faces, on the network's device."""
-    device = next(network.parameters()).device
-    chunks = [
-        network.scramble(to_unit(faces[start : start + batch], device)).cpu().numpy()
-        for start in range(0, len(faces), batch)
-    ]
-    return np.concatenate(chunks)
-
-
 def load_faces(spec: ScreenSpec) -> AlignedFaces:
     identities = list_identities(
         spec.dataset, spec.min_images, spec.max_images, spec.max_identities
@@ -71,9 +61,10 @@ def run_screen(spec: ScreenSpec) -> tuple[dict[str, Any], np.ndarray]:
         spec.scrambler.model_copy(update={"input_size": spec.size}), spec.seed
     )
     network.self_learn(
-        to_unit(data.faces[train[i : i + 64]], CPU) for i in range(0, len(train), 64)
+        faces_to_sn_input(data.faces[train[i : i + 64]], network.config.in_channels)
+        for i in range(0, len(train), 64)
     )
-    scrambled = scramble_all(network, data.faces)
+    scrambled = scramble(network, data.faces, batch=64)
     original = grayscale(data.faces)
     y_train, y_test = data.labels[train], data.labels[test]
     result = {

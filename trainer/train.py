@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from rllfpr.faces.pixels import to_unit
+from rllfpr.faces.pixels import grey, pick_device, recognizer_input, sn_input, to_unit
 from rllfpr.models.recognizer import Recognizer
-from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
+from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace, FaceReconstruction, copy_consistency
@@ -38,13 +38,6 @@ View = Literal["original", "scrambled"]
 # head) checkpoint is 0.31 GiB at 64 px and 0.70 GiB at 112 px, while a GPU epoch of the design
 # study takes about a second; the last epoch is always written.
 CHECKPOINT_INTERVAL_S = 60.0
-_GREY = torch.tensor([0.299, 0.587, 0.114])
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def augment(faces: torch.Tensor, spec: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -96,15 +89,16 @@ class FaceView:
         self.device = device
 
     def pixels(self, faces: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) float RGB in [0, 1] -> (N, 1, S, S) 8-bit grey levels (as float)."""
+        """(N, 3, S, S) float RGB in [0, 1] -> (N, S, S) 8-bit grey levels (as float): the
+        SN's wire pixels, or the original face's luma."""
         with torch.no_grad():
             if self.scrambler is not None and self.view == "scrambled":
-                return self.scrambler.to_pixels(self.scrambler(faces))
-            grey = torch.einsum("nchw,c->nhw", faces, _GREY.to(faces.device)) * 255.0
-            return torch.round(grey).clamp(0, 255).unsqueeze(1)
+                sn = self.scrambler
+                return sn.to_pixels(sn(sn_input(faces, sn.config.in_channels)))[:, 0]
+            return torch.round(grey(faces) * 255.0).clamp(0, 255)
 
     def __call__(self, faces: torch.Tensor) -> torch.Tensor:
-        return from_pixels(self.pixels(faces))
+        return recognizer_input(self.pixels(faces))
 
 
 def batches(n: int, size: int, generator: torch.Generator | None) -> Iterator[np.ndarray]:

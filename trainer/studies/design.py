@@ -31,6 +31,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rllfpr.faces.pixels import pick_device
 from trainer import hardware
 from trainer.config import DataConfig, ExperimentConfig, TTAConfig, identity
 from trainer.data import (
@@ -49,7 +50,7 @@ from trainer.experiment import (
     tta_mean_correlation,
     verification_protocol,
 )
-from trainer.train import comparable_config, pick_device
+from trainer.train import comparable_config
 from trainer.verification import Pair, View1Data, load_view1
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rllfpr.config import Settings
+from rllfpr.faces.pixels import pick_device
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.openset import (
     Half,
@@ -36,7 +37,7 @@ from trainer import hardware
 from trainer.config import ExperimentConfig
 from trainer.data import AlignedFaces, Aligner, list_identities, read_people_file
 from trainer.experiment import load_view1_for, make_key
-from trainer.train import FaceView, embed, pick_device, train
+from trainer.train import FaceView, embed, train
 
 log = logging.getLogger(__name__)
 MAX_PHOTOS = 10

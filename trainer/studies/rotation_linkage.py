@@ -26,12 +26,12 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rllfpr.config import load_settings
+from rllfpr.faces.pixels import pick_device
 from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
 from trainer import hardware
 from trainer.experiment import load_dataset
 from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
-from trainer.train import pick_device
 
 # The demo's recipe (demo/run.py reads the same file).
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "rotation-demo.yaml"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllfpr.faces.pixels import embed_wire, pick_device, scramble
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
@@ -38,18 +39,15 @@ from trainer.studies.privacy.baselines import Protection, build
 from trainer.studies.privacy.baselines.arnold import period, recover_iterations
 from trainer.studies.privacy.baselines.base import grey_pixels
 from trainer.studies.privacy.baselines.eigenfaces import Eigenfaces
-from trainer.studies.privacy.baselines.scrambler import scramble_faces
 from trainer.studies.privacy.config import ALL_METHODS, Method, PrivacyConfig
 from trainer.studies.privacy.recognition import (
     Split,
     dp_sweep,
-    embed_pixels,
     image_method_accuracy,
     projection_accuracy,
     run_name,
     train_recognizer,
 )
-from trainer.train import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +187,10 @@ def _questionnaire(
     questions = questionnaire.draw_questions(
         labels, context.config.metrics.questionnaire_choices, context.config.seed
     )
-    reference = embed_pixels(plain, originals, context.device)
+    reference = embed_wire(plain, originals, context.device, batch=256)
     return {
         method: questionnaire.answer(
-            reference, embed_pixels(plain, images, context.device), questions
+            reference, embed_wire(plain, images, context.device, batch=256), questions
         )
         for method, images in protected.items()
     }
@@ -201,8 +199,8 @@ def _questionnaire(
 def _identity_leakage(context: Context, reconstructions: np.ndarray) -> dict[str, Any]:
     """Rank-1 of the plain-face recognizer: original-face gallery, reconstructed probes."""
     plain, split = context.recognizers["original"], context.split
-    gallery = embed_pixels(plain, grey_pixels(split.train.faces), context.device)
-    probes = embed_pixels(plain, reconstructions, context.device)
+    gallery = embed_wire(plain, grey_pixels(split.train.faces), context.device, batch=256)
+    probes = embed_wire(plain, reconstructions, context.device, batch=256)
     return closed_set(gallery, split.train.labels, probes, split.test.labels)
 
 
@@ -222,10 +220,10 @@ def _inversion(
     config = context.config
     key_c = make_key(config.experiment, config.inversion.attacker_key_seed, attackers.faces)
     attacker_grey = grey_pixels(attackers.faces)
-    victims_a = scramble_faces(context.key_a, context.split.test.faces)
+    victims_a = scramble(context.key_a, context.split.test.faces, batch=256)
     decoders: dict[str, Decoder] = {}
     for case, key in (("victim_key", context.key_a), ("own_key", key_c)):
-        pairs = scramble_faces(key, attackers.faces)
+        pairs = scramble(key, attackers.faces, batch=256)
         decoders[case] = train_decoder(
             pairs, attacker_grey, config.inversion, context.device, config.seed, progress=True
         )
@@ -236,7 +234,7 @@ def _inversion(
         "a_victim_key": decoders["victim_key"].reconstruct(victims_a),
         "b_own_key": decoders["own_key"].reconstruct(victims_a),
         "b_own_key_on_own_key_scrambles": decoders["own_key"].reconstruct(
-            scramble_faces(key_c, context.split.test.faces)
+            scramble(key_c, context.split.test.faces, batch=256)
         ),
         "mean_attacker_face": np.ascontiguousarray(mean_face),
     }
@@ -317,16 +315,18 @@ def _linkage_and_revocation(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     split, device = context.split, context.device
     recognizer = context.recognizers["rllfpr"]
-    test_b = scramble_faces(context.key_b, split.test.faces)
-    embeddings_a = embed_pixels(recognizer, protected_a, device)
-    embeddings_b = embed_pixels(recognizer, test_b, device)
+    test_b = scramble(context.key_b, split.test.faces, batch=256)
+    embeddings_a = embed_wire(recognizer, protected_a, device, batch=256)
+    embeddings_b = embed_wire(recognizer, test_b, device, batch=256)
     pixels_a = pixel_vectors(protected_a)
     comparators = {
         "recognizer": (embeddings_a, embeddings_b, embeddings_a),
         "raw_pixels": (pixels_a, pixel_vectors(test_b), pixels_a),
     }
     linkage = _linkage(context.config, split.test.labels, comparators, figures)
-    gallery_a = embed_pixels(recognizer, scramble_faces(context.key_a, split.train.faces), device)
+    gallery_a = embed_wire(
+        recognizer, scramble(context.key_a, split.train.faces, batch=256), device, batch=256
+    )
     revocation = {
         "old_key_gallery_new_key_probes": match(
             gallery_a, split.train.labels, embeddings_b, split.test.labels

@@ -41,6 +41,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rllfpr.config import load_settings
+from rllfpr.faces.pixels import pick_device
 from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
 from trainer import hardware
@@ -54,7 +55,7 @@ from trainer.studies.privacy.attacks.alignment import (
     procrustes,
     structure_agreement,
 )
-from trainer.train import FaceView, embed, pick_device
+from trainer.train import FaceView, embed
 
 log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(__file__).resolve().parents[3] / "configs" / "rotation-demo.yaml"

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllfpr.faces.pixels import embed_wire
 from rllfpr.models.recognizer import Recognizer
-from rllfpr.models.scrambler import ScramblerNetwork, from_pixels
+from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.config import ExperimentConfig, identity
 from trainer.data import AlignedFaces
 from trainer.evaluate import closed_set
@@ -41,22 +42,7 @@ class ProtectedView(FaceView):
     def pixels(self, faces: torch.Tensor) -> torch.Tensor:
         rgb = torch.round(faces.permute(0, 2, 3, 1) * 255).clamp(0, 255).to(torch.uint8)
         protected = self.protection.protect(rgb.cpu().numpy(), self.rng)
-        return torch.from_numpy(protected).to(self.device).float().unsqueeze(1)
-
-
-@torch.no_grad()
-def embed_pixels(
-    recognizer: Recognizer, pixels: np.ndarray, device: torch.device, batch: int = 256
-) -> np.ndarray:
-    """(N, S, S) uint8 grey levels (any method's output) -> (N, D) embeddings."""
-    recognizer.eval()
-    parts = [
-        recognizer(from_pixels(torch.from_numpy(pixels[i : i + batch]).to(device)).unsqueeze(1))
-        .cpu()
-        .numpy()
-        for i in range(0, len(pixels), batch)
-    ]
-    return np.concatenate(parts)
+        return torch.from_numpy(protected).to(self.device).float()
 
 
 def run_name(method: Method, experiment: ExperimentConfig, baselines: BaselineConfig) -> str:
@@ -104,8 +90,8 @@ def image_method_accuracy(
     seed: int,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    gallery = embed_pixels(recognizer, protection.protect(split.train.faces, rng), device)
-    probes = embed_pixels(recognizer, protection.protect(split.test.faces, rng), device)
+    gallery = embed_wire(recognizer, protection.protect(split.train.faces, rng), device, batch=256)
+    probes = embed_wire(recognizer, protection.protect(split.test.faces, rng), device, batch=256)
     return closed_set(gallery, split.train.labels, probes, split.test.labels)
 
 

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from rllfpr.config import load_settings
+from rllfpr.faces.pixels import embed_wire, pick_device, scramble
 from trainer import hardware
 from trainer.experiment import make_key, tta_mean_pixels
 from trainer.metrics import adjacent_correlation
 from trainer.studies.privacy import questionnaire
 from trainer.studies.privacy.baselines.base import Original, grey_pixels
-from trainer.studies.privacy.baselines.scrambler import scramble_faces
 from trainer.studies.privacy.config import PrivacyConfig
 from trainer.studies.privacy.evaluation import image_metrics, victims
-from trainer.studies.privacy.recognition import Split, embed_pixels, run_name, train_recognizer
-from trainer.train import pick_device
+from trainer.studies.privacy.recognition import Split, run_name, train_recognizer
 
 
 def measure_variants(config: PrivacyConfig, split: Split, runs: Path) -> dict[str, dict[str, Any]]:
@@ -42,7 +41,7 @@ def measure_variants(config: PrivacyConfig, split: Split, runs: Path) -> dict[st
     questions = questionnaire.draw_questions(
         split.test.labels, config.metrics.questionnaire_choices, config.seed
     )
-    reference = embed_pixels(plain, originals, device)
+    reference = embed_wire(plain, originals, device, batch=256)
     variants: dict[str, dict[str, Any]] = {"experiment's SN": {}} | config.sn_variants
     results: dict[str, dict[str, Any]] = {}
     for name, overrides in variants.items():
@@ -54,14 +53,18 @@ def measure_variants(config: PrivacyConfig, split: Split, runs: Path) -> dict[st
             experiment.key_seeds[0],
             split.train.faces,
         )
-        protected = scramble_faces(key, split.test.faces)
-        answers = questionnaire.answer(reference, embed_pixels(plain, protected, device), questions)
+        protected = scramble(key, split.test.faces, batch=256)
+        answers = questionnaire.answer(
+            reference, embed_wire(plain, protected, device, batch=256), questions
+        )
         results[name] = {"overrides": overrides, "questionnaire": answers} | image_metrics(
             config, originals, protected
         )
         for spec in config.copy_means if not overrides else []:
             mean = tta_mean_pixels(key, split.test.faces, spec)
-            answers = questionnaire.answer(reference, embed_pixels(plain, mean, device), questions)
+            answers = questionnaire.answer(
+                reference, embed_wire(plain, mean, device, batch=256), questions
+            )
             inner = slice(spec.shift, mean.shape[-1] - spec.shift)  # edges replicated: left out
             results[f"{name}, mean of {spec.views} copies moved back"] = (
                 {"overrides": spec.model_dump(), "questionnaire": answers}
