@@ -83,9 +83,15 @@ class Workspace:
 
     @classmethod
     def for_config(cls, cache: Path, rotation: dict[str, Any] | None = None) -> Workspace:
-        # Bundles of another format are not reused: agents refuse format 1 (issue 21).
-        recipe = ROTATION if rotation is None else rotation
-        identity = {"rotation": recipe, "bundle_format": bundle.FORMAT_VERSION}
+        # The recipe as validated (`scrambler: deployed` resolved), and the bundle format:
+        # bundles of another format are not reused, agents refuse format 1 (issue 21).
+        from trainer.rotation import RotationConfig
+
+        recipe = RotationConfig.model_validate(ROTATION if rotation is None else rotation)
+        identity = {
+            "rotation": recipe.model_dump(mode="json"),
+            "bundle_format": bundle.FORMAT_VERSION,
+        }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return cls(cache / "demo" / digest)
 

@@ -33,3 +33,35 @@ def test_study_configs_validate_with_every_variant(path: Path) -> None:
     assert study.variants
     for variant in study.variants:  # each variant's merged overrides make a valid experiment
         study.experiment(variant, study.screen_size, "closed_set")
+
+
+def test_the_rotation_the_demo_and_the_privacy_report_use_the_one_deployed_sn() -> None:
+    """Issue 21: the demo's bundles said `input_blur: 0.0` while the privacy goals were
+    measured with the deployed low-pass. Each names `scrambler: deployed` now, and the key it
+    draws (what its bundles seal) is DEPLOYED_SN at 64 px."""
+    import numpy as np
+    from pydantic import ValidationError
+
+    from demo.run import ROTATION
+    from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN
+    from trainer.experiment import make_key
+
+    root = CONFIGS.parent
+    experiments = {
+        "rotation": RotationConfig.from_yaml(root / "deploy/config/rotation.yaml").experiment,
+        "demo": RotationConfig.model_validate(ROTATION).experiment,
+        "privacy": PrivacyConfig.from_yaml(CONFIGS / "privacy-lfw-64.yaml").experiment,
+        "privacy, GPU": PrivacyConfig.from_yaml(CONFIGS / "privacy-lfw-64-full.yaml").experiment,
+    }
+    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    for name, experiment in experiments.items():
+        assert experiment.scrambler == DEPLOYED_SN, name
+        assert experiment.data.size == DEPLOYED_FACE_SIZE, name
+        sealed = make_key(experiment.model_copy(update={"device": "cpu"}), 1, faces).key_state()
+        architecture = sealed["architecture"]["scrambler"]
+        assert architecture["input_blur"] == DEPLOYED_SN.input_blur == 1.2, name
+        assert architecture["input_size"] == DEPLOYED_FACE_SIZE, name
+    with pytest.raises(ValidationError, match="chosen for 64 px faces"):
+        ExperimentConfig.model_validate(
+            {"name": "x", "data": {"size": 112}, "scrambler": "deployed"}
+        )

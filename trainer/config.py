@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rllfpr.models.recognizer import RecognizerConfig
-from rllfpr.models.scrambler import ScramblerConfig
+from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN, ScramblerConfig
 
 
 class Strict(BaseModel):
@@ -131,7 +131,12 @@ class ExperimentConfig(Strict):
         "verification on LFW View 1 (people never seen in training).",
     )
     data: DataConfig = Field(default_factory=DataConfig)
-    scrambler: ScramblerConfig = Field(default_factory=ScramblerConfig)
+    scrambler: ScramblerConfig = Field(
+        default_factory=ScramblerConfig,
+        description="SN architecture; `deployed` is the SN deployments use "
+        "(`rllfpr.models.scrambler.DEPLOYED_SN`), which needs `data.size: 64`. The SN's input "
+        "size always follows `data.size`.",
+    )
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -154,6 +159,20 @@ class ExperimentConfig(Strict):
         "that seed, as two independently drawn epochs would be. It changes no other model.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deployed_scrambler(cls, data: Any) -> Any:
+        """`scrambler: deployed` names the one definition of the deployed SN."""
+        if not isinstance(data, dict) or data.get("scrambler") != "deployed":
+            return data
+        size = (data.get("data") or {}).get("size", DataConfig.model_fields["size"].default)
+        if size != DEPLOYED_FACE_SIZE:
+            raise ValueError(
+                f"the deployed SN's input low-pass was chosen for {DEPLOYED_FACE_SIZE} px faces; "
+                f"data.size is {size}: use it, or give the scrambler's fields"
+            )
+        return data | {"scrambler": DEPLOYED_SN.model_dump(mode="json")}
 
     @model_validator(mode="after")
     def _consistency_needs_copies(self) -> ExperimentConfig:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -49,7 +49,8 @@ POOL_DECISION_STEP = 0.01
 
 
 class ScramblerConfig(BaseModel):
-    """Architecture of an SN key. Stored in every key bundle."""
+    """Architecture of an SN key. Stored, with the seed, in the encrypted part of every key
+    bundle. ``DEPLOYED_SN`` below is the one deployments use."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,8 +72,9 @@ class ScramblerConfig(BaseModel):
         description="Standard deviation, in pixels, of a fixed Gaussian low-pass of the face "
         "before the first conv (0: none). It is not part of the secret. Max-pool choices then "
         "follow coarser structure, so one scramble changes less when the face moves by a pixel "
-        "(issue 4: +9.4 points at 1.2 px on 64 px faces). The default stays 0 so that bundles "
-        "written before the field existed load as they were made; the deployed recipe sets it.",
+        "(issue 4: +9.4 points at 1.2 px on 64 px faces). The default stays 0 so that format-1 "
+        "bundles written before the field existed, and the studies that measured the paper's "
+        "SN, load as they were made; ``DEPLOYED_SN`` sets it.",
     )
     pool_blur: bool = Field(
         False,
@@ -92,6 +94,16 @@ class ScramblerConfig(BaseModel):
     def padded_size(self) -> int:
         step = 2**self.levels
         return -(-self.input_size // step) * step
+
+
+# The SN every deployment uses, the demo and the privacy report included (their configs say
+# `scrambler: deployed`): the paper's five levels with widths 16-32-64-64-64, one conv per
+# level, N(0, 1) kernels, and a Gaussian low-pass of sigma 1.2 px on the face before the first
+# conv, chosen on 64 px faces (docs/results/design-study.md, fourth round; every privacy goal
+# of docs/results/privacy.md met). ``input_size`` follows the faces; the low-pass was chosen for
+# DEPLOYED_FACE_SIZE and an experiment that asks for the deployed SN must use that size.
+DEPLOYED_SN: Final = ScramblerConfig(input_blur=1.2)
+DEPLOYED_FACE_SIZE: Final = 64
 
 
 def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
