@@ -29,7 +29,7 @@ import torch
 
 from edge_agent.backends import ScramblerBackend, build_backend, resolve
 from edge_agent.keys import ActiveKey, AgentKeys
-from edge_agent.link import MqttLink
+from edge_agent.link import AgentLink
 from edge_agent.metrics import AgentMetrics, HealthServer
 from edge_agent.prepare import AlignedFace, FacePreparer
 from edge_agent.sources import Backoff, Frame, FrameReader, FrameSource, open_source
@@ -111,7 +111,7 @@ class Agent:
             on_change=self._key_changed,
             on_revoke=self.spool.drop_epoch,
         )
-        self.link = MqttLink(
+        self.link = AgentLink(
             settings.mqtt,
             agent=self.who.agent,
             site=self.who.site,

@@ -43,8 +43,8 @@ from pydantic import ValidationError
 
 from edge_agent.backends import ScramblerBackend
 from edge_agent.metrics import AgentMetrics
-from edge_agent.storage import private_dir, remove, write_private
 from rllfpr.config import KeySettings
+from rllfpr.files import private_dir, remove, write_private
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.keys.bundle import BundleError, KeyBundle
 from rllfpr.keys.envelope import SignatureError, SignedEnvelope

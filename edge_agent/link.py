@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 STATUS = -1  # stands for the spool id of a status message: nothing to delete
 
 
-class MqttLink:
+class AgentLink:
+    """The agent's broker link: spooled faces and its status out, its scope's key topics in."""
+
     def __init__(
         self,
         settings: MqttSettings,
@@ -81,8 +83,7 @@ class MqttLink:
             max(1, round(reconnect_initial_s)), max(1, round(reconnect_max_s))
         )
         self.client.max_inflight_messages_set(max_inflight + 4)  # room for status messages
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        mqtt.on_connection_changes(self.client, self._connected, self._disconnected)
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self._sender = threading.Thread(target=self._send_loop, name="agent-sender", daemon=True)
@@ -168,32 +169,15 @@ class MqttLink:
         self.wake()
 
     # ----- paho callbacks (network thread)
-    def _on_connect(
-        self,
-        client: paho.Client,
-        _userdata: object,
-        _flags: object,
-        reason: ReasonCode,
-        _properties: object,
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            return
+    def _connected(self, _session_present: bool) -> None:
         log.info("connected to %s:%d", self.settings.host, self.settings.port)
-        client.subscribe(self.key_filter, qos=1)
+        self.client.subscribe(self.key_filter, qos=1)
         self._publish_status(self._status)
         self.connected.set()
         self.metrics.broker_connected.set(1)
         self.wake()
 
-    def _on_disconnect(
-        self,
-        _client: paho.Client,
-        _userdata: object,
-        _flags: object,
-        reason: ReasonCode,
-        _properties: object,
-    ) -> None:
+    def _disconnected(self, reason: ReasonCode) -> None:
         if self._stop.is_set():  # close(): a normal shutdown
             log.info("disconnected from the broker")
         elif self.connected.is_set():

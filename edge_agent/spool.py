@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.storage import private_dir
+from rllfpr.files import private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from edge_agent.backends import to_uint8
-from edge_agent.storage import remove, write_private
 from rllfpr.faces import pixels
+from rllfpr.files import remove, write_private
 from rllfpr.models.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from rllfpr.models.scrambler import ScramblerNetwork
 

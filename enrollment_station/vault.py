@@ -15,7 +15,6 @@ on the station (or in its TPM / secret store), never with the recognizer.
 from __future__ import annotations
 
 import io
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from enrollment_station.enrollment import ScrambledFace
 from rllfpr.faces import pixels
 from rllfpr.faces.align import align, similarity_transform
 from rllfpr.faces.detect import Detection
+from rllfpr.files import write_private
 from rllfpr.keys.material import KeyMaterialError
 from rllfpr.keys.scrambler_key import ScramblerKey
 from rllfpr.wire.messages import CropBox
@@ -73,10 +73,7 @@ def face_region(image: np.ndarray, detection: Detection, source: str) -> VaultFa
 
 def create_vault_key(path: Path) -> None:
     """A new random vault key, written 0600; refuses to overwrite one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(secrets.token_bytes(32))
+    write_private(path, secrets.token_bytes(32), exclusive=True)
 
 
 def load_vault_key(path: Path) -> bytes:
@@ -114,12 +111,7 @@ class PhotoVault:
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         nonce = secrets.token_bytes(12)
         sealed = self._cipher.encrypt(nonce, buffer.getvalue(), self._associated(subject))
-        path = self._path(subject)
-        temporary = path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(MAGIC + bytes([FORMAT_VERSION]) + nonce + sealed)
-        temporary.replace(path)
+        write_private(self._path(subject), MAGIC + bytes([FORMAT_VERSION]) + nonce + sealed)
         return len(everything)
 
     def faces(self, subject: str) -> list[VaultFace]:

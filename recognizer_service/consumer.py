@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 QOS = 1
 
 
-class MqttLink:
+class RecognizerLink:
+    """The recognizer's broker link: faces in through shared subscriptions, acknowledged by
+    hand after processing; events out."""
+
     def __init__(
         self,
         settings: MqttSettings,
@@ -78,8 +81,7 @@ class MqttLink:
         with self._lock:
             self._generation += 1
         mqtt.connect(self.client, self.settings, clean_start=False)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        mqtt.on_connection_changes(self.client, self._reconnected, self._disconnected)
         self.metrics.mqtt_connected.set(1)
         self._subscribe()
         if not self._subscribed.wait(timeout_s):
@@ -129,34 +131,14 @@ class MqttLink:
             return
         self._subscribed.set()
 
-    def _connected(self) -> None:
+    def _reconnected(self, session_present: bool) -> None:
         with self._lock:
             self._generation += 1
         self.metrics.mqtt_connected.set(1)
-
-    def _on_connect(
-        self,
-        _client: paho.Client,
-        _userdata: object,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        _properties: object,
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            return
-        self._connected()
-        log.info("reconnected to the broker (session present: %s)", flags.session_present)
+        log.info("reconnected to the broker (session present: %s)", session_present)
         self._subscribe()  # the session may be gone (broker restarted without persistence)
 
-    def _on_disconnect(
-        self,
-        _client: paho.Client,
-        _userdata: object,
-        _flags: object,
-        reason: ReasonCode,
-        _properties: object,
-    ) -> None:
+    def _disconnected(self, reason: ReasonCode) -> None:
         with self._lock:
             self._generation += 1
         self.metrics.mqtt_connected.set(0)

@@ -58,21 +58,21 @@ class KeyWatch:
 
     def start(self) -> None:
         mqtt.connect(self.client, self.settings.mqtt, clean_start=True)
-        self._on_connect(self.client)
+        self._subscribe()
         # connect() installs its own on_connect; ours resubscribes after a reconnection
-        self.client.on_connect = self._on_connect
+        mqtt.on_connection_changes(self.client, lambda _session_present: self._subscribe())
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect(self, client: paho.Client, *_args: object) -> None:
+    def _subscribe(self) -> None:
         for scope in self.settings.recognizer.scopes:
-            client.subscribe(topics.keys_of_scope(scope), qos=1)
+            self.client.subscribe(topics.keys_of_scope(scope), qos=1)
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        if not msg.payload or "/bundles/" in msg.topic:
-            return  # a cleared retained topic, or a bundle (the SN is not needed here)
+        if not msg.payload:
+            return  # a cleared retained topic
         try:
             self.handle(msg.topic, bytes(msg.payload))
         except envelope.SignatureError as error:
@@ -83,9 +83,18 @@ class KeyWatch:
             self.on_refused("error")
 
     def handle(self, topic: str, payload: bytes) -> None:
-        if "/revocations/" in topic:
+        try:
+            kind = topics.parse(topic).kind
+        except topics.TopicError:
+            kind = None
+        if kind == "key_bundle":
+            return  # the SN is not needed here
+        if kind == "key_revocation":
             revocation = envelope.open_signed(payload, Revocation, self.trusted)
             self._revoke(revocation.scope, revocation.epoch, topic)
+            return
+        if kind != "key_announcement":
+            log.warning("ignoring a message on %s: not a key topic of the contract", topic)
             return
         announcement = envelope.open_signed(payload, KeyAnnouncement, self.trusted)
         if announcement.state is KeyState.REVOKED:

@@ -153,16 +153,17 @@ class BatchProcessor:
 
     @staticmethod
     def _check_topic(topic: str, header: FaceHeader) -> None:
-        parts = topic.split("/")
-        if len(parts) != 5 or parts[:2] != topics.ROOT.split("/"):
+        try:
+            parsed = topics.parse(topic)
+        except topics.TopicError:
+            parsed = None
+        if parsed is None or parsed.kind not in ("faces", "enroll"):
             raise PoisonMessageError("unexpected_topic", f"not a faces or enroll topic: {topic!r}")
-        kind, site, last = parts[2], parts[3], parts[4]
-        expected_purpose = {"faces": "recognize", "enroll": "enroll"}.get(kind)
-        if expected_purpose is None:
-            raise PoisonMessageError("unexpected_topic", f"not a faces or enroll topic: {topic!r}")
-        if header.purpose != expected_purpose or header.site != site:
-            raise PoisonMessageError("topic_mismatch", f"header does not fit topic {topic!r}")
-        if last != (header.camera if kind == "faces" else header.subject):
+        if parsed.kind == "faces":
+            fits = header.purpose == "recognize" and header.camera == parsed.camera
+        else:
+            fits = header.purpose == "enroll" and header.subject == parsed.subject
+        if not fits or header.site != parsed.site:
             raise PoisonMessageError("topic_mismatch", f"header does not fit topic {topic!r}")
 
     # Processing ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from datetime import timedelta
 import redis
 
 from recognizer_service.audit import AuditLog
-from recognizer_service.consumer import MqttLink
+from recognizer_service.consumer import RecognizerLink
 from recognizer_service.epochs import EpochModels
 from recognizer_service.gallery import Gallery, RedisClient, connect_redis
 from recognizer_service.keywatch import KeyWatch
@@ -95,7 +95,7 @@ class RecognizerService:
             max_entries=options.audit_max_entries,
             retention=timedelta(days=options.audit_retention_days),
         )
-        self.link = MqttLink(
+        self.link = RecognizerLink(
             settings.mqtt,
             options.group,
             self.metrics,

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    StringConstraints,
     field_validator,
 )
 from pydantic_settings import (
@@ -31,6 +30,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from rllfpr.wire.topics import ScopeName, TopicLevel
 
 CONFIG_FILE_ENV = "RLLFPR_CONFIG"
 
@@ -99,20 +100,16 @@ class MqttSettings(Section):
     )
 
 
-_TOPIC_LEVEL = r"^[A-Za-z0-9_.-]{1,64}$"
-
-
 class AgentSettings(Section):
     """The edge agent (`rllfpr agent run`): one camera, scrambled faces out, never raw ones."""
 
-    id: str | None = Field(
+    id: TopicLevel | None = Field(
         None,
-        pattern=_TOPIC_LEVEL,
         description="Agent id: its status topic, the `agent` of its faces and, in the broker "
         "ACL, its identity (certificate CN or username). Defaults to `{site}-{camera}`.",
     )
-    site: str | None = Field(None, pattern=_TOPIC_LEVEL, description="Site of the camera.")
-    camera: str | None = Field(None, pattern=_TOPIC_LEVEL, description="Camera within the site.")
+    site: TopicLevel | None = Field(None, description="Site of the camera.")
+    camera: TopicLevel | None = Field(None, description="Camera within the site.")
     replay_fps: float = Field(
         10.0,
         ge=0,
@@ -300,9 +297,8 @@ class KeySettings(Section):
         None,
         description="32-byte AES-256-GCM key (raw or hex) that decrypts bundles for this scope.",
     )
-    scope: str = Field(
+    scope: ScopeName = Field(
         "fleet",
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Key scope this process belongs to: `fleet` or a site name.",
     )
     max_clock_skew_s: int = Field(
@@ -325,7 +321,7 @@ class KeySettings(Section):
 class RecognizerSettings(Section):
     """The recognizer service: MQTT consumer, gallery, open-set decisions, HTTP API."""
 
-    scopes: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+    scopes: list[ScopeName] = Field(
         default_factory=lambda: ["fleet"],
         description="Key scopes served: `fleet`, or the sites whose per-site keys this "
         "recognizer holds models for. Faces of other scopes are rejected.",
@@ -338,9 +334,8 @@ class RecognizerSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to embed faces: `auto` takes the GPU when there is one."
     )
-    group: str = Field(
+    group: TopicLevel = Field(
         "recognizers",
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Shared-subscription group: replicas in one group split the faces.",
     )
     max_batch: int = Field(

@@ -6,8 +6,10 @@ session expiry are set in one place from ``MqttSettings``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -16,6 +18,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from rllfpr.config import MqttSettings
+
+log = logging.getLogger(__name__)
 
 
 class MqttError(RuntimeError):
@@ -98,3 +102,39 @@ def publish_properties(message_expiry_s: int | None = None) -> Properties:
     if message_expiry_s is not None:
         properties.MessageExpiryInterval = message_expiry_s
     return properties
+
+
+def on_connection_changes(
+    client: paho.Client,
+    connected: Callable[[bool], None],
+    disconnected: Callable[[ReasonCode], None] | None = None,
+) -> None:
+    """paho's ``on_connect`` / ``on_disconnect`` for a link that outlives one connection (paho
+    reconnects by itself): a refused connection is logged and otherwise ignored (paho tries
+    again), an accepted one calls ``connected(session_present)``, a lost one
+    ``disconnected(reason)``. Every long-lived link (agent, recognizer, key watch) uses it."""
+
+    def on_connect(
+        _client: paho.Client,
+        _userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        connected(bool(flags.session_present))
+
+    def on_disconnect(
+        _client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if disconnected is not None:
+            disconnected(reason)
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect

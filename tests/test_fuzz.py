@@ -276,7 +276,7 @@ topic_text = st.one_of(
 @FUZZ
 @given(topic_text, st.one_of(st.text(max_size=70), st.integers()))
 def test_topic_parsing_raises_only_topic_errors(topic: str, value: str | int) -> None:
-    hostile("topics", lambda: topics.parse_face_topic(topic), (topics.TopicError,))
+    hostile("topics", lambda: topics.parse(topic), (topics.TopicError,))
     outcome = hostile("topics", lambda: topics.level(value), (topics.TopicError,))
     if outcome == "ok":  # an accepted level is one topic level, with no wildcard or separator
         assert not set(str(value)) & set("/+#$\0")

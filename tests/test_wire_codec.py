@@ -186,7 +186,52 @@ def test_topic_levels_reject_wildcards_and_separators() -> None:
     for bad in ["a/b", "+", "#", "", "$SYS", "x" * 65]:
         with pytest.raises(topics.TopicError):
             topics.faces(bad, "cam")
-    assert topics.parse_face_topic("rllfpr/v1/faces/lobby/cam-0") == ("lobby", "cam-0")
-    with pytest.raises(topics.TopicError):
-        topics.parse_face_topic("rllfpr/v1/events/lobby/cam-0")
+    face_topic = topics.parse("rllfpr/v1/faces/lobby/cam-0")
+    assert (face_topic.kind, face_topic.site, face_topic.camera) == ("faces", "lobby", "cam-0")
     assert topics.shared(topics.ALL_FACES) == "$share/recognizers/rllfpr/v1/faces/#"
+
+
+def test_parse_reads_back_every_topic_the_contract_builds() -> None:
+    assert topics.parse(topics.faces("lobby", "cam-0")) == topics.Topic(
+        "faces", site="lobby", camera="cam-0"
+    )
+    assert topics.parse(topics.enroll("lobby", "alice")) == topics.Topic(
+        "enroll", site="lobby", subject="alice"
+    )
+    assert topics.parse(topics.events("lobby", "cam-0")) == topics.Topic(
+        "events", site="lobby", camera="cam-0"
+    )
+    assert topics.parse(topics.key_bundle("fleet", 3)) == topics.Topic(
+        "key_bundle", scope="fleet", epoch=3
+    )
+    assert topics.parse(topics.key_announcements("fleet", 3)) == topics.Topic(
+        "key_announcement", scope="fleet", epoch=3
+    )
+    assert topics.parse(topics.key_revocation("site-2", 0)) == topics.Topic(
+        "key_revocation", scope="site-2", epoch=0
+    )
+    assert topics.parse(topics.agent_status("agent-7")) == topics.Topic(
+        "agent_status", agent="agent-7"
+    )
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "rllfpr/v2/faces/lobby/cam-0",  # another layout version
+        "rllfpr/v1/faces/lobby",  # a level short
+        "rllfpr/v1/faces/lobby/cam-0/extra",
+        "rllfpr/v1/faces/lobby/+",  # a wildcard is no level
+        "rllfpr/v1/keys/fleet/announcements",  # the epoch is part of the topic
+        "rllfpr/v1/keys/fleet/bundles/x",
+        "rllfpr/v1/keys/fleet/bundles/-1",
+        "rllfpr/v1/keys/fleet/bundles/01",  # not how the contract writes epoch 1
+        "rllfpr/v1/keys/fleet/other/1",
+        "rllfpr/v1/agents/agent-7",
+        "$share/recognizers/rllfpr/v1/faces/lobby/cam-0",
+        "",
+    ],
+)
+def test_parse_refuses_what_the_contract_does_not_build(topic: str) -> None:
+    with pytest.raises(topics.TopicError):
+        topics.parse(topic)

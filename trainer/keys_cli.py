@@ -213,14 +213,19 @@ def keys_status(
     epochs = set(_built_epochs(settings, scope)) | set(store.epochs(scope))
     rows: dict[int, dict[str, str]] = {}
     for topic, payload in retained.items():
-        epoch = int(topic.rsplit("/", 1)[1])
-        epochs.add(epoch)
-        row = rows.setdefault(epoch, {})
-        if "/bundles/" in topic:
+        try:
+            parsed = topics.parse(topic)
+        except topics.TopicError:
+            continue  # not a key topic of the contract
+        if parsed.epoch is None:
+            continue
+        epochs.add(parsed.epoch)
+        row = rows.setdefault(parsed.epoch, {})
+        if parsed.kind == "key_bundle":
             row["bundle"] = "retained"
-        elif "/announcements/" in topic:
+        elif parsed.kind == "key_announcement":
             row["state"] = _announced_state(payload, trusted)
-        elif "/revocations/" in topic:
+        elif parsed.kind == "key_revocation":
             row["state"] = "revoked" if _verifies(payload, trusted) else "FORGED"
     table = Table("epoch", "announced", "bundle on broker", "model store", "built here")
     for epoch in sorted(epochs):

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field
 
 from rllfpr.faces.pixels import pick_device
+from rllfpr.files import write_private
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.keys.material import FleetKey
 from rllfpr.models.export import export_onnx, unsupported_operators
@@ -337,10 +338,7 @@ class EpochBuilder:
             signing_key=self.signing_key,
             fleet_key=self.fleet_key,
         )
-        path = self.bundle_path(scope, epoch)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_bytes(sealed)
-        path.chmod(0o600)
+        write_private(self.bundle_path(scope, epoch), sealed)
         report["recognizer_id"] = info.recognizer_id
         self._write_report(scope, epoch, report)
         return BuiltEpoch(scope, epoch, info.recognizer_id, sealed, report)

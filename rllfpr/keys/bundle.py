@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from rllfpr.keys.material import FleetKey, signer_id
-from rllfpr.wire.messages import Epoch, TopicLevel, new_id, utc_now
+from rllfpr.wire.messages import Epoch, new_id, utc_now
+from rllfpr.wire.topics import TopicLevel
 
 MAGIC = b"RLKB"
 FORMAT_VERSION: Final = 2

@@ -15,7 +15,6 @@ The state (highest epoch, accepted bundle ids, revocations) persists as JSON wit
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from rllfpr.files import write_private
 from rllfpr.keys.bundle import BundleError, KeyBundle, open_bundle
 from rllfpr.keys.envelope import open_signed
 from rllfpr.keys.material import FleetKey
@@ -121,12 +121,7 @@ class KeyRing:
             }
             for scope, state in self._state.items()
         }
-        self._state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = self._state_file.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
-        os.replace(temporary, self._state_file)
+        write_private(self._state_file, json.dumps(document, indent=2).encode())
 
     def _load(self, path: Path) -> None:
         document = json.loads(path.read_text())

@@ -7,7 +7,6 @@ is readable by others. Public keys are PEM files anyone may read.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import stat
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from rllfpr.files import write_private
 
 FLEET_KEY_BYTES = 32
 
@@ -55,14 +56,6 @@ class FleetKey:
         return f"FleetKey(key_id={self.key_id})"
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
 def _read_secret(path: Path) -> bytes:
     if not path.is_file():
         raise KeyMaterialError(f"key file not found: {path}")
@@ -75,7 +68,7 @@ def _read_secret(path: Path) -> bytes:
 
 
 def save_fleet_key(key: FleetKey, path: Path) -> None:
-    _write_secret(path, key.secret.hex().encode() + b"\n")
+    write_private(path, key.secret.hex().encode() + b"\n")
 
 
 def load_fleet_key(path: Path) -> FleetKey:
@@ -92,7 +85,7 @@ def save_signing_key(key: Ed25519PrivateKey, path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_secret(path, pem)
+    write_private(path, pem)
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

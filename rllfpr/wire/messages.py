@@ -22,16 +22,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     model_validator,
 )
+
+from rllfpr.wire.topics import TopicLevel
 
 FACE_SCHEMA_VERSION: Final = 1
 EVENT_SCHEMA_VERSION: Final = 1
 KEY_SCHEMA_VERSION: Final = 1
 STATUS_SCHEMA_VERSION: Final = 1
 
-TopicLevel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Epoch = Annotated[int, Field(ge=0, description="Key epoch: increases by one at each rotation.")]
 MAX_FACE_SIDE = 512
 
