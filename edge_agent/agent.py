@@ -123,6 +123,7 @@ class Agent:
             max_inflight=config.max_inflight,
             reconnect_initial_s=config.reconnect_initial_s,
             reconnect_max_s=config.reconnect_max_s,
+            status_interval_s=config.status_interval_s,
         )
         self.preparer = FacePreparer(
             detector

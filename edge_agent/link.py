@@ -11,7 +11,9 @@ the unacknowledged ones again (DUP); after a restart the spool sends them again.
 with a failure reason (an ACL refusal, say) drops the message, counted as ``refused``.
 
 The retained status (``AgentStatus``) says ``online`` with the active key epoch, or
-``degraded`` with the reason; the last will, retained too, says ``offline``.
+``degraded`` with the reason; the last will, retained too, says ``offline``. The sender thread
+republishes it every ``status_interval_s`` with fresh figures (frame rate, faces published,
+spool depth), so a console tells a silent agent from a live one by the status's age.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class AgentLink:
         max_inflight: int,
         reconnect_initial_s: float,
         reconnect_max_s: float,
+        status_interval_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.agent, self.site, self.camera = agent, site, camera
@@ -71,7 +74,12 @@ class AgentLink:
         self._inflight: dict[int, int] = {}  # MQTT message id -> spool id (or STATUS)
         self._early_acks: dict[int, ReasonCode] = {}
         self._last_taken = 0  # highest spool id handed to paho in this process
-        self._status = self._status_message("degraded", None, "starting")
+        self.status_interval_s = status_interval_s
+        self._state: tuple[str, int | None, str | None] = ("degraded", None, "starting")
+        self._status_sent_at = 0.0  # monotonic time of the latest status publication
+        self._figures_at = time.monotonic()
+        self._frames_then = 0.0
+        self._figures_lock = threading.Lock()
         self.client = mqtt.make_client(settings, "agent", client_id=settings.client_id or agent)
         self.client.will_set(
             topics.agent_status(agent),
@@ -88,18 +96,34 @@ class AgentLink:
         self.client.on_message = self._on_message
         self._sender = threading.Thread(target=self._send_loop, name="agent-sender", daemon=True)
 
-    def _status_message(self, state: str, epoch: int | None, reason: str | None) -> AgentStatus:
-        return AgentStatus.model_validate(
-            {
-                "agent": self.agent,
-                "site": self.site,
-                "state": state,
-                "key_epoch": epoch,
-                "cameras": [self.camera],
-                "version": __version__,
-                "reason": reason,
-            }
-        )
+    def _status_message(
+        self, state: str, epoch: int | None, reason: str | None, figures: bool = False
+    ) -> AgentStatus:
+        fields: dict[str, object] = {
+            "agent": self.agent,
+            "site": self.site,
+            "state": state,
+            "key_epoch": epoch,
+            "cameras": [self.camera],
+            "version": __version__,
+            "reason": reason,
+        }
+        if figures:
+            fields |= self._figures()
+        return AgentStatus.model_validate(fields)
+
+    def _figures(self) -> dict[str, object]:
+        """Frame rate since the previous status, faces published, spool depth."""
+        with self._figures_lock:  # statuses are made on paho's, the sender's and key threads
+            now, frames = time.monotonic(), self.metrics.value("frames")
+            elapsed = now - self._figures_at
+            fps = (frames - self._frames_then) / elapsed if elapsed > 0 else 0.0
+            self._figures_at, self._frames_then = now, frames
+        return {
+            "fps": round(max(0.0, fps), 2),
+            "faces_published": int(self.metrics.value("faces_published")),
+            "spool_messages": self.spool.depth,
+        }
 
     # ----- life cycle
     def start(self) -> None:
@@ -123,7 +147,9 @@ class AgentLink:
         if self._sender.is_alive():
             self._sender.join(timeout=5)
         if self.connected.is_set():
-            self._publish_status(self._status_message("offline", None, "stopped"), wait_s=2)
+            self._publish_status(
+                self._status_message("offline", None, "stopped", figures=True), wait_s=2
+            )
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -135,11 +161,15 @@ class AgentLink:
     # ----- status
     def set_status(self, epoch: int | None, reason: str | None) -> None:
         state = "online" if epoch is not None and reason is None else "degraded"
-        self._status = self._status_message(state, epoch, reason)
+        self._state = (state, epoch, reason)
         if self.connected.is_set():
-            self._publish_status(self._status)
+            self._publish_status(self._current_status())
+
+    def _current_status(self) -> AgentStatus:
+        return self._status_message(*self._state, figures=True)
 
     def _publish_status(self, status: AgentStatus, wait_s: float = 0.0) -> None:
+        self._status_sent_at = time.monotonic()
         info = self.client.publish(
             topics.agent_status(self.agent), status.model_dump_json(), qos=1, retain=True
         )
@@ -172,7 +202,7 @@ class AgentLink:
     def _connected(self, _session_present: bool) -> None:
         log.info("connected to %s:%d", self.settings.host, self.settings.port)
         self.client.subscribe(self.key_filter, qos=1)
-        self._publish_status(self._status)
+        self._publish_status(self._current_status())
         self.connected.set()
         self.metrics.broker_connected.set(1)
         self.wake()
@@ -208,6 +238,11 @@ class AgentLink:
     # ----- sender thread
     def _send_loop(self) -> None:
         while not self._stop.is_set():
+            if (
+                self.connected.is_set()
+                and time.monotonic() - self._status_sent_at >= self.status_interval_s
+            ):
+                self._publish_status(self._current_status())
             sent = self._send_some() if self.connected.is_set() else 0
             if not sent:
                 with self._wakeup:

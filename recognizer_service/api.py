@@ -1,4 +1,6 @@
-"""HTTP API of the recognizer: health, readiness, Prometheus metrics, gallery management.
+"""HTTP API of the recognizer: health, readiness, Prometheus metrics, gallery management, and
+the operator's console (``recognizer_service/console/web.py``: ``/``, ``/people``, ``/keys``,
+``/cameras``, behind a login with the same token).
 
 | method and path | auth | what |
 |---|---|---|
@@ -29,6 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from recognizer_service.console.web import mount_console
 from recognizer_service.pipeline import REDIS_TRANSIENT, PoisonMessageError, TransientError
 from recognizer_service.service import RecognizerService
 from rllfpr import __version__
@@ -59,8 +62,18 @@ Actor = Annotated[str, Depends(authorized)]
 
 
 def create_app(service: RecognizerService) -> FastAPI:
-    app = FastAPI(title="RLLFPR recognizer", version=__version__)
+    # No /docs, /redoc or /openapi.json: they load assets from a CDN and are readable without
+    # a token; the endpoints are listed above and in the README.
+    app = FastAPI(
+        title="RLLFPR recognizer",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.service = service
+    if service.settings.recognizer.console.enabled:
+        mount_console(app, service)
 
     @app.get("/healthz")
     def health() -> Response:

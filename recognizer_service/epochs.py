@@ -76,6 +76,11 @@ class EpochModels:
             current = self._not_after.get((scope, epoch), float("inf"))
             self._not_after[(scope, epoch)] = min(current, not_after)
 
+    def retirement(self, scope: str, epoch: int) -> float | None:
+        """The end of an epoch's grace window (UNIX seconds), if a newer one is active."""
+        with self._lock:
+            return self._not_after.get((scope, epoch))
+
     def is_retired(self, scope: str, epoch: int) -> bool:
         with self._lock:
             return time.time() > self._not_after.get((scope, epoch), float("inf"))

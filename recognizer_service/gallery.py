@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -312,6 +313,46 @@ class Gallery:
                 pipe.zcard(self._templates_key(scope, epoch, name))
             counts = pipe.execute()
         return {name: int(count) for name, count in zip(names, counts, strict=True) if count}
+
+    def subject_count(self, scope: str, epoch: int) -> int:
+        return int(self.client.scard(self._subjects_key(scope, epoch)))
+
+    def find_subjects(
+        self, scope: str, epoch: int, contains: str = "", limit: int = 200
+    ) -> list[str]:
+        """Up to ``limit`` subject names containing ``contains``, sorted (SSCAN: a large
+        gallery is never read whole). Characters that cannot be in a subject id are ignored,
+        so no glob pattern can be smuggled in."""
+        pattern = "*" + re.sub(r"[^A-Za-z0-9_.-]", "", contains) + "*"
+        found: list[str] = []
+        for name in self.client.sscan_iter(
+            self._subjects_key(scope, epoch), match=pattern, count=1000
+        ):
+            found.append(_text(name))
+            if len(found) >= limit:
+                break
+        return sorted(found)
+
+    def enrolment_spans(
+        self, scope: str, epoch: int, subjects: Sequence[str]
+    ) -> dict[str, tuple[int, datetime | None, datetime | None]]:
+        """Per subject: templates, first and latest enrolment time (one round trip)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for subject in subjects:
+                key = self._templates_key(scope, epoch, subject)
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+                pipe.zrange(key, -1, -1, withscores=True)
+            replies = pipe.execute()
+        spans = {}
+        for index, subject in enumerate(subjects):
+            count, first, last = replies[3 * index : 3 * index + 3]
+            spans[subject] = (
+                int(count),
+                utc_from_timestamp(first[0][1]) if first else None,
+                utc_from_timestamp(last[0][1]) if last else None,
+            )
+        return spans
 
     def size(self, scope: str, epoch: int) -> int:
         with self.client.pipeline(transaction=False) as pipe:

@@ -12,12 +12,14 @@ apart from the face consumer) and acts on what verifies against the trusted sign
   service rescans (``EpochModels.refresh``).
 
 Bundles are ignored: a recognizer never needs the SN key. Unsigned, forged or malformed messages
-are logged and counted, never acted on.
+are logged and counted, never acted on. The latest verified announcement and revocation of each
+epoch are kept (``announcements()``, ``revocations()``) for the console's Keys page.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 
@@ -55,6 +57,19 @@ class KeyWatch:
             settings.mqtt, "recognizer-keys", client_id=f"keys-{uuid.uuid4().hex[:12]}"
         )
         self.client.on_message = self._on_message
+        self._lock = threading.Lock()
+        self._announcements: dict[tuple[str, int], KeyAnnouncement] = {}
+        self._revocations: dict[tuple[str, int], Revocation] = {}
+
+    def announcements(self) -> dict[tuple[str, int], KeyAnnouncement]:
+        """The latest verified announcement of each (scope, epoch)."""
+        with self._lock:
+            return dict(self._announcements)
+
+    def revocations(self) -> dict[tuple[str, int], Revocation]:
+        """Every verified revocation, by (scope, epoch)."""
+        with self._lock:
+            return dict(self._revocations)
 
     def start(self) -> None:
         mqtt.connect(self.client, self.settings.mqtt, clean_start=True)
@@ -91,12 +106,19 @@ class KeyWatch:
             return  # the SN is not needed here
         if kind == "key_revocation":
             revocation = envelope.open_signed(payload, Revocation, self.trusted)
+            with self._lock:
+                self._revocations[(revocation.scope, revocation.epoch)] = revocation
             self._revoke(revocation.scope, revocation.epoch, topic)
             return
         if kind != "key_announcement":
             log.warning("ignoring a message on %s: not a key topic of the contract", topic)
             return
         announcement = envelope.open_signed(payload, KeyAnnouncement, self.trusted)
+        with self._lock:
+            key = (announcement.scope, announcement.epoch)
+            latest = self._announcements.get(key)
+            if latest is None or latest.issued_at <= announcement.issued_at:
+                self._announcements[key] = announcement
         if announcement.state is KeyState.REVOKED:
             self._revoke(announcement.scope, announcement.epoch, topic)
         elif announcement.state is KeyState.ACTIVE:

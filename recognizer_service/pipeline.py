@@ -28,6 +28,7 @@ from recognizer_service.decision import Decision, decide, observe
 from recognizer_service.epochs import EpochModels
 from recognizer_service.gallery import Enrollment, Gallery, Template
 from recognizer_service.metrics import Metrics
+from recognizer_service.recent_faces import RecentFaces
 from recognizer_service.tracks import (
     FaceObservation,
     ObserveStatus,
@@ -102,6 +103,7 @@ class BatchProcessor:
         metrics: Metrics,
         publisher: EventPublisher,
         clock: Callable[[], datetime] = utc_now,
+        recent_faces: RecentFaces | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -111,6 +113,7 @@ class BatchProcessor:
         self.metrics = metrics
         self.publisher = publisher
         self.clock = clock
+        self.recent_faces = recent_faces
 
     # Validation ------------------------------------------------------------------------------
 
@@ -184,7 +187,12 @@ class BatchProcessor:
         pairs = list(zip(faces, embeddings, strict=True))
         with redis_errors_are_transient():
             self._enroll([(face, vector) for face, vector in pairs if face.header.subject])
-            claimed = self._observe([(f, v) for f, v in pairs if not f.header.subject])
+            probes = [(f, v) for f, v in pairs if not f.header.subject]
+            if self.recent_faces is not None:
+                self.recent_faces.keep(
+                    [(str(f.header.message_id), f.delivery.payload) for f, _ in probes]
+                )
+            claimed = self._observe(probes)
             self.publish_rounds(claimed)
 
     def reject(self, delivery: Delivery, rejection: PoisonMessageError) -> None:

@@ -21,6 +21,7 @@ from datetime import timedelta
 import redis
 
 from recognizer_service.audit import AuditLog
+from recognizer_service.console.feed import ConsoleFeed
 from recognizer_service.consumer import RecognizerLink
 from recognizer_service.epochs import EpochModels
 from recognizer_service.gallery import Gallery, RedisClient, connect_redis
@@ -33,6 +34,7 @@ from recognizer_service.pipeline import (
     PoisonMessageError,
     TransientError,
 )
+from recognizer_service.recent_faces import RecentFaces
 from recognizer_service.tracks import Tracks
 from rllfpr.config import Settings
 from rllfpr.faces.pixels import pick_device
@@ -103,8 +105,19 @@ class RecognizerService:
             publish_timeout_s=options.publish_timeout_s,
             event_expiry_s=options.event_expiry_s,
         )
+        console = options.console
+        self.recent_faces = RecentFaces(
+            self.redis, prefix, console.face_retention_s if console.enabled else 0
+        )
         self.processor = BatchProcessor(
-            options, self.models, self.gallery, self.tracks, self.audit, self.metrics, self.link
+            options,
+            self.models,
+            self.gallery,
+            self.tracks,
+            self.audit,
+            self.metrics,
+            self.link,
+            recent_faces=self.recent_faces,
         )
         self.keywatch = (
             KeyWatch(
@@ -116,6 +129,9 @@ class RecognizerService:
             )
             if settings.keys.trusted_signers
             else None
+        )
+        self.console_feed = (
+            ConsoleFeed(settings) if console.enabled or options.homeassistant.enabled else None
         )
         self._stop = threading.Event()
         self._busy = threading.Event()  # a batch is in hand
@@ -136,6 +152,8 @@ class RecognizerService:
             )
         self._last_maintenance = time.monotonic()
         self.link.start()
+        if self.console_feed is not None:
+            self.console_feed.start()
         if self.keywatch is not None:
             self.keywatch.start()
         else:
@@ -158,6 +176,8 @@ class RecognizerService:
         self.link.stop(end_session=leave_group)
         if self.keywatch is not None:
             self.keywatch.close()
+        if self.console_feed is not None:
+            self.console_feed.close()
 
     def _drain(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
         """Wait until no delivery arrived for ``quiet_s`` and every one was handled."""

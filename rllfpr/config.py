@@ -239,6 +239,13 @@ class AgentSettings(Section):
         gt=0,
         description="/healthz answers 503 when no frame was read for this long.",
     )
+    status_interval_s: float = Field(
+        30.0,
+        ge=1,
+        description="The retained status is published again this often while connected, with "
+        "fresh figures (frame rate, faces published, spool depth): consoles tell a silent agent "
+        "from a live one by its age.",
+    )
 
     @field_validator("spool_dir")
     @classmethod
@@ -316,6 +323,64 @@ class KeySettings(Section):
     @classmethod
     def _expand(cls, path: Path) -> Path:
         return path.expanduser()
+
+
+class ConsoleSettings(Section):
+    """The operator's console: web pages at `/` of the recognizer's HTTP server."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve the console. Logging in needs `recognizer.api_token`; without one "
+        "every console page answers 503.",
+    )
+    session_ttl_s: int = Field(
+        8 * 3600,
+        ge=60,
+        description="A console session (cookie) ends this long after logging in.",
+    )
+    recent_events: int = Field(
+        200, ge=10, le=10_000, description="Recognition events kept in memory for the Live page."
+    )
+    face_retention_s: int = Field(
+        900,
+        ge=0,
+        description="The scrambled face of each recognition face message is kept in Redis this "
+        "long, so the Live page can show what a decision was made from; 0 keeps none.",
+    )
+    agent_stale_after_s: float = Field(
+        95.0,
+        gt=0,
+        description="An agent whose latest status is older than this is flagged stale (agents "
+        "republish it every `agent.status_interval_s`).",
+    )
+
+
+class HomeAssistantSettings(Section):
+    """Home Assistant MQTT discovery: each camera becomes a device with two entities."""
+
+    enabled: bool = Field(
+        False,
+        description="Publish retained discovery configs for every camera of every agent status "
+        "seen, and remove them when the camera disappears.",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Home Assistant's MQTT discovery prefix.",
+    )
+    unknown_off_delay_s: int = Field(
+        30,
+        ge=1,
+        description="The `unknown person` binary sensor turns off this long after the latest "
+        "unknown decision of its camera.",
+    )
+    settle_s: float = Field(
+        1.0,
+        ge=0,
+        le=30,
+        description="Wait after subscribing, for the retained statuses and discovery configs, "
+        "before adding or removing entities.",
+    )
 
 
 class RecognizerSettings(Section):
@@ -429,8 +494,14 @@ class RecognizerSettings(Section):
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API (0: any).")
     api_token: SecretStr | None = Field(
         None,
-        description="Bearer token of the gallery-management API; without one those endpoints "
-        "answer 503.",
+        description="Bearer token of the gallery-management API and the console's login; "
+        "without one those endpoints answer 503.",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings, description="The operator's console."
+    )
+    homeassistant: HomeAssistantSettings = Field(
+        default_factory=HomeAssistantSettings, description="Home Assistant MQTT discovery."
     )
 
     @field_validator("model_store")

@@ -164,6 +164,19 @@ class ModelStore:
                     found.append(epoch)
         return sorted(found)
 
+    def revoked_epochs(self, scope: str) -> list[int]:
+        """Epochs of ``scope`` with a revocation tombstone, oldest first."""
+        folder = self.root / scope
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(entry.name[6:-8])
+            for entry in folder.iterdir()
+            if entry.name.startswith("epoch-")
+            and entry.name.endswith(".revoked")
+            and entry.name[6:-8].isdigit()
+        )
+
     def is_revoked(self, scope: str, epoch: int) -> bool:
         return self._tombstone(scope, epoch).exists()
 

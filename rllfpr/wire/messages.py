@@ -30,7 +30,7 @@ from rllfpr.wire.topics import TopicLevel
 FACE_SCHEMA_VERSION: Final = 1
 EVENT_SCHEMA_VERSION: Final = 1
 KEY_SCHEMA_VERSION: Final = 1
-STATUS_SCHEMA_VERSION: Final = 1
+STATUS_SCHEMA_VERSION: Final = 2
 
 Epoch = Annotated[int, Field(ge=0, description="Key epoch: increases by one at each rotation.")]
 MAX_FACE_SIDE = 512
@@ -200,9 +200,12 @@ class Revocation(WireModel):
 
 
 class AgentStatus(WireModel):
-    """Retained on ``rllfpr/v1/agents/{agent}/status``; the last will says ``offline``."""
+    """Retained on ``rllfpr/v1/agents/{agent}/status``, republished every
+    ``agent.status_interval_s`` with fresh figures; the last will says ``offline``. Version 2
+    added the figures (``fps``, ``faces_published``, ``spool_messages``); version 1 is still
+    accepted (the figures are then null)."""
 
-    schema_version: Literal[1] = Field(STATUS_SCHEMA_VERSION)
+    schema_version: Literal[1, 2] = Field(STATUS_SCHEMA_VERSION)
     event_id: uuid.UUID = Field(default_factory=new_id)
     agent: TopicLevel
     site: TopicLevel
@@ -211,4 +214,13 @@ class AgentStatus(WireModel):
     cameras: list[TopicLevel] = Field(default_factory=list)
     version: str = Field(description="RLLFPR version of the agent.")
     reason: str | None = Field(None, max_length=200, description="Why degraded or offline.")
-    at: AwareDatetime = Field(default_factory=utc_now)
+    fps: float | None = Field(
+        None, ge=0, description="Frames read per second since the previous status."
+    )
+    faces_published: int | None = Field(
+        None, ge=0, description="Face messages the broker acknowledged since the agent started."
+    )
+    spool_messages: int | None = Field(
+        None, ge=0, description="Face messages waiting in the agent's spool."
+    )
+    at: AwareDatetime = Field(default_factory=utc_now, description="When this status was made.")

@@ -1,0 +1,41 @@
+"""The scrambled faces behind recent decisions, kept briefly in Redis for the console.
+
+The Live page shows each event's faces: the scrambled pixels the recognizer decided on, which
+is the only face the server ever has. Any replica may have received a face and any replica's
+console may show the event, so the face messages live in Redis, one key per message, for
+``console.face_retention_s``::
+
+    p:face:{message id}    the face message as received (binary codec), expiring
+
+Only recognition faces are kept (enrollment faces are templates already); nothing is kept
+when the retention is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+
+class RecentFaces:
+    def __init__(self, client: redis.Redis, prefix: str, retention_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention_s = retention_s
+
+    def _key(self, message_id: str) -> str:
+        return f"{self.prefix}:face:{message_id}"
+
+    def keep(self, faces: Sequence[tuple[str, bytes]]) -> None:
+        """Store (message id, face message) pairs in one round trip."""
+        if not faces or self.retention_s <= 0:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for message_id, payload in faces:
+                pipe.set(self._key(message_id), payload, ex=self.retention_s)
+            pipe.execute()
+
+    def get(self, message_id: str) -> bytes | None:
+        payload = self.client.get(self._key(message_id))
+        return bytes(payload) if payload is not None else None  # type: ignore[arg-type]
