@@ -98,7 +98,7 @@ def every_route(service: RecognizerService) -> list[tuple[str, str]]:
         elif isinstance(route, APIRoute):
             path = route.path.replace("{message_id}", str(uuid.uuid4()))
             path = re.sub(r"\{[a-z_]+\}", "1", path)
-            routes += [(method, path) for method in sorted(route.methods)]
+            routes += [(method, path) for method in sorted(route.methods or ())]
     return routes
 
 
@@ -250,7 +250,9 @@ def test_faces_are_kept_only_as_long_as_configured(
     service.start()
     try:
         client.publish(*face(image(43), track=9)[:2])
-        wait_until(lambda: counter(service, "rllfpr_events_published_total", decision="unknown"))
+        wait_until(
+            lambda: counter(service, "rllfpr_events_published_total", decision="unknown") > 0
+        )
         prefix = settings.redis.key_prefix
         assert list(service.redis.scan_iter(f"{prefix}:face:*")) == []
     finally:
@@ -262,7 +264,7 @@ def test_faces_are_kept_only_as_long_as_configured(
     try:
         _topic, payload, message_id = face(image(44), track=10)
         client.publish(_topic, payload)
-        wait_until(lambda: counter(kept, "rllfpr_events_published_total", decision="unknown"))
+        wait_until(lambda: counter(kept, "rllfpr_events_published_total", decision="unknown") > 0)
         key = f"{kept.settings.redis.key_prefix}:face:{message_id}"
         assert kept.redis.get(key) == payload
         assert 0 < kept.redis.ttl(key) <= kept.settings.recognizer.console.face_retention_s
