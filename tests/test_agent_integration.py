@@ -325,6 +325,39 @@ def test_metrics_and_health_endpoints(mqtt_broker: Endpoint, photos: Path, tmp_p
         agent.close()
 
 
+def test_status_is_republished_with_fresh_figures(
+    mqtt_broker: Endpoint, photos: Path, tmp_path: Path
+) -> None:
+    factory = KeyFactory(tmp_path / "trainer")
+    factory.publish(mqtt_broker, network(1), epoch=2)
+    settings = agent_settings(
+        mqtt_broker, factory.settings(tmp_path / "keys"), tmp_path, status_interval_s=1
+    )
+    capture = Capture(mqtt_broker, topics.ROOT + "/agents/#")
+    agent = started(Agent(settings, str(photos), detector=shared_detector()))
+    try:
+        agent.run()
+        assert agent.drain(30)
+        published = int(agent.metrics.value("faces_published"))
+        assert published >= 1
+
+        def statuses() -> list[AgentStatus]:
+            return [AgentStatus.model_validate_json(m.payload) for m in capture.on(topics.ROOT)]
+
+        wait_until(lambda: (s := statuses()) and s[-1].faces_published == published)
+        after_run = len(statuses())
+        wait_until(lambda: len(statuses()) >= after_run + 2)  # a whole idle interval
+        online = [s for s in statuses() if s.state == "online"]
+        assert [s.at for s in online] == sorted(s.at for s in online)  # each one fresh
+        assert all(s.schema_version == 2 and s.key_epoch == 2 for s in online)
+        assert any(s.fps is not None and s.fps > 0 for s in online)  # the frames were counted
+        assert online[-1].spool_messages == 0
+        assert online[-1].fps == 0  # nothing read since the previous status
+    finally:
+        agent.close()
+        capture.close()
+
+
 def test_cli_runs_a_folder_with_config_file_and_options(
     mqtt_broker: Endpoint, photos: Path, tmp_path: Path
 ) -> None:
