@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from recognizer_service.api import create_app
 from recognizer_service.metrics import Metrics
+from recognizer_service.service import RecognizerService
 from rllfpr import local_services, mqtt
 from rllfpr.cli import app
 from rllfpr.config import ConfigError, MqttSettings, Settings, load_settings
@@ -244,7 +245,7 @@ def host_path(service: dict[str, Any], container_path: Path | str, initialized: 
 
 def test_compose_has_the_expected_services_and_images() -> None:
     services = compose()["services"]
-    assert set(services) == {"mqtt", "redis", *RLLFPR_IMAGE_SERVICES}
+    assert set(services) == {"mqtt", "redis", "prometheus", "grafana", *RLLFPR_IMAGE_SERVICES}
     assert services["mqtt"]["image"] == "eclipse-mosquitto:2"
     assert services["redis"]["image"] == "redis:8"
     assert services["trainer"]["profiles"] == ["trainer"]
@@ -413,7 +414,7 @@ def recognizer_container() -> dict[str, Any]:
 def test_the_recognizer_probes_and_scrape_target_are_real_endpoints() -> None:
     served = {
         route.path  # type: ignore[attr-defined]
-        for route in create_app(object()).routes  # type: ignore[arg-type]
+        for route in create_app(RecognizerService(Settings())).routes  # not started
         if "GET" in getattr(route, "methods", set())
     }
     container = recognizer_container()

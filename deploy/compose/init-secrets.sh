@@ -20,6 +20,7 @@
 #   secrets/mosquitto.passwd           empty: the TLS listener takes the certificate CN as user
 #   secrets/redis/{password,users.acl} users.acl = deploy/redis/users.acl with the password hash
 #   secrets/recognizer.env             RLLFPR_REDIS__PASSWORD, RLLFPR_RECOGNIZER__API_TOKEN
+#   secrets/grafana.env                GF_SECURITY_ADMIN_PASSWORD (Grafana's admin user)
 #   secrets/keys/{agent,recognizer}/   filled by the `keys` command
 #   .env                               compose variables (uid/gid, camera URL, host paths)
 #   state/<service>/                   what each container keeps
@@ -28,7 +29,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REDIS_ACL_TEMPLATE="$HERE/../redis/users.acl"
 PLACEHOLDER="#REPLACE_WITH_SHA256_OF_PASSWORD"
 CLIENTS=(recognizer-1 trainer lobby-cam-0)
-STATE_DIRS=(mosquitto redis models recognizer trainer agent-lobby-cam-0)
+STATE_DIRS=(mosquitto redis models recognizer trainer agent-lobby-cam-0 prometheus grafana)
 DAYS="${RLLFPR_CERT_DAYS:-825}"
 umask 077
 
@@ -146,6 +147,7 @@ case "${1:-all}" in
     for cn in "${CLIENTS[@]}"; do issue_client "$cn"; done
     write_once "$SECRETS/mosquitto.passwd" ""
     make_redis_secrets
+    write_once "$SECRETS/grafana.env" "GF_SECURITY_ADMIN_PASSWORD=$(openssl rand -hex 24)"
     mkdir -p "$SECRETS/keys/agent" "$SECRETS/keys/recognizer"
     for dir in "${STATE_DIRS[@]}"; do mkdir -p "$OUT/state/$dir"; done
     write_compose_env
