@@ -50,6 +50,7 @@ NOT_SETTINGS = frozenset(
         "RLLFPR_OFFLINE_KEYS",  # deploy/compose/.env: the trainer's offline key folder
         "RLLFPR_TORCH_INDEX_URL",  # deploy/compose/.env: the image's torch wheels
         "RLLFPR_IMAGE_TAG",  # deploy/compose/docker-compose.yml
+        "RLLFPR_REQUIRE_BROWSER",  # scripts/test: the console's browser tests fail, not skip
     }
 )
 MAX_CONFIG_BYTES = 1 << 20

@@ -354,7 +354,10 @@ def test_cameras_page_shows_agents_offline_stale_and_forgets_them(
     publish_status(client, will)
     wait_until(lambda: (s := feed.fleet.status(agent)) is not None and s.state == "offline")
     rows = browser.get("/cameras", params={"fragment": "rows"}).text
-    assert 'data-state="offline"' in rows.split(f'data-agent="{agent}"')[1][:60]
+    row = rows.split(f'data-agent="{agent}"')[1].split("</tr>")[0]
+    assert 'data-state="offline"' in row[:60]
+    for shown in ("connection lost", "12.5", "41", ">3<"):  # its last figures while it ran
+        assert shown in row, shown
     forgotten = browser.post("/cameras/forget", data={"csrf": token, "agent": agent})
     assert forgotten.status_code == 200
     wait_until(lambda: feed.fleet.status(agent) is None)

@@ -31,20 +31,29 @@ class Camera:
 
 @dataclass(frozen=True)
 class AgentRow:
-    status: AgentStatus
-    last_seen: datetime | None  # the newest status this console saw from it running
+    status: AgentStatus  # the retained one: state and reason
+    running: AgentStatus | None  # the latest this console saw while it ran: its figures
     stale: bool
 
     @property
     def agent(self) -> str:
         return self.status.agent
 
+    @property
+    def last_seen(self) -> datetime | None:
+        return self.running.at if self.running else None
+
+    @property
+    def figures(self) -> AgentStatus:
+        """Frame rate, faces, spool and key epoch: an offline agent's last known ones."""
+        return self.running if self.status.state == "offline" and self.running else self.status
+
 
 class Fleet:
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after = timedelta(seconds=stale_after_s)
         self._statuses: dict[str, AgentStatus] = {}
-        self._last_seen: dict[str, datetime] = {}
+        self._running: dict[str, AgentStatus] = {}
         self._lock = threading.Lock()
 
     def update(self, agent: str, payload: bytes) -> None:
@@ -52,7 +61,7 @@ class Fleet:
         if not payload:
             with self._lock:
                 self._statuses.pop(agent, None)
-                self._last_seen.pop(agent, None)
+                self._running.pop(agent, None)
             return
         try:
             status = AgentStatus.model_validate_json(payload)
@@ -62,19 +71,19 @@ class Fleet:
             raise StatusError(f"status on the topic of {agent} names agent {status.agent}")
         with self._lock:
             self._statuses[agent] = status
-            if status.state != "offline":
-                seen = self._last_seen.get(agent)
-                self._last_seen[agent] = max(seen, status.at) if seen else status.at
+            seen = self._running.get(agent)
+            if status.state != "offline" and (seen is None or seen.at <= status.at):
+                self._running[agent] = status
 
     def rows(self, now: datetime | None = None) -> list[AgentRow]:
         now = now or utc_now()
         with self._lock:
             statuses = sorted(self._statuses.values(), key=lambda s: (s.site, s.agent))
-            seen = dict(self._last_seen)
+            running = dict(self._running)
         return [
             AgentRow(
                 status,
-                seen.get(status.agent),
+                running.get(status.agent),
                 status.state != "offline" and now - status.at > self.stale_after,
             )
             for status in statuses

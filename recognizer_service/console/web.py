@@ -84,8 +84,12 @@ def _utc(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="seconds") if value else ""
 
 
-def _clock(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).strftime("%H:%M:%S") if value else "-"
+def _stamp(value: datetime | str | None) -> str:
+    """A time for people: ``2026-11-26 12:00:05`` (UTC)."""
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ago(value: datetime | None) -> str:
@@ -100,7 +104,7 @@ def _ago(value: datetime | None) -> str:
 
 
 templates.filters["utc"] = _utc
-templates.filters["clock"] = _clock
+templates.filters["stamp"] = _stamp
 templates.filters["ago"] = _ago
 
 
