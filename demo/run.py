@@ -203,6 +203,7 @@ def demo_settings(
                 "spool_dir": str(workspace.run / "spool"),
                 "metrics_port": free_port(),
                 "key_settle_s": 0.2,
+                "status_interval_s": 5,  # the console's Cameras page follows the agent closely
             },
             "recognizer": {
                 "scopes": [SCOPE],
@@ -377,9 +378,12 @@ def run(
     console: Console,
     plan: DemoPlan | None = None,
     services: tuple[Endpoint, Endpoint] | None = None,
+    web_console: bool = False,
 ) -> dict[str, Any]:
     """Run the whole demo; writes ``output/report.md``, ``report.json`` and ``faces.png``.
-    ``services``: a running Mosquitto and Redis 8 to use instead of starting them."""
+    ``services``: a running Mosquitto and Redis 8 to use instead of starting them.
+    ``web_console``: serve the operator's console during the run and after it, until Ctrl-C."""
+    from demo.console import DemoConsole, with_token
     from edge_agent.agent import Agent
     from recognizer_service.service import RecognizerService
     from trainer.rotation import KeyPublisher
@@ -408,7 +412,7 @@ def run(
     with contextlib.ExitStack() as stack:
         broker, store = services or _start_services(stack)
         console.print(f"Mosquitto on :{broker.port}, Redis 8 on :{store.port} (this run only)")
-        settings = demo_settings(workspace, base.cache, base.data, broker, store)
+        settings = with_token(demo_settings(workspace, base.cache, base.data, broker, store))
         with clock.part("key epochs"):
             first_run = ensure_epochs(settings, workspace, plan, console)
         trainer = mqtt.make_client(settings.mqtt, "demo-trainer", client_id="demo-trainer")
@@ -425,6 +429,9 @@ def run(
             recognizer = RecognizerService(settings)
             recognizer.start()
             stack.callback(recognizer.stop)
+            web = DemoConsole(recognizer, console) if web_console else None
+            if web is not None:
+                stack.callback(web.close)
             station = Station(settings, workspace, trainer)
             kept = station.keep(people.enrollment)
             key_one = open_scrambler_bundle(first, settings.keys)
@@ -498,8 +505,12 @@ def run(
             "replayed_epoch_1_face_rejected": replay_rejected,
             "hardware": hardware.describe(),
         }
+        report = write_report(output, observer, summary, sheet)
+        if web is not None:
+            console.print(f"report: {output / 'report.md'}")
+            web.hold()
     console.print("agent, recognizer, broker and Redis stopped")
-    return write_report(output, observer, summary, sheet)
+    return report
 
 
 def _start_services(stack: contextlib.ExitStack) -> tuple[Endpoint, Endpoint]:

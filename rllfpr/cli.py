@@ -101,6 +101,12 @@ def keys_inspect(
 def demo(
     output: Path = typer.Option(Path("runs/demo"), help="Where report.md, report.json go."),
     config: Path | None = ConfigOption,
+    web_console: bool = typer.Option(
+        True,
+        "--console/--no-console",
+        help="Serve the operator's console (address and token printed) during the demo and "
+        "after it, until Ctrl-C.",
+    ),
 ) -> None:
     """The whole pipeline on this machine: local Mosquitto and Redis 8, trainer-built key
     epochs, enrollment, an edge agent replaying LFW photos, live events, a key rotation."""
@@ -109,7 +115,7 @@ def demo(
 
     settings = settings_or_fail(config)
     try:
-        result = run(settings, output, console)
+        result = run(settings, output, console, web_console=web_console)
     except (ServiceError, FileNotFoundError, TimeoutError) as error:
         raise fail(f"demo stopped: {error}") from error
     for index, row in enumerate(result["rounds"], start=1):

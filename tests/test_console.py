@@ -3,8 +3,13 @@ the scrambled faces it shows, and the agent fleet, against a real Mosquitto and 
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,14 +22,18 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from rich.console import Console
 from starlette.routing import Mount
+from typer.testing import CliRunner
 
+from demo.console import DemoConsole, with_token
 from recognizer_service.api import create_app
 from recognizer_service.console.auth import COOKIE
 from recognizer_service.console.fleet import Fleet, StatusError
 from recognizer_service.service import RecognizerService
+from rllfpr.cli import app
 from rllfpr.config import Settings
-from rllfpr.local_services import Endpoint
+from rllfpr.local_services import Endpoint, free_port
 from rllfpr.wire import topics
 from rllfpr.wire.messages import AgentStatus, utc_now
 from tests import test_recognizer_service as service_tests
@@ -388,3 +397,29 @@ def test_fleet_flags_stale_agents_and_rejects_foreign_statuses() -> None:
         fleet.update("a", b"{not json")
     fleet.update("a", b"")
     assert [row.agent for row in fleet.rows(now)] == ["b", "c"]
+
+
+def test_the_demo_serves_the_console_until_stopped(service: RecognizerService) -> None:
+    output = io.StringIO()
+    web = DemoConsole(service, Console(file=output, width=200), port=free_port())
+    token = service.settings.recognizer.api_token
+    assert token is not None
+    printed = output.getvalue()
+    assert f"{web.url}/" in printed
+    assert token.get_secret_value() in printed
+    with urllib.request.urlopen(f"{web.url}/login") as page:
+        assert 'name="token"' in page.read().decode()
+    stop = threading.Event()
+    holder = threading.Thread(target=web.hold, args=(stop,))
+    holder.start()
+    time.sleep(0.2)
+    with urllib.request.urlopen(f"{web.url}/healthz") as health:
+        assert health.status == 200  # still served while the demo holds
+    stop.set()
+    holder.join(15)
+    assert not holder.is_alive()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{web.url}/healthz", timeout=2)
+    assert with_token(service.settings).recognizer.api_token != token  # a fresh one per run
+    help_text = CliRunner().invoke(app, ["demo", "--help"]).output
+    assert "--no-console" in help_text
