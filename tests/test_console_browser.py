@@ -45,6 +45,10 @@ if not REQUIRED:
         pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
     pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -84,7 +88,13 @@ threading.Event().wait()
 def wait_for(
     driver: WebDriver, condition: Callable[[WebDriver], Any], timeout_s: float = 20
 ) -> Any:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)
+    """Poll ``condition`` while pages load (elements of the page being left go stale)."""
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout_s, 0.1, ignored).until(condition)
+
+
+def wait_for_text(driver: WebDriver, by: str, value: str, expected: str) -> None:
+    wait_for(driver, lambda d: expected in d.find_element(by, value).text)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +224,7 @@ def test_log_in_and_watch_events_arrive_live(
     assert "Log in" in browser.title  # the 401 page is the login form
     browser.find_element(By.ID, "token").send_keys("wrong")
     browser.find_element(By.ID, "login").click()
-    assert "Wrong token." in browser.find_element(By.TAG_NAME, "main").text
+    wait_for_text(browser, By.TAG_NAME, "main", "Wrong token.")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "login").click()
     wait_for(browser, lambda d: d.find_element(By.ID, "stream-state").text == "live")
@@ -269,10 +279,10 @@ def test_erase_a_subject_and_it_is_gone_from_redis(
     assert subjects == ["alice", "bob", "carol", "dave"]
     browser.save_screenshot(str(screenshots / "people.png"))
     browser.find_element(By.CSS_SELECTOR, 'button[data-erase="carol"]').click()
-    assert "key epoch 2: 1 templates" in browser.find_element(By.TAG_NAME, "main").text
+    wait_for_text(browser, By.TAG_NAME, "main", "key epoch 2: 1 templates")
     assert service.gallery.subjects(SCOPE, ACTIVE).get("carol") == 1  # not before confirming
     browser.find_element(By.ID, "confirm-erase").click()
-    assert "Erased carol: 1 templates deleted" in browser.find_element(By.ID, "erased").text
+    wait_for_text(browser, By.ID, "erased", "Erased carol: 1 templates deleted")
     assert "carol" not in service.gallery.subjects(SCOPE, ACTIVE)
     prefix = service.settings.redis.key_prefix
     assert list(service.redis.scan_iter(f"{prefix}:templates:{SCOPE}:*:carol")) == []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -57,7 +56,6 @@ from rllfpr.wire import codec
 from rllfpr.wire.messages import RecognitionEvent
 from rllfpr.wire.topics import TopicError, level
 
-log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16_384
 KEEPALIVE_S = 15.0
