@@ -18,8 +18,12 @@ import torch
 from typer.testing import CliRunner
 
 from edge_agent.agent import Agent
+from edge_agent.link import MqttLink
+from edge_agent.metrics import AgentMetrics
 from edge_agent.sources import Frame
+from edge_agent.spool import Spool
 from rllfpr.cli import app
+from rllfpr.config import MqttSettings
 from rllfpr.faces.align import align
 from rllfpr.faces.pixels import to_unit
 from rllfpr.local_services import Endpoint
@@ -325,37 +329,49 @@ def test_metrics_and_health_endpoints(mqtt_broker: Endpoint, photos: Path, tmp_p
         agent.close()
 
 
-def test_status_is_republished_with_fresh_figures(
-    mqtt_broker: Endpoint, photos: Path, tmp_path: Path
-) -> None:
-    factory = KeyFactory(tmp_path / "trainer")
-    factory.publish(mqtt_broker, network(1), epoch=2)
-    settings = agent_settings(
-        mqtt_broker, factory.settings(tmp_path / "keys"), tmp_path, status_interval_s=1
+def test_status_is_republished_with_fresh_figures(mqtt_broker: Endpoint, tmp_path: Path) -> None:
+    metrics = AgentMetrics()
+    spool = Spool(tmp_path / "spool.sqlite3", max_messages=10, max_bytes=10_000)
+    capture = Capture(mqtt_broker, topics.agent_status("figures"))
+    link = MqttLink(
+        MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port),
+        agent="figures",
+        site="lab",
+        camera="cam",
+        key_scope="fleet",
+        spool=spool,
+        metrics=metrics,
+        on_key_message=lambda _payload: None,
+        max_inflight=4,
+        reconnect_initial_s=1,
+        reconnect_max_s=1,
+        status_interval_s=1,
     )
-    capture = Capture(mqtt_broker, topics.ROOT + "/agents/#")
-    agent = started(Agent(settings, str(photos), detector=shared_detector()))
+
+    def statuses() -> list[AgentStatus]:
+        return [AgentStatus.model_validate_json(m.payload) for m in capture.on(topics.ROOT)]
+
+    link.start()
     try:
-        agent.run()
-        assert agent.drain(30)
-        published = int(agent.metrics.value("faces_published"))
-        assert published >= 1
-
-        def statuses() -> list[AgentStatus]:
-            return [AgentStatus.model_validate_json(m.payload) for m in capture.on(topics.ROOT)]
-
-        wait_until(lambda: (s := statuses()) and s[-1].faces_published == published)
-        after_run = len(statuses())
-        wait_until(lambda: len(statuses()) >= after_run + 2)  # a whole idle interval
-        online = [s for s in statuses() if s.state == "online"]
-        assert [s.at for s in online] == sorted(s.at for s in online)  # each one fresh
-        assert all(s.schema_version == 2 and s.key_epoch == 2 for s in online)
-        assert any(s.fps is not None and s.fps > 0 for s in online)  # the frames were counted
-        assert online[-1].spool_messages == 0
-        assert online[-1].fps == 0  # nothing read since the previous status
+        wait_until(link.connected.is_set)
+        link.set_status(4, None)
+        metrics.frames.inc(50)  # frames read since the previous status
+        spool.put(topics.faces("lab", "cam"), b"face", time.time() + 60, 4)
+        link.wake()
+        wait_until(lambda: (s := statuses()) and s[-1].faces_published == 1)
+        seen = len(statuses())
+        wait_until(lambda: len(statuses()) >= seen + 2)  # a whole interval without frames
     finally:
-        agent.close()
+        link.close()
         capture.close()
+    running = [s for s in statuses() if s.state == "online"]
+    assert [s.at for s in running] == sorted(s.at for s in running)  # each one made afresh
+    assert all(s.schema_version == 2 and s.key_epoch == 4 for s in running)
+    assert any(s.fps is not None and 10 < s.fps <= 50 for s in running)  # 50 frames, < 5 s
+    assert running[-1].fps == 0
+    assert running[-1].spool_messages == 0
+    stopped = statuses()[-1]
+    assert (stopped.state, stopped.reason, stopped.faces_published) == ("offline", "stopped", 1)
 
 
 def test_cli_runs_a_folder_with_config_file_and_options(
