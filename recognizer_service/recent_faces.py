@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis
+from recognizer_service.gallery import RedisClient
 
 
 class RecentFaces:
-    def __init__(self, client: redis.Redis, prefix: str, retention_s: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, retention_s: int) -> None:
         self.client = client
         self.prefix = prefix
         self.retention_s = retention_s

@@ -24,8 +24,9 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import redis
 from fastapi import Request
+
+from recognizer_service.gallery import RedisClient
 
 COOKIE = "rllfpr_session"
 CSRF_FIELD = "csrf"
@@ -53,7 +54,7 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, ttl_s: int) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_s = ttl_s
