@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from edge_agent.agent import Agent
-from edge_agent.link import MqttLink
+from edge_agent.link import AgentLink
 from edge_agent.metrics import AgentMetrics
 from edge_agent.sources import Frame
 from edge_agent.spool import Spool
@@ -333,7 +333,7 @@ def test_status_is_republished_with_fresh_figures(mqtt_broker: Endpoint, tmp_pat
     metrics = AgentMetrics()
     spool = Spool(tmp_path / "spool.sqlite3", max_messages=10, max_bytes=10_000)
     capture = Capture(mqtt_broker, topics.agent_status("figures"))
-    link = MqttLink(
+    link = AgentLink(
         MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port),
         agent="figures",
         site="lab",

@@ -64,14 +64,14 @@ GRACE_S = 600
 AGENT_LINK = """
 import sys, threading
 from pathlib import Path
-from edge_agent.link import MqttLink
+from edge_agent.link import AgentLink
 from edge_agent.metrics import AgentMetrics
 from edge_agent.spool import Spool
 from rllfpr.config import MqttSettings
 
 port, agent, folder = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 metrics = AgentMetrics()
-link = MqttLink(
+link = AgentLink(
     MqttSettings(port=port), agent=agent, site="lobby", camera="cam-7", key_scope="fleet",
     spool=Spool(folder / "spool.sqlite3", 100, 1 << 20), metrics=metrics,
     on_key_message=lambda _payload: None, max_inflight=4, reconnect_initial_s=1,

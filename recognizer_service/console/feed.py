@@ -57,8 +57,9 @@ class ConsoleFeed:
 
     def start(self) -> None:
         mqtt.connect(self.client, self.settings.mqtt, clean_start=True)
-        self._on_connect(self.client)
-        self.client.on_connect = self._on_connect  # resubscribe after a reconnection
+        self._subscribe()
+        # connect() installs its own on_connect; ours resubscribes after a reconnection
+        mqtt.on_connection_changes(self.client, lambda _session_present: self._subscribe())
         if self.discovery is not None:
             self._timer = threading.Timer(self.settle_s, self._settle)
             self._timer.daemon = True
@@ -77,8 +78,8 @@ class ConsoleFeed:
         if not info.is_published():
             raise mqtt.MqttError(f"the broker did not confirm clearing {agent}'s status")
 
-    def _on_connect(self, client: paho.Client, *_args: object) -> None:
-        client.subscribe([(topic_filter, 1) for topic_filter in self.filters])
+    def _subscribe(self) -> None:
+        self.client.subscribe([(topic_filter, 1) for topic_filter in self.filters])
 
     def _settle(self) -> None:
         self._settled.set()
@@ -109,14 +110,14 @@ class ConsoleFeed:
         if self.discovery is not None and self.discovery.owns(topic):
             self.discovery.seen(topic, payload)
             return
-        parts = topic.split("/")
-        if topic.startswith(f"{topics.ROOT}/events/") and len(parts) == 5:
+        parsed = topics.parse(topic)  # TopicError (a ValueError) for anything else
+        if parsed.kind == "events":
             event = RecognitionEvent.model_validate_json(payload)
-            if (event.site, event.camera) != (parts[3], parts[4]):
+            if (event.site, event.camera) != (parsed.site, parsed.camera):
                 raise ValueError(f"event of {event.site}/{event.camera} on {topic}")
             self.events.add(event)
-        elif topic.startswith(f"{topics.ROOT}/agents/") and len(parts) == 5:
-            self.fleet.update(parts[3], payload)
+        elif parsed.kind == "agent_status" and parsed.agent is not None:
+            self.fleet.update(parsed.agent, payload)
             self.sync_discovery()
         else:
             raise ValueError(f"unexpected topic {topic}")
