@@ -347,7 +347,8 @@ class ConsoleSettings(Section):
         ge=0,
         description="The scrambled face of each recognition face message is kept in Redis this "
         "long, so the Live page can show what a decision was made from; 0 keeps none. Redis "
-        "holds faces per second x this x the message size (4.5 KB at 64 px, 13 KB at 112 px).",
+        "holds faces per second x this x about 5.3 KB at 64 px (a 4.5 KB message; 13 KB at "
+        "112 px).",
     )
     agent_stale_after_s: float = Field(
         95.0,
