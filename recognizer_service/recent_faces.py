@@ -8,14 +8,20 @@ console may show the event, so the face messages live in Redis, one key per mess
     p:face:{message id}    the face message as received (binary codec), expiring
 
 Only recognition faces are kept (enrollment faces are templates already); nothing is kept
-when the retention is 0.
+when the retention is 0. Keeping them is best effort: a Redis error here (a cluster failing
+over, memory full) is logged and the batch goes on, so the console can never cost a decision.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import redis
+
 from recognizer_service.gallery import RedisClient
+
+log = logging.getLogger(__name__)
 
 
 class RecentFaces:
@@ -27,14 +33,20 @@ class RecentFaces:
     def _key(self, message_id: str) -> str:
         return f"{self.prefix}:face:{message_id}"
 
-    def keep(self, faces: Sequence[tuple[str, bytes]]) -> None:
-        """Store (message id, face message) pairs in one round trip."""
+    def keep(self, faces: Sequence[tuple[str, bytes]]) -> bool:
+        """Store (message id, face message) pairs in one round trip; False when Redis
+        refused (logged: the Live page then shows those faces as expired)."""
         if not faces or self.retention_s <= 0:
-            return
-        with self.client.pipeline(transaction=False) as pipe:
-            for message_id, payload in faces:
-                pipe.set(self._key(message_id), payload, ex=self.retention_s)
-            pipe.execute()
+            return True
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for message_id, payload in faces:
+                    pipe.set(self._key(message_id), payload, ex=self.retention_s)
+                pipe.execute()
+        except redis.RedisError as error:
+            log.warning("%d scrambled faces not kept for the console: %s", len(faces), error)
+            return False
+        return True
 
     def get(self, message_id: str) -> bytes | None:
         payload = self.client.get(self._key(message_id))

@@ -30,9 +30,11 @@ from demo.console import DemoConsole, with_token
 from recognizer_service.api import create_app
 from recognizer_service.console.auth import COOKIE
 from recognizer_service.console.fleet import Fleet, StatusError
+from recognizer_service.gallery import connect_redis
+from recognizer_service.recent_faces import RecentFaces
 from recognizer_service.service import RecognizerService
 from rllfpr.cli import app
-from rllfpr.config import Settings
+from rllfpr.config import RedisSettings, Settings
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.wire import topics
 from rllfpr.wire.messages import AgentStatus, utc_now
@@ -279,6 +281,14 @@ def test_faces_are_kept_only_as_long_as_configured(
         assert 0 < kept.redis.ttl(key) <= kept.settings.recognizer.console.face_retention_s
     finally:
         kept.stop()
+
+
+def test_keeping_faces_is_best_effort_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    nowhere = connect_redis(RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"))
+    faces = RecentFaces(nowhere, "t", retention_s=60)
+    assert faces.keep([("m", b"face")]) is False  # Redis away: logged, the batch goes on
+    assert "not kept for the console" in caplog.text
+    assert RecentFaces(nowhere, "t", retention_s=0).keep([("m", b"face")]) is True  # nothing to do
 
 
 def test_people_page_erases_after_confirmation_and_audits_it(
