@@ -18,6 +18,13 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def onnxruntime_cuda() -> bool:
+    """Whether the installed ONNX Runtime has the CUDA provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 

@@ -32,7 +32,7 @@ from rllfpr.faces.mtcnn_runtime import (
 )
 from rllfpr.local_services import Endpoint
 from rllfpr.models.export import unsupported_operators
-from rllfpr.runtimes import tensorrt_available
+from rllfpr.runtimes import onnxruntime_cuda, tensorrt_available
 from tests.test_agent_integration import moving_face_frames, network, started
 from tests.test_agent_support import (
     KeyFactory,
@@ -236,6 +236,15 @@ def test_onnx_files_are_cached_by_weights_and_tensorrt_parsable(tmp_path: Path) 
         assert unsupported_operators(path.read_bytes()) == set()
 
 
+def test_a_damaged_cached_file_is_exported_again(tmp_path: Path) -> None:
+    paths = onnx_files(tmp_path)
+    paths["onet"].write_bytes(b"half a file")
+    networks = OnnxRuntimeNetworks(tmp_path, threads=1)
+    crops = np.zeros((2, 3, 48, 48), np.float32)
+    assert [output.shape for output in networks.onet(crops)] == [(2, 4), (2, 10), (2,)]
+    assert onnx_files(tmp_path)["onet"].stat().st_size > 100_000
+
+
 def test_onnx_networks_compute_what_torch_computes(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     ort_networks, torch_networks = OnnxRuntimeNetworks(tmp_path, threads=1), TorchNetworks()
@@ -256,9 +265,16 @@ def test_backend_choice() -> None:
     assert resolve_backend("torch") == "torch"
     assert resolve_backend("onnxruntime") == "onnxruntime"
     assert resolve_backend("auto", "cpu") == "onnxruntime"
+    assert resolve_backend("torch", "cuda") == "torch"
+    if not onnxruntime_cuda():  # a GPU without onnxruntime-gpu: torch runs MTCNN there
+        assert resolve_backend("auto", "cuda") == ("tensorrt" if tensorrt_available() else "torch")
+        with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+            resolve_backend("onnxruntime", "cuda")
     if not tensorrt_available():
-        with pytest.raises(RuntimeError, match="not available"):
+        with pytest.raises(RuntimeError, match="cannot run"):
             resolve_backend("tensorrt", "cuda")
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        resolve_backend("tensorrt", "cpu")
 
 
 @pytest.mark.skipif(

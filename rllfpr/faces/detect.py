@@ -34,22 +34,25 @@ DetectorChoice = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 
 
 def resolve_backend(choice: DetectorChoice, device: str = "cpu") -> DetectorBackend:
-    """``auto``: TensorRT on a GPU when installed, else ONNX Runtime when installed, else
-    torch. An explicit choice that this machine cannot run is an error."""
-    from rllfpr.runtimes import onnxruntime_available, tensorrt_available
+    """The detector backend to run on ``device``. ``auto`` on a GPU: TensorRT when installed,
+    else ONNX Runtime when it has the CUDA provider, else torch; on the CPU: ONNX Runtime when
+    installed, else torch. An explicit choice this machine cannot run is an error."""
+    from rllfpr.runtimes import onnxruntime_available, onnxruntime_cuda, tensorrt_available
 
+    on_gpu = device != "cpu"
     available = {
         "torch": True,
-        "onnxruntime": onnxruntime_available(),
-        "tensorrt": tensorrt_available(),
+        "onnxruntime": onnxruntime_available() and (not on_gpu or onnxruntime_cuda()),
+        "tensorrt": on_gpu and tensorrt_available(),
     }
     if choice == "auto":
-        if available["tensorrt"] and device != "cpu":
-            return "tensorrt"
-        return "onnxruntime" if available["onnxruntime"] else "torch"
+        return next(name for name in ("tensorrt", "onnxruntime", "torch") if available[name])
     if not available[choice]:
         names = ", ".join(name for name, ok in available.items() if ok)
-        raise RuntimeError(f"detector backend {choice!r} is not available here ({names} are)")
+        raise RuntimeError(
+            f"detector backend {choice!r} cannot run on {device} here (these can: {names}; "
+            "ONNX Runtime on a GPU needs onnxruntime-gpu, TensorRT needs tensorrt and a GPU)"
+        )
     return choice
 
 

@@ -104,14 +104,15 @@ def _export(name: str, network: nn.Module) -> bytes:
         return target.read_bytes()
 
 
-def onnx_files(cache: Path | None = None) -> dict[str, Path]:
-    """The three networks' ONNX files in ``cache``/mtcnn, exported on first use."""
+def onnx_files(cache: Path | None = None, again: bool = False) -> dict[str, Path]:
+    """The three networks' ONNX files in ``cache``/mtcnn, exported on first use (and
+    ``again`` when a cached file would not load)."""
     networks = _networks()
     directory = (cache or default_cache()) / "mtcnn"
     tag = weights_hash(networks)
     paths = {name: directory / f"{name}-{tag}.onnx" for name in NAMES}
     for name, path in paths.items():
-        if not path.is_file():
+        if again or not path.is_file():
             log.info("exporting MTCNN's %s to %s", name, path)
             write_atomically(path, _export(name, networks[name]))
     return paths
@@ -174,10 +175,18 @@ class OnnxRuntimeNetworks:
                 )
             providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
         options = ort_session_options(threads, spinning)
-        self.sessions = {
-            name: ort.InferenceSession(str(path), options, providers=providers)
-            for name, path in onnx_files(cache).items()
-        }
+
+        def sessions(paths: dict[str, Path]) -> dict[str, Any]:
+            return {
+                name: ort.InferenceSession(str(path), options, providers=providers)
+                for name, path in paths.items()
+            }
+
+        try:
+            self.sessions = sessions(onnx_files(cache))
+        except Exception as error:  # onnxruntime's errors derive from Exception only
+            log.warning("MTCNN's cached ONNX files do not load (%s): exporting them again", error)
+            self.sessions = sessions(onnx_files(cache, again=True))
         self._per_call = CPU_CROPS_PER_CALL if device == "cpu" else {}
 
     def _run(self, name: str, images: np.ndarray) -> list[np.ndarray]:
@@ -204,9 +213,11 @@ class OnnxRuntimeNetworks:
 
 
 # ----- TensorRT
-MAX_CROPS = 256  # R-Net and O-Net crops per engine call (more are run in chunks)
-MAX_IMAGES = 8  # images per P-Net engine call (more are run in chunks)
+MAX_CROPS = 256  # R-Net and O-Net crops per engine call (more run in chunks)
+MAX_IMAGES = 8  # images per P-Net engine call (more run in chunks)
+PNET_STEP = 64  # P-Net profiles cover heights and widths rounded up to this
 WORKSPACE_BYTES = 1 << 30
+Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, optimum, max
 
 
 def _slug(text: str) -> str:
@@ -214,50 +225,34 @@ def _slug(text: str) -> str:
 
 
 class _Engine:
-    """One TensorRT engine with one optimization profile, cached on disk."""
+    """One network as a TensorRT engine with one optimization profile, cached beside its ONNX
+    file as ``engines/{network}-{weights}-{gpu}-trt{version}-{profile}.engine``."""
 
     def __init__(
-        self,
-        trt: Any,
-        runtime: Any,
-        logger: Any,
-        onnx_path: Path,
-        shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+        self, trt: Any, runtime: Any, logger: Any, name: str, onnx: Path, shapes: Shapes
     ) -> None:
+        self.name, self.max_shape = name, shapes[2]
         self._trt = trt
-        profile = json.dumps({"min_opt_max": shapes}).encode()
-        tag = hashlib.sha256(onnx_path.read_bytes() + profile).hexdigest()[:16]
-        gpu = _slug(torch.cuda.get_device_name())
-        self.path = onnx_path.parent / "engines" / f"{gpu}-trt{_slug(trt.__version__)}-{tag}"
-        self.path = self.path.with_name(f"{onnx_path.stem}-{self.path.name}.engine")
-        self.max_shape = shapes[2]
+        profile = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:8]
+        gpu, version = _slug(torch.cuda.get_device_name()), _slug(trt.__version__)
+        self.path = onnx.parent / "engines" / f"{onnx.stem}-{gpu}-trt{version}-{profile}.engine"
         engine = None
         if self.path.is_file():
             engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 log.warning("rebuilding the unusable cached engine %s", self.path)
         if engine is None:
-            serialized = self._build(logger, onnx_path.read_bytes(), shapes)
+            serialized = self._build(logger, onnx.read_bytes(), shapes)
             write_atomically(self.path, serialized)
             engine = runtime.deserialize_cuda_engine(serialized)
             if engine is None:
                 raise RuntimeError(f"TensorRT could not load the engine it just built: {self.path}")
         self._engine = engine
         self._context = engine.create_execution_context()
-        self._outputs = [
-            name
-            for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
-            if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT
-        ]
 
-    def _build(
-        self,
-        logger: Any,
-        onnx_model: bytes,
-        shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-    ) -> bytes:
+    def _build(self, logger: Any, onnx_model: bytes, shapes: Shapes) -> bytes:
         trt = self._trt
-        log.info("building a TensorRT engine for %s (first start on this GPU)", self.path.name)
+        log.info("building the TensorRT engine %s (once per GPU and profile)", self.path.name)
         builder = trt.Builder(logger)
         explicit_batch = int(trt.__version__.split(".")[0]) < 10  # the default from 10 on
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if explicit_batch else 0
@@ -265,40 +260,48 @@ class _Engine:
         parser = trt.OnnxParser(network, logger)
         if not parser.parse(onnx_model):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT cannot parse {self.path.name}: {errors}")
+            raise RuntimeError(f"TensorRT cannot parse MTCNN's {self.name}: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-        config.clear_flag(trt.BuilderFlag.TF32)
+        config.clear_flag(trt.BuilderFlag.TF32)  # FP32: the same faces as the CPU
         profile = builder.create_optimization_profile()
         profile.set_shape(INPUT, *shapes)
         config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise RuntimeError(f"TensorRT failed to build {self.path.name} (see its log)")
+            raise RuntimeError(f"TensorRT failed to build MTCNN's {self.name} (see its log)")
         return bytes(serialized)
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """The network's outputs, in ``OUTPUTS`` order, for at most ``max_shape`` images."""
         inputs = torch.from_numpy(np.ascontiguousarray(images)).cuda()
         self._context.set_input_shape(INPUT, tuple(inputs.shape))
         self._context.set_tensor_address(INPUT, inputs.data_ptr())
         outputs = []
-        for name in self._outputs:
+        for name in OUTPUTS[self.name]:
             shape = tuple(self._context.get_tensor_shape(name))
-            output = torch.empty(shape, dtype=torch.float32, device="cuda")
-            self._context.set_tensor_address(name, output.data_ptr())
-            outputs.append((name, output))
+            outputs.append(torch.empty(shape, dtype=torch.float32, device="cuda"))
+            self._context.set_tensor_address(name, outputs[-1].data_ptr())
         stream = torch.cuda.current_stream()
         if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path.name}")
+            raise RuntimeError(f"TensorRT failed to run MTCNN's {self.name}")
         stream.synchronize()
-        by_name = {name: output.cpu().numpy() for name, output in outputs}
-        return [by_name[name] for name in OUTPUTS[self.path.name.split("-")[0]]]
+        return [output.cpu().numpy() for output in outputs]
+
+    def run_chunks(self, images: np.ndarray) -> list[np.ndarray]:
+        step = self.max_shape[0]
+        chunks = [self.run(images[i : i + step]) for i in range(0, len(images), step)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
 
 class TensorRTNetworks:
-    """The ONNX files as TensorRT engines on the GPU. P-Net's engine covers images up to the
-    largest pyramid level seen (rounded up to 64 pixels); a larger one builds, once, an
-    engine with a larger profile."""
+    """The ONNX files as TensorRT engines on the GPU (TensorRT 8.5 or later, as the SN's).
+    R-Net's and O-Net's engines take up to ``MAX_CROPS`` crops a call; P-Net's covers
+    ``MAX_IMAGES`` images up to the largest pyramid level seen so far, rounded up to
+    ``PNET_STEP`` pixels (the first level of the first frames, so in practice one engine
+    per camera resolution); a larger image builds, once, an engine with a larger profile."""
 
     def __init__(self, cache: Path | None = None) -> None:
         import tensorrt as trt
@@ -312,46 +315,34 @@ class TensorRTNetworks:
         self._crops = {
             name: self._engine(
                 name,
-                (1, 3, size, size),
-                (MAX_CROPS // 4, 3, size, size),
-                (MAX_CROPS, 3, size, size),
+                ((1, 3, size, size), (MAX_CROPS // 4, 3, size, size), (MAX_CROPS, 3, size, size)),
             )
             for name, size in CROP_SIZES.items()
         }
         self._pnet: _Engine | None = None
 
-    def _engine(self, name: str, *shapes: tuple[int, ...]) -> _Engine:
-        minimum, optimum, maximum = shapes
-        return _Engine(
-            self._trt, self._runtime, self._logger, self._paths[name], (minimum, optimum, maximum)
-        )
+    def _engine(self, name: str, shapes: Shapes) -> _Engine:
+        return _Engine(self._trt, self._runtime, self._logger, name, self._paths[name], shapes)
 
     def pnet(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = images.shape[2:]
         engine = self._pnet
         if engine is None or height > engine.max_shape[2] or width > engine.max_shape[3]:
-            top = (MAX_IMAGES, 3, -(-height // 64) * 64, -(-width // 64) * 64)
-            if engine is not None:
-                top = (
-                    MAX_IMAGES,
-                    3,
-                    max(top[2], engine.max_shape[2]),
-                    max(top[3], engine.max_shape[3]),
-                )
-            engine = self._pnet = self._engine("pnet", (1, 3, 12, 12), top, top)
-        chunks = [engine.run(images[i : i + MAX_IMAGES]) for i in range(0, len(images), MAX_IMAGES)]
-        regression, probability = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+            covered = engine.max_shape[2:] if engine is not None else (0, 0)
+            top = (
+                MAX_IMAGES,
+                3,
+                max(covered[0], -(-height // PNET_STEP) * PNET_STEP),
+                max(covered[1], -(-width // PNET_STEP) * PNET_STEP),
+            )
+            engine = self._pnet = self._engine("pnet", ((1, 3, 12, 12), top, top))
+        regression, probability = engine.run_chunks(images)
         return regression, probability
 
-    def _crops_run(self, name: str, crops: np.ndarray) -> list[np.ndarray]:
-        engine = self._crops[name]
-        chunks = [engine.run(crops[i : i + MAX_CROPS]) for i in range(0, len(crops), MAX_CROPS)]
-        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
-
     def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        regression, probability = self._crops_run("rnet", crops)
+        regression, probability = self._crops["rnet"].run_chunks(crops)
         return regression, probability
 
     def onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        regression, landmarks, probability = self._crops_run("onet", crops)
+        regression, landmarks, probability = self._crops["onet"].run_chunks(crops)
         return regression, landmarks, probability
