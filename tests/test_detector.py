@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from torch.nn.functional import interpolate
-from torchvision.ops import batched_nms as torchvision_batched_nms
 
 from edge_agent.agent import Agent
 from rllfpr.faces import mtcnn
@@ -120,25 +119,6 @@ def test_area_resize_is_bit_exact_with_torch() -> None:
             window = tensor[image : image + 1, :, top:bottom, left:right]
             expected = interpolate(window, size=(side, side), mode="area")[0].numpy()
             assert np.array_equal(crop, expected)
-
-
-def test_nms_keeps_what_torchvision_keeps() -> None:
-    rng = np.random.default_rng(1)
-    for count, groups in [(50, 1), (300, 4), (1500, 3)]:  # 1500 boxes: torchvision's other path
-        corners = rng.uniform(0, 200, (count, 2)).astype(np.float32)
-        sides = rng.uniform(5, 60, (count, 2)).astype(np.float32)
-        boxes = np.concatenate([corners, corners + sides], axis=1)
-        scores = rng.uniform(0, 1, count).astype(np.float32)
-        owner = rng.integers(0, groups, count)
-        for threshold in (0.5, 0.7):
-            expected = torchvision_batched_nms(
-                torch.from_numpy(boxes),
-                torch.from_numpy(scores),
-                torch.from_numpy(owner),
-                threshold,
-            ).numpy()
-            kept = mtcnn.batched_nms(boxes, scores, owner, threshold)
-            assert np.array_equal(kept, expected), (count, threshold)
 
 
 def test_bad_images_are_refused() -> None:

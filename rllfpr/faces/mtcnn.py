@@ -15,9 +15,8 @@ float32 arithmetic, so a runtime that computes the networks like torch finds the
 Resizing is torch's ``interpolate(mode="area")`` (adaptive average pooling: each output pixel
 is the mean of the input pixels its window covers), computed here from an integral image:
 the same sums, the same two divisions, bit for bit. Crops clip to the image as
-facenet-pytorch does (no zero padding). Per-scale NMS (torchvision's ``batched_nms``,
-including its coordinate offset trick for small inputs) and the final "Min" NMS follow the
-reference implementation, so ties break the same way.
+facenet-pytorch does (no zero padding). NMS is the reference's own code (torchvision's
+``batched_nms``, facenet-pytorch's ``batched_nms_numpy``), so ties break the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
 
 THRESHOLDS = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net
 FACTOR = 0.709  # pyramid step
@@ -292,66 +292,30 @@ def _normalized(pixels: np.ndarray) -> np.ndarray:
     return (pixels - _F(127.5)) * _F(0.0078125)
 
 
-# ----- NMS
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """torchvision's ``nms``: indices kept, by descending score (stable for ties)."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    suppressed = np.zeros(len(boxes), bool)
-    keep = []
-    for position, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = order[position + 1 :]
-        rest = rest[~suppressed[rest]]
-        if not len(rest):
-            continue
-        width = np.maximum(_F(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        height = np.maximum(_F(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = width * height
-        overlap = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[overlap.astype(np.float64) > threshold]] = True
-    return np.array(keep, np.intp)
-
-
+# ----- NMS: the reference's own functions
 def batched_nms(
     boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """torchvision's ``batched_nms`` (NMS within each group), kept indices by score."""
+    """torchvision's ``batched_nms`` (IoU, within each group): kept indices by score."""
+    from torchvision.ops import batched_nms as torchvision_batched_nms
+
     if not len(boxes):
         return np.zeros(0, np.intp)
-    if boxes.size > 4000:  # torchvision runs each group on its own above this size on CPUs
-        keep = np.concatenate(
-            [
-                np.flatnonzero(groups == group)[
-                    nms(boxes[groups == group], scores[groups == group], threshold)
-                ]
-                for group in np.unique(groups)
-            ]
-        )
-        return keep[np.argsort(-scores[keep], kind="stable")]
-    offsets = groups.astype(_F) * (boxes.max() + _F(1))
-    return nms(boxes + offsets[:, None], scores, threshold)
+    keep = torchvision_batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), threshold
+    )
+    return keep.numpy()
 
 
 def _nms_min(boxes: np.ndarray, groups: np.ndarray, threshold: float) -> np.ndarray:
-    """facenet-pytorch's final NMS: overlap over the smaller box, groups offset apart."""
-    if not len(boxes):
-        return np.zeros(0, np.intp)
-    shifted = boxes[:, :4] + (groups.astype(_F) * (boxes[:, :4].max() + _F(1)))[:, None]
-    x1, y1, x2, y2 = (shifted[:, i] for i in range(4))
-    scores = boxes[:, 4]
-    areas = (x2 - x1 + _F(1)) * (y2 - y1 + _F(1))
-    order = np.argsort(scores)
-    keep = []
-    while order.size:
-        i = order[-1]
-        keep.append(i)
-        rest = order[:-1]
-        width = np.maximum(_F(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        height = np.maximum(_F(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        overlap = width * height / np.minimum(areas[i], areas[rest])
-        order = rest[overlap <= threshold]
-    return np.array(keep, np.intp)
+    """facenet-pytorch's final NMS: overlap over the smaller box, within each group."""
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy
+
+    keep = batched_nms_numpy(
+        torch.from_numpy(boxes[:, :4]),
+        torch.from_numpy(boxes[:, 4]),
+        torch.from_numpy(groups),
+        threshold,
+        "Min",
+    )
+    return keep.numpy()
