@@ -62,6 +62,10 @@ BUILD_OVERHEAD_S = 30.0
 LIVE_S = 60.0
 
 
+class DemoError(RuntimeError):
+    """The demo cannot go on (a key epoch failed its gates)."""
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """Who walks past the camera and how the key epochs are built (the tests use a small one)."""
@@ -263,7 +267,7 @@ def _build_epochs(
     settings: Settings, workspace: Workspace, plan: DemoPlan, built: list[int], console: Console
 ) -> dict[str, Any]:
     from trainer.data import Aligner, dataset_root, list_identities
-    from trainer.rotation import EpochBuilder, RotationConfig
+    from trainer.rotation import EpochBuilder, GateError, RotationConfig
 
     config = RotationConfig.model_validate(plan.rotation)
     spec, keys = config.experiment.data, settings.keys
@@ -302,7 +306,10 @@ def _build_epochs(
             f"calibration, sealed bundle (about {duration(estimate)} on a {REFERENCE})"
         )
         started = time.monotonic()
-        report = builder.build(SCOPE, epoch, previous_key=previous).report["gates"]
+        try:
+            report = builder.build(SCOPE, epoch, previous_key=previous).report["gates"]
+        except GateError as error:
+            raise DemoError(f"{error} (gate report in {workspace.trainer / SCOPE})") from error
         previous = open_scrambler_bundle(bundle_of(workspace, epoch), keys).network
         costs["build_s"][epoch] = round(time.monotonic() - started, 1)
         linkage = report.get("template_linkage_accuracy")

@@ -110,13 +110,13 @@ def demo(
 ) -> None:
     """The whole pipeline on this machine: local Mosquitto and Redis 8, trainer-built key
     epochs, enrollment, an edge agent replaying LFW photos, live events, a key rotation."""
-    from demo.run import run
+    from demo.run import DemoError, run
     from rllfpr.local_services import ServiceError
 
     settings = settings_or_fail(config)
     try:
         result = run(settings, output, console, web_console=web_console)
-    except (ServiceError, FileNotFoundError, TimeoutError) as error:
+    except (ServiceError, FileNotFoundError, TimeoutError, DemoError) as error:
         raise fail(f"demo stopped: {error}") from error
     for index, row in enumerate(result["rounds"], start=1):
         console.print(

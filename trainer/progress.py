@@ -77,7 +77,7 @@ class LineProgress(Generic[T]):
         elapsed = time.monotonic() - self.started
         done = self.n - self.start_n
         text = f"{self.n}/{self.total}" if self.total else str(self.n)
-        if self.total and done > 0:
+        if self.total and done > 0 and self.n < self.total:
             left = elapsed / done * (self.total - self.n)
             text += f", {duration(elapsed)} so far, about {duration(left)} left"
         return text + (f" ({self.postfix})" if self.postfix else "")
