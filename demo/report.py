@@ -63,6 +63,22 @@ def write_report(
     return result
 
 
+def summary_lines(result: dict[str, Any], output: Path) -> list[str]:
+    """The report in a few lines, for the end of the run."""
+    lines = []
+    for index, row in enumerate(result["rounds"], start=1):
+        others = row["strangers_and_bystanders_events"]
+        lines.append(
+            f"round {index} (key epochs {row['key_epochs']}): {row['events']} events; enrolled "
+            f"people named {_of(row['enrolled_named_correctly'], row['enrolled_events'])}, "
+            f"missed {_of(row['enrolled_missed'], row['enrolled_events'])}; strangers and "
+            f"bystanders called unknown "
+            f"{_of(row['strangers_and_bystanders_called_unknown'], others)}; "
+            f"wrong names {row['wrong_names']}"
+        )
+    return [*lines, f"report: {output / 'report.md'} (every event, scored: report.json)"]
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 

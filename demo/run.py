@@ -29,7 +29,7 @@ from rich.console import Console
 
 from demo.observer import Observer
 from demo.people import Cast, Visit, cast
-from demo.report import labelled_sheet, write_report
+from demo.report import labelled_sheet, summary_lines, write_report
 from rllfpr import mqtt
 from rllfpr.config import Settings
 from rllfpr.faces.pixels import load_rgb
@@ -513,8 +513,9 @@ def run(
             "hardware": hardware.describe(),
         }
         report = write_report(output, observer, summary, sheet)
+        for line in summary_lines(report, output):
+            console.print(line)
         if web is not None:
-            console.print(f"report: {output / 'report.md'}")
             web.hold()
     console.print("agent, recognizer, broker and Redis stopped")
     return report

@@ -115,18 +115,9 @@ def demo(
 
     settings = settings_or_fail(config)
     try:
-        result = run(settings, output, console, web_console=web_console)
+        run(settings, output, console, web_console=web_console)
     except (ServiceError, FileNotFoundError, TimeoutError, DemoError) as error:
         raise fail(f"demo stopped: {error}") from error
-    for index, row in enumerate(result["rounds"], start=1):
-        console.print(
-            f"round {index} (key epochs {row['key_epochs']}): {row['events']} events; enrolled "
-            f"people named {row['enrolled_named_correctly']} of {row['enrolled_events']}, "
-            f"strangers and bystanders called unknown "
-            f"{row['strangers_and_bystanders_called_unknown']} of "
-            f"{row['strangers_and_bystanders_events']}, wrong names {row['wrong_names']}"
-        )
-    console.print(f"report: {output / 'report.md'} (every event, scored: report.json)")
 
 
 app.command("train")(train)
