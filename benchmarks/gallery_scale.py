@@ -254,7 +254,7 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def methods(size: int, queries: int) -> dict[str, Any]:
+def methods(size: int, queries: int, only: list[str] | None) -> dict[str, Any]:
     data = Templates(size, queries)
     probes, _ = data.probes(size, queries)
     truth = exact_top1(data.vectors, probes)
@@ -265,6 +265,8 @@ def methods(size: int, queries: int) -> dict[str, Any]:
     ):
         client = redis.Redis(host=endpoint.host, port=endpoint.port)
         for name, options in METHODS.items():
+            if only and name not in only:
+                continue
             key = f"bench:{len(results)}"
             before = used_memory(client)
             seconds = load_raw(endpoint, key, data.vectors, 0, options)
@@ -409,6 +411,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=["methods", "scale"])
     parser.add_argument("--size", type=int, default=20_000, help="methods: templates")
+    parser.add_argument("--only", nargs="+", choices=list(METHODS), help="methods: these")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--quantization", nargs="+", default=["Q8", "NOQUANT"])
     parser.add_argument("--queries", type=int, default=500)
@@ -421,7 +424,7 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.monotonic()
     if arguments.stage == "methods":
-        results = methods(arguments.size, arguments.queries)
+        results = methods(arguments.size, arguments.queries, arguments.only)
     else:
         results = scale(
             arguments.sizes,
