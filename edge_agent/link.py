@@ -10,6 +10,14 @@ of its lifetime; the broker's PUBACK deletes it from the spool. On a reconnectio
 the unacknowledged ones again (DUP); after a restart the spool sends them again. A PUBACK
 with a failure reason (an ACL refusal, say) drops the message, counted as ``refused``.
 
+A PUBACK saying "no matching subscribers" (MQTT v5 reason 16) means the broker took the face
+and handed it to nobody: no recognizer has subscribed yet, or the broker restarted and lost the
+recognizers' shared subscription (Mosquitto 2.0 does not restore shared subscriptions from its
+persistence file). Such a face stays in the spool, counted as ``unrouted``, and the sender holds
+back: it sends the oldest unrouted faces again after a back-off (1 s, doubling to 30 s) until
+the broker routes one, then everything flows again. The soak benchmark's broker kills lost
+every face published in that window before this.
+
 The retained status (``AgentStatus``) says ``online`` with the active key epoch, or
 ``degraded`` with the reason; the last will, retained too, says ``offline``. The sender thread
 republishes it every ``status_interval_s`` with fresh figures (frame rate, faces published,
@@ -37,6 +45,8 @@ from rllfpr.wire.messages import AgentStatus
 log = logging.getLogger(__name__)
 
 STATUS = -1  # stands for the spool id of a status message: nothing to delete
+NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason: accepted, delivered to nobody
+UNROUTED_RETRY_MAX_S = 30.0
 
 
 class AgentLink:
@@ -57,6 +67,7 @@ class AgentLink:
         reconnect_initial_s: float,
         reconnect_max_s: float,
         status_interval_s: float = 30.0,
+        unrouted_retry_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.agent, self.site, self.camera = agent, site, camera
@@ -80,6 +91,11 @@ class AgentLink:
         self._figures_at = time.monotonic()
         self._frames_then = 0.0
         self._figures_lock = threading.Lock()
+        # Spool ids the broker had no subscriber for, and when to offer them again.
+        self._unrouted: set[int] = set()
+        self._unrouted_retry_s = unrouted_retry_s
+        self._unrouted_delay = unrouted_retry_s
+        self._retry_at = 0.0
         self.client = mqtt.make_client(settings, "agent", client_id=settings.client_id or agent)
         self.client.will_set(
             topics.agent_status(agent),
@@ -190,13 +206,34 @@ class AgentLink:
     def _settle(self, spool_id: int, reason: ReasonCode) -> None:
         if spool_id == STATUS:
             return
-        if reason.is_failure:
+        if reason.value == NO_MATCHING_SUBSCRIBERS:
+            self._hold_unrouted(spool_id)
+        elif reason.is_failure:
             log.error("broker refused a face message: %s", reason)
             self.spool.remove(spool_id, reason="refused")
         elif self.spool.remove(spool_id):
             self.metrics.faces_published.inc()
+            with self._ack_lock:  # routed: the recognizers are there, offer the rest now
+                self._unrouted_delay = self._unrouted_retry_s
+                self._retry_at = 0.0
         self._update_gauges()
         self.wake()
+
+    def _hold_unrouted(self, spool_id: int) -> None:
+        with self._ack_lock:
+            first = not self._unrouted
+            self._unrouted.add(spool_id)
+            if first:
+                self._retry_at = time.monotonic() + self._unrouted_delay
+                delay = self._unrouted_delay
+                self._unrouted_delay = min(UNROUTED_RETRY_MAX_S, 2 * self._unrouted_delay)
+        self.metrics.faces_unrouted.inc()
+        if first:
+            log.warning(
+                "the broker has no subscriber for faces (no recognizer yet, or a broker "
+                "restart lost their subscription): keeping them spooled, again in %.0f s",
+                delay,
+            )
 
     # ----- paho callbacks (network thread)
     def _connected(self, _session_present: bool) -> None:
@@ -252,9 +289,15 @@ class AgentLink:
         self.spool.expire()
         with self._ack_lock:
             room = self.max_inflight - len(self._inflight)
+            retry: list[int] = []
+            if self._unrouted and room > 0:
+                if time.monotonic() < self._retry_at:
+                    return 0  # nobody would receive new faces either: wait
+                retry = sorted(self._unrouted)[:room]
+                self._unrouted.difference_update(retry)
         if room <= 0:
             return 0
-        batch = self.spool.take(self._last_taken, room)
+        batch = self.spool.get(retry) if retry else self.spool.take(self._last_taken, room)
         now = time.time()
         for message in batch:
             remaining = math.ceil(message.expires_at - now)
@@ -267,7 +310,7 @@ class AgentLink:
                 qos=1,
                 properties=mqtt.publish_properties(remaining),
             )
-            self._last_taken = message.id
+            self._last_taken = max(self._last_taken, message.id)
             self._claim(info.mid, message.id)
         self._update_gauges()
         return len(batch)

@@ -68,6 +68,12 @@ class AgentMetrics:
             "Face messages acknowledged by the broker.",
             registry=r,
         )
+        self.faces_unrouted = Counter(
+            "rllfpr_agent_faces_unrouted",
+            "Face messages the broker accepted with no subscriber to hand them to (no "
+            "recognizer subscribed): kept in the spool and sent again.",
+            registry=r,
+        )
         self.faces_dropped = Counter(
             "rllfpr_agent_faces_dropped",
             "Faces lost on purpose: no_key (never scrambled, never sent), spool_full (oldest "

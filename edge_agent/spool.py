@@ -126,6 +126,19 @@ class Spool:
             ).fetchall()
         return [Outgoing(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
 
+    def get(self, ids: list[int]) -> list[Outgoing]:
+        """The messages with these ids that are still in the spool, oldest first."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, topic, payload, expires_at FROM outbox WHERE id IN ({marks}) "
+                "ORDER BY id",
+                ids,
+            ).fetchall()
+        return [Outgoing(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
+
     def remove(self, message_id: int, reason: str | None = None) -> bool:
         """Delete one message (acknowledged, or dropped for ``reason``); False if absent."""
         with self._lock:

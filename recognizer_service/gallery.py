@@ -125,6 +125,7 @@ class Gallery:
         search_count: int = 20,
         max_templates_per_subject: int = 20,
         build_ef: int | None = None,
+        cas: bool = False,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -135,6 +136,7 @@ class Gallery:
         self.search_count = search_count
         self.max_templates_per_subject = max_templates_per_subject
         self.build_ef = build_ef
+        self.cas = cas
         self._unindex = client.register_script(_UNINDEX)
 
     # Key names -------------------------------------------------------------------------------
@@ -172,8 +174,13 @@ class Gallery:
         self, scope: str, epoch: int, templates: Sequence[Template]
     ) -> list[Enrollment]:
         """Add templates (idempotent per template id) in a few pipelined round trips, then apply
-        the per-subject limit. ``VADD ... CAS`` searches each template's neighbours on Redis'
-        threads. Raises ``redis.RedisError``; enrolling the same templates again completes it."""
+        the per-subject limit. Raises ``redis.RedisError``; enrolling the same templates again
+        completes it.
+
+        ``cas`` (``VADD ... CAS``: each template's neighbours are searched on Redis' threads)
+        is for bulk loads into a Redis without an append-only file only: Redis 8.0.2 writes the
+        CAS flag into the AOF and then fails an assertion replaying it at start-up
+        (``aof.c:1653``), inside MULTI too; a server with such an AOF does not start again."""
         if not templates:
             return []
         placed = []
@@ -225,7 +232,7 @@ class Gallery:
             "FP32",
             np.ascontiguousarray(template.vector, dtype=np.float32).tobytes(),
             element,
-            "CAS",
+            *(["CAS"] if self.cas else []),
             self.quantization.value,
             "M",
             self.hnsw_m,

@@ -22,6 +22,7 @@ from edge_agent.link import AgentLink
 from edge_agent.metrics import AgentMetrics
 from edge_agent.sources import Frame
 from edge_agent.spool import Spool
+from rllfpr import local_services
 from rllfpr.cli import app
 from rllfpr.config import MqttSettings
 from rllfpr.faces.align import align
@@ -114,6 +115,37 @@ def test_a_broker_outage_and_an_agent_restart_lose_nothing(
     ]
     assert {s.state for s in statuses} >= {"online"}
     assert all(s.key_epoch in (None, 1) for s in statuses)
+
+
+def test_faces_nobody_subscribed_to_stay_spooled_until_a_recognizer_subscribes(
+    photos: Path, tmp_path: Path
+) -> None:
+    """A broker with no subscriber for faces (no recognizer yet, or a restart that lost the
+    recognizers' shared subscription: Mosquitto 2.0 does not restore those) answers "no
+    matching subscribers" and delivers to nobody. Those faces stay in the spool until a
+    recognizer subscribes; before, the agent deleted them (the soak's broker kills lost them)."""
+    with local_services.mosquitto() as broker:  # its own broker: no subscriber left by others
+        factory = KeyFactory(tmp_path / "trainer")
+        factory.publish(broker, network(1), epoch=1)
+        settings = agent_settings(broker, factory.settings(tmp_path / "keys"), tmp_path)
+        agent = started(Agent(settings, str(photos), detector=shared_detector()))
+        recognizer: Capture | None = None
+        try:
+            agent.run()
+            queued = int(agent.metrics.value("faces_queued"))
+            assert queued >= 4
+            wait_until(lambda: agent.metrics.value("faces_unrouted") >= 1)
+            time.sleep(2.5)  # a retry or two: still nobody subscribed
+            assert agent.spool.depth == queued
+            assert agent.metrics.value("faces_published") == 0
+            recognizer = Capture(broker, topics.shared(topics.ALL_FACES))
+            assert agent.drain(40)
+            wait_until(lambda: len({h.message_id for h in faces_of(recognizer, agent)}) == queued)
+            assert agent.metrics.value("faces_dropped", reason="refused") == 0
+        finally:
+            agent.close()
+            if recognizer is not None:
+                recognizer.close()
 
 
 def last_status(capture: Capture, agent: Agent) -> AgentStatus:

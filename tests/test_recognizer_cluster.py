@@ -128,5 +128,7 @@ def test_the_recognizer_runs_on_a_redis_cluster_and_survives_a_primary_crash(
         probe = service.models.embed(model, [noisy(image(0), 7)])[0]
         assert "alice" not in {hit.subject for hit in gallery.search("fleet", epoch, [probe])[0]}
 
-    redis_cluster.restart(victim)  # the old primary returns as a replica
+    redis_cluster.restart(victim)  # the old primary returns (from its AOF) as a replica
     redis_cluster.wait_healthy()
+    assert victim in redis_cluster.alive()
+    assert victim not in redis_cluster.primaries()

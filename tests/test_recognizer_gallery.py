@@ -4,6 +4,7 @@ authentication."""
 from __future__ import annotations
 
 import ssl
+import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -137,6 +138,39 @@ def test_enroll_many_writes_a_batch_in_a_few_round_trips(client: RedisClient) ->
     assert store.subjects("fleet", 1) == {"alice": 2, "bob": 2}
     assert store.size("fleet", 1) == 4
     assert store.enroll_many("fleet", 1, []) == []
+
+
+def test_a_gallery_survives_a_redis_crash_with_its_append_only_file(tmp_path: Path) -> None:
+    """deploy/redis/redis.conf keeps an AOF. Redis 8.0.2 cannot replay ``VADD ... CAS`` from
+    it (assertion at aof.c:1653, the server never starts again), so enrollment writes no CAS;
+    the soak benchmark's first Redis kill found it."""
+    binary = local_services._find_binary("RLLFPR_REDIS_SERVER", "redis-server")
+    port = local_services.free_port()
+    log = tmp_path / "redis.log"
+    arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    arguments += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    arguments += ["--logfile", str(log)]
+    endpoint = Endpoint("127.0.0.1", port)
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL)
+        local_services._wait_for_port(endpoint, process, log)  # raises if it dies loading
+        return process
+
+    process = start()
+    try:
+        store = Gallery(redis.Redis(port=port), shards=2)
+        for index, vector in enumerate(unit_rows(np.random.default_rng(10), 8)):
+            store.enroll("fleet", 1, f"s{index % 2}", f"t{index}", vector, "lobby", NOW)
+        process.kill()
+        process.wait()
+        process = start()
+        assert store.size("fleet", 1) == 8
+        assert store.subjects("fleet", 1) == {"s0": 4, "s1": 4}
+        assert "ASSERTION FAILED" not in log.read_text()
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_the_per_subject_limit_evicts_the_oldest_templates(client: RedisClient) -> None:

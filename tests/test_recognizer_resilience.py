@@ -69,6 +69,7 @@ def redis_arguments(port: int, directory: Path) -> list[str]:
 
 def mosquitto_arguments(port: int, directory: Path) -> list[str]:
     config = directory / "mosquitto.conf"
+    directory.chmod(0o777)  # started as root, Mosquitto writes its persistence as "mosquitto"
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {directory}/\nautosave_interval 1\nmax_inflight_messages 64\n"
