@@ -814,6 +814,25 @@ def analyse(soak: Soak, drained_s: float) -> dict[str, Any]:
             faces_in[str(message)].add(event_id)
             first_event[str(message)] = min(first_event.get(str(message), received), received)
     lost = sorted(set(faces) - set(faces_in))
+    arrivals: dict[str, list[float]] = defaultdict(list)
+    for received, event in deliveries:
+        arrivals[str(event.event_id)].append(received)
+    repeated = [
+        {
+            "event_id": event_id,
+            "received_at_s": [round(t - soak.started_at, 1) for t in times],
+            "last_fault_before": next(
+                (
+                    f"{fault.kind} at {fault.at - soak.started_at:.0f} s"
+                    for fault in reversed(soak.faults)
+                    if fault.at <= times[-1]
+                ),
+                None,
+            ),
+        }
+        for event_id, times in arrivals.items()
+        if len(times) > 1
+    ]
     dropped: dict[str, int] = Counter()
     for agent in soak.agents():
         dropped.update(spool_state(agent.spool)[1])
@@ -828,6 +847,7 @@ def analyse(soak: Soak, drained_s: float) -> dict[str, Any]:
         "lost_message_ids": lost[:50],
         "faces_in_two_events": sum(1 for ids in faces_in.values() if len(ids) > 1),
         "event_ids_delivered_twice": sum(1 for n in deliveries_per_event.values() if n > 1),
+        "repeated_deliveries": repeated[:50],
         "agent_spool_drops": dict(dropped),
         "rejected": soak.rejected(),
         "drain_s": round(drained_s, 1),

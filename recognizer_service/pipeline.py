@@ -114,6 +114,9 @@ class BatchProcessor:
         self.publisher = publisher
         self.clock = clock
         self.recent_faces = recent_faces
+        # Rounds whose event the broker confirmed and Redis has not yet marked finished.
+        self._published: dict[RoundRef, RecognitionEvent] = {}
+        self._audited: set[RoundRef] = set()
 
     # Validation ------------------------------------------------------------------------------
 
@@ -312,9 +315,16 @@ class BatchProcessor:
             return self.publish_rounds(refs)
 
     def publish_rounds(self, refs: Sequence[RoundRef]) -> int:
+        """Publish the events of claimed rounds, then mark the rounds finished in Redis.
+
+        A round whose event the broker confirmed is remembered until it is finished: if Redis
+        fails in between, the retry (or the sweep, once the lease expires) finishes it without
+        publishing its event again. Only a crash of this process in that window repeats an
+        event (same ``event_id``)."""
         if not refs:
             return 0
-        rounds = self.tracks.load(list(refs))
+        fresh = [ref for ref in refs if ref not in self._published]
+        rounds = self.tracks.load(fresh) if fresh else []
         decided = [(r, self._decide(r)) for r in rounds]
         events = [(r, event) for r, event in decided if event is not None]
         self.publisher.publish(
@@ -323,11 +333,17 @@ class BatchProcessor:
                 for _, event in events
             ]
         )
-        self.tracks.finish(list(refs))
-        self.audit.record_many([_search_entry(event) for _, event in events])
-        for _, event in events:
+        for round_, event in events:
+            self._published[round_.ref] = event
             self.metrics.events.labels(event.decision).inc()
             self.metrics.decision_latency.observe(event.decision_latency_ms / 1000)
+        unaudited = [ref for ref in refs if ref in self._published and ref not in self._audited]
+        self.audit.record_many([_search_entry(self._published[ref]) for ref in unaudited])
+        self._audited.update(unaudited)
+        self.tracks.finish(list(refs))
+        for ref in refs:
+            self._published.pop(ref, None)
+            self._audited.discard(ref)
         return len(events)
 
     def _decide(self, round_: Round) -> RecognitionEvent | None:

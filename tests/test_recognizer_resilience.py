@@ -11,15 +11,20 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
+from recognizer_service.decision import Observation
 from recognizer_service.service import RecognizerService
+from recognizer_service.tracks import FaceObservation, ObserveStatus, TrackId
 from rllfpr.config import RedisSettings, Settings
 from rllfpr.local_services import Endpoint, free_port
+from rllfpr.wire.messages import utc_now
 from tests import test_recognizer_service as service_tests
 from tests.test_recognizer_service import (
     Client,
@@ -240,3 +245,47 @@ def test_the_service_rides_out_a_broker_restart(
             finally:
                 publisher.close()
             assert counter(service, "rllfpr_mqtt_connected") == 1
+
+
+def test_an_event_the_broker_confirmed_is_not_published_again_when_redis_fails_next(
+    mqtt_broker: Endpoint,
+    redis_endpoint: Endpoint,
+    model_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis can fail between the broker's PUBACK of an event and the round's ``finish``; the
+    retry (or the sweep after the lease) then finishes the round without a second event. The
+    chaos benchmark's Redis kills repeated such events, under the same event id, before."""
+    service = RecognizerService(make_settings(mqtt_broker, redis_endpoint, model_store))
+    service.models.refresh()
+    published: list[tuple[str, bytes]] = []
+    service.processor.publisher = _Recorder(published)
+    face_id = str(uuid.uuid4())
+    observation = FaceObservation(face_id, utc_now(), "fleet", 1, Observation({"alice": 0.9}))
+    track = TrackId("lobby", "cam-0", "agent-1", 7)
+    [(status, ref)] = service.tracks.observe_many([(track, observation)])
+    assert status is ObserveStatus.CLAIMED
+
+    finish = service.tracks.finish
+    monkeypatch.setattr(
+        service.tracks, "finish", lambda refs: (_ for _ in ()).throw(redis.ConnectionError("down"))
+    )
+    with pytest.raises(redis.ConnectionError):
+        service.processor.publish_rounds([ref])
+    assert len(published) == 1
+    monkeypatch.setattr(service.tracks, "finish", finish)
+    assert service.processor.publish_rounds([ref]) == 0  # finished, not published again
+    assert len(published) == 1
+    [(again, _)] = service.tracks.observe_many([(track, observation)])  # a redelivered face
+    assert again is ObserveStatus.PUBLISHED
+    assert [e["action"] for e in service.audit.recent(10)].count("search") == 1
+
+
+class _Recorder:
+    """An event publisher that records instead of sending (the broker confirmed everything)."""
+
+    def __init__(self, sink: list[tuple[str, bytes]]) -> None:
+        self.sink = sink
+
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        self.sink.extend(messages)
