@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -306,7 +307,13 @@ def enroll_all(
 
     def work(indices: np.ndarray) -> None:
         client = redis.Redis(host=endpoint.host, port=endpoint.port, socket_timeout=None)
-        gallery = Gallery(client, prefix, quantization=quantization, build_ef=build_ef)  # type: ignore[arg-type]
+        gallery = Gallery(
+            client,
+            prefix,
+            quantization=quantization,  # type: ignore[arg-type]
+            build_ef=build_ef,
+            cas=True,  # this server keeps no append-only file (see Gallery.enroll_many)
+        )
         for offset in range(0, len(indices), CHUNK):
             batch = indices[offset : offset + CHUNK]
             gallery.enroll_many(
@@ -341,7 +348,10 @@ def scale(
     build_ef: int | None,
     efs: list[int],
     reload: bool,
+    checkpoint: Callable[[dict[str, Any]], None] = lambda _results: None,
 ) -> dict[str, Any]:
+    """Grow one gallery per quantization through ``sizes``; ``checkpoint`` gets the results so
+    far after every size (a run of hours keeps what it measured if it is cut short)."""
     largest = max(sizes)
     data = Templates(largest, queries)
     probe_sets = {size: data.probes(size, queries) for size in sizes}
@@ -395,6 +405,7 @@ def scale(
                     entry[f"ef_{ef}"] = row
                     print(quantization, size, ef, json.dumps(row), flush=True)
                 results.setdefault(quantization, {})[str(size)] = entry
+                checkpoint(results)
             if reload:
                 seconds = restart()
                 results[quantization]["restart_load_seconds"] = round(seconds, 1)
@@ -415,14 +426,42 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--quantization", nargs="+", default=["Q8", "NOQUANT"])
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--build-ef", type=int, default=None, help="VADD EF (default: Redis')")
+    parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument("--build-ef", type=int, default=100, help="VADD EF (0: Redis' 200)")
     parser.add_argument("--efs", type=int, nargs="+", default=list(EFS))
     parser.add_argument("--no-reload", action="store_true", help="skip the restart timing")
     parser.add_argument("--output", type=Path, required=True)
     arguments = parser.parse_args()
     load_before = os.getloadavg()
     started = time.monotonic()
+    version = subprocess.run(
+        [local_services._find_binary("RLLFPR_REDIS_SERVER", "redis-server"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    def write(results: dict[str, Any], finished: bool) -> None:
+        document = {
+            "stage": arguments.stage,
+            "command": "python benchmarks/gallery_scale.py " + " ".join(sys.argv[1:]),
+            "finished": finished,
+            "arguments": {k: str(v) for k, v in vars(arguments).items()},
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "hardware": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_now": [round(x, 2) for x in os.getloadavg()],
+                "redis": version,
+            },
+            "results": results,
+        }
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        temporary = arguments.output.with_suffix(".tmp")
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        temporary.replace(arguments.output)
+
     if arguments.stage == "methods":
         results = methods(arguments.size, arguments.queries, arguments.only)
     else:
@@ -431,31 +470,12 @@ def main() -> None:
             arguments.quantization,
             arguments.queries,
             arguments.connections,
-            arguments.build_ef,
+            arguments.build_ef or None,
             arguments.efs,
             not arguments.no_reload,
+            checkpoint=lambda partial: write(partial, finished=False),
         )
-    version = subprocess.run(
-        [local_services._find_binary("RLLFPR_REDIS_SERVER", "redis-server"), "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    document = {
-        "stage": arguments.stage,
-        "arguments": {k: str(v) for k, v in vars(arguments).items()},
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "hardware": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "redis": version,
-        },
-        "results": results,
-    }
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(document, indent=2) + "\n")
+    write(results, finished=True)
     print(f"-> {arguments.output}")
 
 
