@@ -193,7 +193,7 @@ def embed_study(
     config: RotationConfig, people: int, seed: int, work: Path
 ) -> tuple[Victims, dict[str, Any]]:
     """Builds the two epochs and embeds ``people`` victims; returns them and the build's facts."""
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()
     measured = config.model_copy(update={"cross_key_margin": 1.0})  # measure, never refuse
     epochs, gates, corpus = build_two_epochs(measured, work)
     build_seconds = time.monotonic() - started
@@ -212,6 +212,11 @@ def embed_study(
             "probe_faces": len(probes),
         },
         "build_seconds": round(build_seconds),
+        "build_hardware": hardware.describe(pick_device(config.experiment.device)),
+        "build_load_average": {
+            "start": [round(x, 2) for x in load],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     return victims, facts
 
@@ -270,7 +275,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(arguments.threads)
     config = RotationConfig.from_yaml(arguments.rotation_config)
-    load = os.getloadavg()
     people = max(arguments.sizes) + arguments.erased
     if arguments.embeddings and arguments.embeddings.exists():
         victims, facts = load_victims(arguments.embeddings)
@@ -279,6 +283,7 @@ def main() -> None:
             victims, facts = embed_study(config, people, arguments.seed, Path(work))
         if arguments.embeddings:
             save_victims(arguments.embeddings, victims, facts)
+    load = os.getloadavg()
     sizes = attack_sizes(
         victims, arguments.sizes, arguments.trials, arguments.erased, arguments.seed
     )
@@ -287,8 +292,10 @@ def main() -> None:
     document = {
         "command": command,
         "hardware": hardware.describe(pick_device(config.experiment.device)),
-        "load_average_at_start": [round(x, 2) for x in load],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "attack_load_average": {
+            "start": [round(x, 2) for x in load],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        },
         "recipe": config.model_dump(mode="json"),
     } | result
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
