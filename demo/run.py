@@ -307,15 +307,16 @@ def _build_epochs(
         )
         started = time.monotonic()
         try:
-            report = builder.build(SCOPE, epoch, previous_key=previous).report["gates"]
+            gates = builder.build(SCOPE, epoch, previous_key=previous).report.gates
         except GateError as error:
             raise DemoError(f"{error} (gate report in {workspace.trainer / SCOPE})") from error
+        assert gates is not None  # a built epoch passed its gates
         previous = open_scrambler_bundle(bundle_of(workspace, epoch), keys).network
         costs["build_s"][epoch] = round(time.monotonic() - started, 1)
-        linkage = report.get("template_linkage_accuracy")
+        linkage = gates.template_linkage_accuracy
         console.print(
             f"  epoch {epoch} built in {duration(time.monotonic() - started)}: held-out accuracy "
-            f"{report['closed_set_accuracy']:.0%}, cross-key {report['cross_key_accuracy']:.0%}"
+            f"{gates.closed_set_accuracy:.0%}, cross-key {gates.cross_key_accuracy:.0%}"
             + ("" if linkage is None else f", epoch 1's templates matched by it {linkage:.0%}")
         )
     costs["align_s"] = round(costs["align_s"], 1)

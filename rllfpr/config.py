@@ -14,10 +14,11 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,9 @@ from pydantic_settings import (
 )
 
 from rllfpr.wire.topics import ScopeName, TopicLevel
+
+# Every path setting: a leading ``~`` is the user's home directory.
+UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
 
 CONFIG_FILE_ENV = "RLLFPR_CONFIG"
 
@@ -83,9 +87,13 @@ class MqttSettings(Section):
         "fleet needs its own. Defaults to a name derived from the program and host.",
     )
     tls: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA certificate that signed the broker's one.")
-    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS identity).")
-    key_file: Path | None = Field(None, description="Private key of `cert_file`.")
+    ca_file: UserPath | None = Field(
+        None, description="CA certificate that signed the broker's one."
+    )
+    cert_file: UserPath | None = Field(
+        None, description="Client certificate (mutual TLS identity)."
+    )
+    key_file: UserPath | None = Field(None, description="Private key of `cert_file`.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval, seconds.")
     session_expiry_s: int = Field(
         3600,
@@ -210,7 +218,7 @@ class AgentSettings(Section):
         description="CPU threads of torch (torch MTCNN, torch SN) and ONNX Runtime; 0 keeps "
         "their defaults (all cores). With several agents on one machine, split the cores.",
     )
-    spool_dir: Path = Field(
+    spool_dir: UserPath = Field(
         Path("~/.local/share/rllfpr/agent"),
         description="Directory of the store-and-forward spool (`{agent id}.sqlite3`, mode "
         "0600). It holds only encoded, scrambled face messages.",
@@ -248,11 +256,6 @@ class AgentSettings(Section):
         "from a live one by its age.",
     )
 
-    @field_validator("spool_dir")
-    @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
-
 
 class RedisSettings(Section):
     """Connection to the Redis >= 8 server holding the vector-set galleries."""
@@ -274,13 +277,13 @@ class RedisSettings(Section):
         description="Prefix of every Redis key this project writes (no braces: the keys carry "
         "Redis Cluster hash tags after it).",
     )
-    ca_file: Path | None = Field(
+    ca_file: UserPath | None = Field(
         None, description="CA certificate that signed the server's one (with `rediss://`)."
     )
-    cert_file: Path | None = Field(
+    cert_file: UserPath | None = Field(
         None, description="Client certificate, when the server requires mutual TLS."
     )
-    key_file: Path | None = Field(None, description="Private key of `cert_file`.")
+    key_file: UserPath | None = Field(None, description="Private key of `cert_file`.")
 
     @field_validator("url")
     @classmethod
@@ -293,15 +296,15 @@ class RedisSettings(Section):
 class KeySettings(Section):
     """Where key material lives on this machine."""
 
-    directory: Path = Field(
+    directory: UserPath = Field(
         Path("~/.local/share/rllfpr/keys"),
         description="Directory of key bundles and the local key state (created with mode 0700).",
     )
-    trusted_signers: list[Path] = Field(
+    trusted_signers: list[UserPath] = Field(
         default_factory=list,
         description="Ed25519 public keys (PEM) whose bundle signatures are accepted.",
     )
-    fleet_key_file: Path | None = Field(
+    fleet_key_file: UserPath | None = Field(
         None,
         description="32-byte AES-256-GCM key (raw or hex) that decrypts bundles for this scope.",
     )
@@ -319,11 +322,6 @@ class KeySettings(Section):
         "fleet scrambling until its first format-2 epoch is active; each use is logged as a "
         "warning.",
     )
-
-    @field_validator("directory")
-    @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
 
 
 class ConsoleSettings(Section):
@@ -394,7 +392,7 @@ class RecognizerSettings(Section):
         description="Key scopes served: `fleet`, or the sites whose per-site keys this "
         "recognizer holds models for. Faces of other scopes are rejected.",
     )
-    model_store: Path = Field(
+    model_store: UserPath = Field(
         Path("~/.local/share/rllfpr/models"),
         description="Model store: one directory per key scope and epoch with the recognizer "
         "weights and its open-set calibration (`rllfpr/models/store.py`). No SN key is needed.",
@@ -507,34 +505,24 @@ class RecognizerSettings(Section):
         default_factory=HomeAssistantSettings, description="Home Assistant MQTT discovery."
     )
 
-    @field_validator("model_store")
-    @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
-
 
 class TrainerSettings(Section):
     """The trainer: builds, signs and publishes key epochs (keep this machine offline-capable)."""
 
-    signing_key_file: Path | None = Field(
+    signing_key_file: UserPath | None = Field(
         None,
         description="Ed25519 private key (PEM, from `rllfpr keys init`) that signs bundles and "
         "key announcements; refused unless readable by its owner only.",
     )
-    rotation_config: Path | None = Field(
+    rotation_config: UserPath | None = Field(
         None,
         description="RotationConfig YAML: corpus, recipe and gates of every new epoch "
         "(`deploy/config/rotation.yaml` is the deployed one); `rllfpr keys rotate` needs it.",
     )
-    work_directory: Path = Field(
+    work_directory: UserPath = Field(
         Path("~/.local/share/rllfpr/trainer"),
         description="Built epochs (sealed bundles, gate reports) and their training runs.",
     )
-
-    @field_validator("signing_key_file", "rotation_config", "work_directory")
-    @classmethod
-    def _expand(cls, path: Path | None) -> Path | None:
-        return path.expanduser() if path is not None else None
 
 
 class Settings(BaseSettings):
@@ -547,11 +535,11 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data: Path = Field(
+    data: UserPath = Field(
         Path("../shared/data"),
         description="Root of the face datasets (`lfw/`, `att_orl/`, `yalefaces/`).",
     )
-    cache: Path = Field(
+    cache: UserPath = Field(
         Path("~/.cache/rllfpr"),
         description="Cache outside the repository: aligned datasets, builds, trained models.",
     )
@@ -568,11 +556,6 @@ class Settings(BaseSettings):
     trainer: TrainerSettings = Field(
         default_factory=TrainerSettings, description="Trainer and key rotation."
     )
-
-    @field_validator("data", "cache")
-    @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -79,11 +80,16 @@ def test_corpus_split_keeps_calibration_people_out_of_training(corpus: object) -
 def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_path: Path) -> None:
     builder = _builder(corpus, tmp_path, _config())
     first = builder.build("fleet", 1, previous_key=None)
-    assert not first.report["fine_tuned"]
-    assert first.report["gates"]["passed"]
-    assert first.report["gates"]["unsupported_onnx_operators"] == []
-    assert first.report["key_screen"]["draws"] == 3  # limit 1.0 passes any key: 3 candidates
-    assert len(first.report["key_screen"]["identity_screen"]) == 3
+    report = first.report.document()
+    written = tmp_path / "trainer" / "fleet" / "epoch-00000001.json"
+    assert json.loads(written.read_text()) == report
+    order = ["scope", "epoch", "fine_tuned", "key_screen", "gates", "open_set", "recognizer_id"]
+    assert list(report) == order
+    assert not report["fine_tuned"]
+    assert report["gates"]["passed"]
+    assert report["gates"]["unsupported_onnx_operators"] == []
+    assert report["key_screen"]["draws"] == 3  # limit 1.0 passes any key: 3 candidates
+    assert len(report["key_screen"]["identity_screen"]) == 3
     trusted = {
         material.signer_id(builder.signing_key.public_key()): builder.signing_key.public_key()
     }
@@ -99,10 +105,12 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
 
     first_key = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
     second = builder.build("fleet", 2, previous_key=first_key)
-    assert second.report["fine_tuned"]
-    assert "template_linkage_accuracy" not in first.report["gates"]
-    assert 0 <= second.report["gates"]["template_linkage_accuracy"] <= 1
-    assert "template_linkage" in second.report["gates"]["checks"]
+    second_report = second.report.document()
+    assert second_report["fine_tuned"]
+    assert "template_linkage_accuracy" not in report["gates"]
+    assert "template_linkage" not in report["gates"]["checks"]
+    assert 0 <= second_report["gates"]["template_linkage_accuracy"] <= 1
+    assert "template_linkage" in second_report["gates"]["checks"]
     # checkpoints (they record the secret seed) and the teacher are gone once an epoch is built
     assert sorted(p.name for p in (tmp_path / "trainer" / "fleet").iterdir()) == [
         "epoch-00000001.json",
@@ -134,7 +142,7 @@ def test_each_epoch_trains_its_teacher_and_recognizer_from_a_fresh_seed(
     first = builder.build("fleet", 1, previous_key=None)
     previous_key = make_key(builder.config.experiment, 5, builder.split.fit.faces)
     second = builder.build("fleet", 2, previous_key=previous_key)
-    assert not second.report["fine_tuned"]
+    assert not second.report.fine_tuned
     assert [view for view, _, _ in seeds] == ["original", "scrambled"] * 2
     assert not any(fine_tuned for _, _, fine_tuned in seeds)
     first_seed, second_seed = seeds[0][1], seeds[2][1]
@@ -158,14 +166,12 @@ def test_template_linkage_gate_matches_the_old_gallery_with_new_embeddings(
     recognizer = Recognizer(config.experiment.recognizer).eval()
     # an "old epoch" identical to the new one links every template: linkage = accuracy
     gates = rotation._gates(config, recognizer, key, other, split, (recognizer, key))
-    assert gates["template_linkage_accuracy"] == gates["closed_set_accuracy"]
-    assert (
-        gates["closed_set_accuracy"] > gates["majority_class_rate"]
-    )  # raw features carry identity
+    assert gates.template_linkage_accuracy == gates.closed_set_accuracy
+    assert gates.closed_set_accuracy > gates.majority_class_rate  # raw features carry identity
     strict = _config(cross_key_margin=0.0)
     failed = rotation._gates(strict, recognizer, key, other, split, (recognizer, key))
-    assert not failed["checks"]["template_linkage"]
-    assert not failed["passed"]
+    assert failed.checks.template_linkage is False
+    assert not failed.passed
 
 
 def test_a_failed_gate_publishes_nothing(corpus: object, tmp_path: Path) -> None:
@@ -204,8 +210,8 @@ def test_a_key_that_fails_the_screen_is_replaced_by_one_that_passes(
     monkeypatch.setattr(rotation, "random_key_seed", lambda: next(seeds))
     builder = _builder(corpus, tmp_path, _config(max_abs_correlation=limit, key_candidates=1))
     key, screen = builder.draw_key()
-    assert screen["draws"] == 2
-    assert screen["max_abs_correlation"][0] > limit >= screen["max_abs_correlation"][1]
+    assert screen.draws == 2
+    assert screen.max_abs_correlation[0] > limit >= screen.max_abs_correlation[1]
     assert key.seed == good
 
 
@@ -224,10 +230,10 @@ def test_of_the_keys_that_pass_the_one_keeping_most_identity_is_kept(
     seeds = iter(scores)
     monkeypatch.setattr(rotation, "random_key_seed", lambda: next(seeds))
     key, screen = _builder(corpus, tmp_path, config).draw_key()
-    assert screen["draws"] == 3  # every key passes (limit 1.0): three candidates, then stop
-    assert screen["identity_screen"] == [round(scores[seed], 4) for seed in (11, 12, 13)]
+    assert screen.draws == 3  # every key passes (limit 1.0): three candidates, then stop
+    assert screen.identity_screen == [round(scores[seed], 4) for seed in (11, 12, 13)]
     assert key.seed == max((11, 12, 13), key=lambda seed: scores[seed])
-    assert screen["chosen"] == [11, 12, 13].index(key.seed)
+    assert screen.chosen == [11, 12, 13].index(key.seed)
     assert len(set(scores.values())) > 1  # the screen tells these keys apart
 
 

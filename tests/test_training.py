@@ -168,13 +168,13 @@ def test_unlabeled_faces_of_other_people_pull_the_student_toward_the_teacher(
 
 def test_unlabeled_faces_need_distillation_and_the_closed_set() -> None:
     with pytest.raises(ValueError, match=r"set loss\.distill_weight"):
-        ExperimentConfig.model_validate({**TINY, "data": {"unlabeled_faces": 10}})
+        ExperimentConfig.model_validate({**TINY, "data": {**TINY["data"], "unlabeled_faces": 10}})
     with pytest.raises(ValueError, match="closed-set protocol only"):
         ExperimentConfig.model_validate(
             {
                 **TINY,
                 "protocol": "verification_view1",
-                "data": {"unlabeled_faces": 10},
+                "data": {**TINY["data"], "unlabeled_faces": 10},
                 "loss": {"distill_weight": 1.0},
             }
         )
@@ -433,3 +433,17 @@ def test_original_face_models_ignore_the_scrambled_only_losses() -> None:
     ).model_dump(mode="json")
     assert comparable_config(plain, "original") == comparable_config(helped, "original")
     assert comparable_config(plain, "scrambled") != comparable_config(helped, "scrambled")
+
+
+def test_an_experiment_says_its_face_side_once() -> None:
+    base = {key: value for key, value in TINY.items() if key != "recognizer"}
+    config = ExperimentConfig.model_validate(base | {"recognizer": {"backbone": "compact"}})
+    assert config.recognizer.input_size == 32  # follows data.size
+    assert config.sn_config.input_size == 32
+    assert ExperimentConfig.model_validate(config.model_dump(mode="json")) == config
+    with pytest.raises(ValueError, match=r"recognizer\.input_size 64 is not data\.size 32"):
+        ExperimentConfig.model_validate(base | {"recognizer": {"input_size": 64}})
+    with pytest.raises(ValueError, match=r"scrambler\.input_size 48 is not data\.size 32"):
+        ExperimentConfig.model_validate(
+            base | {"scrambler": {**TINY["scrambler"], "input_size": 48}}
+        )

@@ -123,6 +123,10 @@ class LossConfig(Strict):
     )
 
 
+DEFAULT_SIZE = 112  # DataConfig.size's default
+SN_DEFAULT_SIDE = ScramblerConfig.model_fields["input_size"].default
+
+
 class ExperimentConfig(Strict):
     name: str = Field(description="Run name: checkpoints and results go to runs/<name>/.")
     protocol: Literal["closed_set", "verification_view1"] = Field(
@@ -154,9 +158,9 @@ class ExperimentConfig(Strict):
         "shared",
         description="How the closed-set protocol's key-B model (the next key epoch of its "
         "revocation checks) starts. 'shared': key A's seed and original-face teacher, so both "
-        "models begin from the same weights (the protocol until issue 4's eighth round). "
-        "'own': its own seed (seed + 1) and, with distillation, its own teacher trained from "
-        "that seed, as two independently drawn epochs would be. It changes no other model.",
+        "models begin from the same weights. 'own': its own seed (seed + 1) and, with "
+        "distillation, its own teacher trained from that seed, as two independently drawn "
+        "epochs would be. It changes no other model. History: docs/results/defaults.md.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
 
@@ -173,6 +177,46 @@ class ExperimentConfig(Strict):
                 f"data.size is {size}: use it, or give the scrambler's fields"
             )
         return data | {"scrambler": DEPLOYED_SN.model_dump(mode="json")}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_input_size(cls, document: Any) -> Any:
+        """``data.size`` is the side of every face of the experiment: the SN's input
+        (``sn_config``) and the recognizer's. ``recognizer.input_size`` follows it when left
+        out and must equal it when given. ``scrambler.input_size`` is not read: given, it must
+        equal ``data.size`` or be the SN's default side, which every experiment document
+        written before this rule carries."""
+        if not isinstance(document, dict):
+            return document
+        data = document.get("data")
+        size = data.size if isinstance(data, DataConfig) else DEFAULT_SIZE
+        if isinstance(data, dict):
+            size = data.get("size", DEFAULT_SIZE)
+        allowed = {"scrambler": {size, SN_DEFAULT_SIDE}, "recognizer": {size}}
+        for section, sides in allowed.items():
+            part = document.get(section, {})
+            if isinstance(part, (ScramblerConfig, RecognizerConfig)):
+                given = part.input_size if "input_size" in part.model_fields_set else None
+            else:
+                given = part.get("input_size") if isinstance(part, dict) else None
+            if given is not None and given not in sides:
+                raise ValueError(
+                    f"{section}.input_size {given} is not data.size {size}: the faces have one "
+                    f"side, data.size; leave {section}.input_size out"
+                )
+        recognizer = document.get("recognizer", {})
+        if isinstance(recognizer, RecognizerConfig):
+            if "input_size" not in recognizer.model_fields_set:
+                recognizer = recognizer.model_copy(update={"input_size": size})
+                document = document | {"recognizer": recognizer}
+        elif isinstance(recognizer, dict) and "input_size" not in recognizer:
+            document = document | {"recognizer": recognizer | {"input_size": size}}
+        return document
+
+    @property
+    def sn_config(self) -> ScramblerConfig:
+        """The SN of this experiment: ``scrambler`` at the faces' side, ``data.size``."""
+        return self.scrambler.model_copy(update={"input_size": self.data.size})
 
     @model_validator(mode="after")
     def _consistency_needs_copies(self) -> ExperimentConfig:

@@ -15,7 +15,7 @@ Intervals: Wilson 95 % score interval of an accuracy over n probes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
@@ -37,9 +37,37 @@ def class_templates(embeddings: np.ndarray, labels: np.ndarray, classes: int) ->
     return templates / np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
 
 
+class ClosedSetReport(TypedDict):
+    """Closed-set identification against class-mean templates (one per person)."""
+
+    accuracy: float  # rank-1
+    accuracy_ci95: list[float]  # Wilson interval
+    misidentification: float  # mean false-positive rate over the probed people
+    f1: float  # macro F1 over the probed people
+    probes: int
+    chance: float  # 1 / people
+
+
+# Pair verification (see ``verification``): accuracy at the threshold best on separate pairs,
+# 10-fold cross-validated accuracy, ROC AUC, true-accept rates at 1 % and 0.1 % false accepts.
+VerificationReport = TypedDict(
+    "VerificationReport",
+    {
+        "accuracy": float,
+        "threshold": float,
+        "accuracy_10fold": float,
+        "accuracy_10fold_ci95": list[float],
+        "roc_auc": float,
+        "tar_at_far_1e-2": float,
+        "tar_at_far_1e-3": float,
+        "pairs": int,
+    },
+)
+
+
 def closed_set(
     gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray, probe_labels: np.ndarray
-) -> dict[str, Any]:
+) -> ClosedSetReport:
     classes = int(max(gallery_labels.max(), probe_labels.max())) + 1
     templates = class_templates(gallery, gallery_labels, classes)
     predicted = (probes @ templates.T).argmax(axis=1)
@@ -69,7 +97,7 @@ def closed_set(
 
 def verification(
     scores: np.ndarray, same: np.ndarray, threshold_scores: np.ndarray, threshold_same: np.ndarray
-) -> dict[str, Any]:
+) -> VerificationReport:
     """Pair verification: accuracy at the threshold that is best on separate (training) pairs,
     accuracy with a 10-fold cross-validated threshold on the reported pairs themselves, ROC
     AUC, and true-accept rate at 1 % and 0.1 % false-accept rate.

@@ -25,7 +25,7 @@ from trainer.data import (
     save_split,
     split_per_identity,
 )
-from trainer.evaluate import closed_set, verification
+from trainer.evaluate import ClosedSetReport, VerificationReport, closed_set, verification
 from trainer.metrics import adjacent_correlation, nearest_neighbour_accuracy
 from trainer.train import (
     FaceView,
@@ -60,7 +60,7 @@ def load_unlabeled(
 
 def make_key(config: ExperimentConfig, seed: int, train_faces: np.ndarray) -> ScramblerNetwork:
     """Draw an SN key and self-learn its BN statistics on the training faces only."""
-    scrambler = config.scrambler.model_copy(update={"input_size": config.data.size})
+    scrambler = config.sn_config
     device = pick_device(config.device)
     network = ScramblerNetwork(scrambler, seed).to(device)
     network.self_learn(
@@ -245,7 +245,7 @@ def closed_set_protocol(
         probe_view: str,
         tta: TTAConfig | None = None,
         gallery_model: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ClosedSetReport:
         """Rank-1 of ``model``'s probes against ``gallery_model``'s gallery (default: the same
         model)."""
         gallery = embedded(gallery_model or model, gallery_view, "train", tta)
@@ -341,7 +341,7 @@ def verification_protocol(
 
     def evaluate(
         model: str, view: str, tta: TTAConfig | None = None, second: np.ndarray | None = None
-    ) -> dict[str, Any]:
+    ) -> VerificationReport:
         """Threshold from pairsDevTrain, scores on pairsDevTest; ``second``: other embeddings
         of each pair's second image."""
         embeddings, sources = embed_pairs(model, view, tta), view1.pair_faces.sources

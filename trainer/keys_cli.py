@@ -124,13 +124,14 @@ def keys_rotate(
     except GateError as error:
         folder = settings.trainer.work_directory
         raise fail(f"{error}; nothing was staged (report in {folder})") from error
-    gates = result.report["gates"]
-    linkage = gates.get("template_linkage_accuracy")  # absent for a scope's first epoch
+    gates = result.report.gates
+    assert gates is not None  # a built epoch passed its gates
+    linkage = gates.template_linkage_accuracy  # None for a scope's first epoch
     console.print(
-        f"gates passed: accuracy {gates['closed_set_accuracy']:.1%} (floor "
-        f"{gates['accuracy_floor']:.0%}), cross-key {gates['cross_key_accuracy']:.1%}"
+        f"gates passed: accuracy {gates.closed_set_accuracy:.1%} (floor "
+        f"{gates.accuracy_floor:.0%}), cross-key {gates.cross_key_accuracy:.1%}"
         + ("" if linkage is None else f", old templates {linkage:.1%}")
-        + f" (limit {gates['cross_key_limit']:.1%})"
+        + f" (limit {gates.cross_key_limit:.1%})"
     )
     with _publisher(settings) as publisher:
         publisher.stage(result.bundle)

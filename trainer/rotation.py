@@ -72,9 +72,8 @@ class RotationConfig(BaseModel):
         "previous epoch's weights and trains this many epochs, cheaper. Either way its "
         "teacher, shuffling and new head start from the epoch's fresh secret seed: recognizers "
         "that start from the same seed, or share a teacher, put an old epoch's templates where "
-        "the new epoch's embeddings are (issue 4, eighth round). From scratch is the setting "
-        "measured on 158 people; fine-tuning was measured once, on the demo's corpus "
-        "(docs/results/rotation-linkage.json); the template-linkage gate checks every epoch.",
+        "the new epoch's embeddings are; the template-linkage gate checks every epoch. Why 0 "
+        "by default: docs/results/defaults.md.",
     )
     calibration_people: float = Field(
         0.25, gt=0, lt=1, description="Share of corpus people kept out of training to calibrate."
@@ -94,8 +93,8 @@ class RotationConfig(BaseModel):
         gt=0,
         le=1,
         description="Key screen: largest |adjacent-pixel correlation| of a new key's output on "
-        "held-out corpus faces (issue 5's goal). Most random keys miss it (7 of 12 measured, "
-        "docs/results/design-study.md), so keys above it are redrawn before any training.",
+        "held-out corpus faces; keys above it are redrawn before any training "
+        "(docs/results/defaults.md).",
     )
     key_draws: int = Field(
         50, ge=1, description="Keys drawn at most per epoch to find those that pass the screen."
@@ -148,13 +147,63 @@ def split_corpus(corpus: AlignedFaces, config: RotationConfig) -> CorpusSplit:
     )
 
 
+class Report(BaseModel):
+    """A part of an epoch's build report (written as JSON; fields not measured are left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class KeyScreen(Report):
+    draws: int = Field(description="Keys drawn.")
+    max_abs_correlation: list[float] = Field(description="Each drawn key's worst |r|.")
+    identity_screen: list[float] = Field(description="Raw-pixel rank-1 of the keys that passed.")
+    chosen: int = Field(description="Index of the kept key among those that passed.")
+
+
+class GateChecks(Report):
+    accuracy: bool
+    cross_key: bool
+    tensorrt_operators: bool
+    template_linkage: bool | None = None  # a scope's first epoch has no previous templates
+
+
+class GateReport(Report):
+    closed_set_accuracy: float
+    accuracy_floor: float
+    cross_key_accuracy: float
+    majority_class_rate: float
+    cross_key_limit: float
+    unsupported_onnx_operators: list[str]
+    template_linkage_accuracy: float | None = None
+    checks: GateChecks
+    passed: bool
+
+
+class OpenSetReport(Report):
+    calibration: OpenSetCalibration
+    other_half: dict[str, float] = Field(description="FNIR/FPIR on the other half of people.")
+
+
+class EpochReport(Report):
+    scope: str
+    epoch: int
+    fine_tuned: bool
+    key_screen: KeyScreen
+    gates: GateReport | None = None
+    open_set: OpenSetReport | None = None
+    recognizer_id: str | None = None
+
+
 @dataclass(frozen=True)
 class BuiltEpoch:
     scope: str
     epoch: int
     recognizer_id: str
     bundle: bytes
-    report: dict[str, Any]
+    report: EpochReport
 
 
 def _gates(
@@ -164,7 +213,7 @@ def _gates(
     other_key: ScramblerNetwork,
     split: CorpusSplit,
     previous: tuple[Recognizer, ScramblerNetwork] | None = None,
-) -> dict[str, Any]:
+) -> GateReport:
     """``previous``: the last epoch's recognizer and key, for the template-linkage gate."""
     device = pick_device(config.experiment.device)
     view, other = FaceView("scrambled", key, device), FaceView("scrambled", other_key, device)
@@ -181,26 +230,28 @@ def _gates(
     unsupported = sorted(unsupported_operators(export_onnx(key.cpu())))
     key.to(device)
     limit = majority + config.cross_key_margin
-    checks = {
-        "accuracy": accuracy["accuracy"] >= config.accuracy_floor,
-        "cross_key": cross["accuracy"] <= limit,
-        "tensorrt_operators": not unsupported,
-    }
-    report: dict[str, Any] = {
-        "closed_set_accuracy": accuracy["accuracy"],
-        "accuracy_floor": config.accuracy_floor,
-        "cross_key_accuracy": cross["accuracy"],
-        "majority_class_rate": majority,
-        "cross_key_limit": limit,
-        "unsupported_onnx_operators": unsupported,
-    }
+    linkage = None
     if previous is not None:
         old_recognizer, old_key = previous
         old_gallery = embed(old_recognizer, FaceView("scrambled", old_key, device), split.fit.faces)
-        linked = closed_set(old_gallery, split.fit.labels, probes, split.held_out.labels)
-        report["template_linkage_accuracy"] = linked["accuracy"]
-        checks["template_linkage"] = linked["accuracy"] <= limit
-    return report | {"checks": checks, "passed": all(checks.values())}
+        linkage = closed_set(old_gallery, split.fit.labels, probes, split.held_out.labels)
+    checks = GateChecks(
+        accuracy=accuracy["accuracy"] >= config.accuracy_floor,
+        cross_key=cross["accuracy"] <= limit,
+        tensorrt_operators=not unsupported,
+        template_linkage=None if linkage is None else linkage["accuracy"] <= limit,
+    )
+    return GateReport(
+        closed_set_accuracy=accuracy["accuracy"],
+        accuracy_floor=config.accuracy_floor,
+        cross_key_accuracy=cross["accuracy"],
+        majority_class_rate=majority,
+        cross_key_limit=limit,
+        unsupported_onnx_operators=unsupported,
+        template_linkage_accuracy=None if linkage is None else linkage["accuracy"],
+        checks=checks,
+        passed=all(value for value in checks.model_dump().values() if value is not None),
+    )
 
 
 def calibrate_open_set(
@@ -255,7 +306,7 @@ class EpochBuilder:
     def bundle_path(self, scope: str, epoch: int) -> Path:
         return self.work / scope / f"epoch-{epoch:08d}.rlkb"
 
-    def draw_key(self) -> tuple[ScramblerNetwork, dict[str, Any]]:
+    def draw_key(self) -> tuple[ScramblerNetwork, KeyScreen]:
         """Of up to ``key_candidates`` fresh keys that pass the privacy screen (drawing at most
         ``key_draws``), the one that keeps the most identity."""
         limit, fit, held_out = self.config.max_abs_correlation, self.split.fit, self.split.held_out
@@ -279,8 +330,13 @@ class EpochBuilder:
             )
         scores = [round(score, 4) for score, _ in candidates]
         best = scores.index(max(scores))
-        report = {"draws": len(correlations), "max_abs_correlation": correlations}
-        return candidates[best][1], report | {"identity_screen": scores, "chosen": best}
+        summary = KeyScreen(
+            draws=len(correlations),
+            max_abs_correlation=correlations,
+            identity_screen=scores,
+            chosen=best,
+        )
+        return candidates[best][1], summary
 
     def build(self, scope: str, epoch: int, previous_key: ScramblerNetwork | None) -> BuiltEpoch:
         experiment = self.config.experiment
@@ -309,24 +365,21 @@ class EpochBuilder:
             for done in (run_dir, teacher_dir):
                 shutil.rmtree(done, ignore_errors=True)
         other = previous_key or make_key(experiment, random_key_seed(), self.split.fit.faces)
-        report: dict[str, Any] = {
-            "scope": scope,
-            "epoch": epoch,
-            "fine_tuned": initial is not None,
-            "key_screen": key_screen,
-        }
+        report = EpochReport(
+            scope=scope, epoch=epoch, fine_tuned=initial is not None, key_screen=key_screen
+        )
         linked = None
         if previous is not None and previous_key is not None:
             linked = (previous, previous_key)
-        report["gates"] = _gates(self.config, trained.recognizer, key, other, self.split, linked)
-        if not report["gates"]["passed"]:
+        gates = _gates(self.config, trained.recognizer, key, other, self.split, linked)
+        report.gates = gates
+        if not gates.passed:
             self._write_report(scope, epoch, report)
-            raise GateError(f"epoch {epoch} failed its gates: {report['gates']['checks']}")
+            raise GateError(f"epoch {epoch} failed its gates: {gates.checks.document()}")
         calibration, test_rates = calibrate_open_set(
             self.config, trained.recognizer, key, self.split.calibration
         )
-        report["open_set"] = {"calibration": calibration.model_dump(mode="json")}
-        report["open_set"]["other_half"] = test_rates
+        report.open_set = OpenSetReport(calibration=calibration, other_half=test_rates)
         info = self.store.publish(scope, epoch, trained.recognizer, calibration, source="rotation")
         state = key.key_state()
         sealed = bundle.seal(
@@ -339,7 +392,7 @@ class EpochBuilder:
             fleet_key=self.fleet_key,
         )
         write_private(self.bundle_path(scope, epoch), sealed)
-        report["recognizer_id"] = info.recognizer_id
+        report.recognizer_id = info.recognizer_id
         self._write_report(scope, epoch, report)
         return BuiltEpoch(scope, epoch, info.recognizer_id, sealed, report)
 
@@ -349,10 +402,10 @@ class EpochBuilder:
             return None
         return self.store.load(scope, max(earlier)).recognizer
 
-    def _write_report(self, scope: str, epoch: int, report: dict[str, Any]) -> None:
+    def _write_report(self, scope: str, epoch: int, report: EpochReport) -> None:
         path = self.work / scope / f"epoch-{epoch:08d}.json"
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        path.write_text(json.dumps(report.document(), indent=2) + "\n")
 
 
 class KeyPublisher:

@@ -71,17 +71,15 @@ class ScramblerConfig(BaseModel):
         le=3,
         description="Standard deviation, in pixels, of a fixed Gaussian low-pass of the face "
         "before the first conv (0: none). It is not part of the secret. Max-pool choices then "
-        "follow coarser structure, so one scramble changes less when the face moves by a pixel "
-        "(issue 4: +9.4 points at 1.2 px on 64 px faces). The default stays 0 so that format-1 "
-        "bundles written before the field existed, and the studies that measured the paper's "
-        "SN, load as they were made; ``DEPLOYED_SN`` sets it.",
+        "follow coarser structure, so one scramble changes less when the face moves by a pixel. "
+        "``DEPLOYED_SN`` sets it; why 0 by default: docs/results/defaults.md.",
     )
     pool_blur: bool = Field(
         False,
         description="Smooth each encoder level's features with a fixed 3x3 binomial low-pass "
         "before its max-pool (anti-aliased pooling), the maximum chosen on a 0.01 grid, so the "
         "positions the unpooling keeps move less when the face moves by a pixel. Not part of "
-        "the secret. Default off so that earlier bundles load as they were made.",
+        "the secret. Why off by default: docs/results/defaults.md.",
     )
 
     @model_validator(mode="after")

@@ -42,7 +42,8 @@ def two_epochs(builder: EpochBuilder, scope: str) -> dict[str, Any]:
     first = builder.build(scope, 1, previous_key=None)
     key = open_own_bundle(first.bundle, builder.signing_key.public_key(), builder.fleet_key)
     second = builder.build(scope, 2, previous_key=key)
-    return {"fine_tuned": second.report["fine_tuned"], "gates": second.report["gates"]}
+    document = second.report.document()
+    return {"fine_tuned": document["fine_tuned"], "gates": document["gates"]}
 
 
 def measure(recipe: dict[str, Any], fine_tune_epochs: int, work: Path) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class PrivacyConfig(Strict):
     )
     copy_means: list[TTAConfig] = Field(
         default_factory=list,
-        description="Several scrambles of one face (test-time augmentation, issue 4): for each "
+        description="Several scrambles of one face (test-time augmentation): for each "
         "setting, `python -m trainer.studies.privacy.sn_variants` also measures, with the "
         "experiment's SN, the mean of a face's copies moved back (what an observer who knows "
         "the moves would average).",

@@ -28,7 +28,7 @@ from trainer.data import (
     read_people_file,
     split_per_identity,
 )
-from trainer.evaluate import closed_set
+from trainer.evaluate import ClosedSetReport, closed_set
 from trainer.experiment import load_dataset, make_key
 from trainer.metrics import adjacent_correlation
 from trainer.studies.privacy import metrics, questionnaire
@@ -173,7 +173,7 @@ def _recognition(
     for method in ("eigenfaces", "dp_eigenfaces"):
         protection = protections[method]
         assert isinstance(protection, Eigenfaces)
-        results[method] = projection_accuracy(protection, split, config.seed)
+        results[method] = dict(projection_accuracy(protection, split, config.seed))
     results["dp_eigenfaces"]["epsilon"] = config.baselines.dp_epsilon
     results["dp_eigenfaces_sweep"] = dp_sweep(config.baselines, split, config.seed)
     return results
@@ -196,7 +196,7 @@ def _questionnaire(
     }
 
 
-def _identity_leakage(context: Context, reconstructions: np.ndarray) -> dict[str, Any]:
+def _identity_leakage(context: Context, reconstructions: np.ndarray) -> ClosedSetReport:
     """Rank-1 of the plain-face recognizer: original-face gallery, reconstructed probes."""
     plain, split = context.recognizers["original"], context.split
     gallery = embed_wire(plain, grey_pixels(split.train.faces), context.device, batch=256)

@@ -172,7 +172,7 @@ def build_two_epochs(
         built = builder.build("study", number, previous_key=previous)
         previous = open_own_bundle(built.bundle, signing.public_key(), fleet)
         epochs.append((store.load("study", number).recognizer, previous))
-        report[f"epoch_{number}"] = built.report["gates"]
+        report[f"epoch_{number}"] = built.report.document()["gates"]
     return epochs, report, corpus
 
 

@@ -23,7 +23,7 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.config import ExperimentConfig, identity
 from trainer.data import AlignedFaces
-from trainer.evaluate import closed_set
+from trainer.evaluate import ClosedSetReport, closed_set
 from trainer.studies.privacy.baselines.base import Protection
 from trainer.studies.privacy.baselines.eigenfaces import DpEigenfaces, Eigenfaces
 from trainer.studies.privacy.config import BaselineConfig, Method
@@ -88,14 +88,14 @@ def image_method_accuracy(
     split: Split,
     device: torch.device,
     seed: int,
-) -> dict[str, Any]:
+) -> ClosedSetReport:
     rng = np.random.default_rng(seed)
     gallery = embed_wire(recognizer, protection.protect(split.train.faces, rng), device, batch=256)
     probes = embed_wire(recognizer, protection.protect(split.test.faces, rng), device, batch=256)
     return closed_set(gallery, split.train.labels, probes, split.test.labels)
 
 
-def projection_accuracy(eigenfaces: Eigenfaces, split: Split, seed: int) -> dict[str, Any]:
+def projection_accuracy(eigenfaces: Eigenfaces, split: Split, seed: int) -> ClosedSetReport:
     rng = np.random.default_rng(seed)
     return closed_set(
         eigenfaces.project(split.train.faces, rng),
