@@ -288,6 +288,78 @@ def methods(size: int, queries: int, only: list[str] | None) -> dict[str, Any]:
     return results
 
 
+# Stage: restart (how long a crashed Redis takes to load a gallery) -------------------------
+
+
+def restart(size: int, build_ef: int | None) -> dict[str, Any]:
+    """A Redis with an append-only file (fsync always, as the soak runs it) holding ``size``
+    templates is killed and started again: once with the templates as VADD commands in the
+    AOF (every one is inserted into the HNSW graph again on load), once after BGREWRITEAOF
+    (the AOF then starts with an RDB image, which holds the graph itself)."""
+    data = Templates(size, 10)
+    binary = local_services._find_binary("RLLFPR_REDIS_SERVER", "redis-server")
+    results: dict[str, Any] = {"templates": size}
+    with tempfile.TemporaryDirectory(prefix="rllfpr-gallery-aof-") as workdir:
+        port = local_services.free_port()
+        arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
+        arguments += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        arguments += ["--logfile", "redis.log"]
+
+        def start() -> tuple[subprocess.Popen[bytes], float]:
+            started = time.monotonic()
+            process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL)
+            client = redis.Redis(port=port)
+            while True:
+                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                    if client.ping() and int(client.info("persistence")["loading"]) == 0:
+                        return process, time.monotonic() - started
+                if process.poll() is not None:
+                    raise RuntimeError(f"redis exited while loading; see {workdir}/redis.log")
+                time.sleep(0.05)
+
+        process, _ = start()
+        client = redis.Redis(port=port, socket_timeout=None)
+        started = time.monotonic()
+        for start_index in range(0, size, CHUNK):
+            gallery = Gallery(client, "bench", build_ef=build_ef)  # no CAS: it has an AOF
+            gallery.enroll_many(
+                "fleet",
+                1,
+                [
+                    Template(
+                        f"s{data.labels[i]:07d}",
+                        str(uuid.UUID(int=i + 1)),
+                        data.vectors[i],
+                        "bench",
+                        datetime(2026, 12, 1, tzinfo=timezone.utc),
+                    )
+                    for i in range(start_index, min(size, start_index + CHUNK))
+                ],
+            )
+        results["enroll_seconds"] = round(time.monotonic() - started, 1)
+        for name in ("aof_of_commands", "after_bgrewriteaof"):
+            if name == "after_bgrewriteaof":
+                client.bgrewriteaof()
+                while int(client.info("persistence")["aof_rewrite_in_progress"]):
+                    time.sleep(0.2)
+            aof_bytes = sum(
+                p.stat().st_size for p in Path(workdir, "appendonlydir").glob("*") if p.is_file()
+            )
+            process.kill()
+            process.wait()
+            process, seconds = start()
+            client = redis.Redis(port=port, socket_timeout=None)
+            results[name] = {
+                "aof_mb": round(aof_bytes / 2**20, 1),
+                "load_seconds": round(seconds, 1),
+            }
+            assert Gallery(client, "bench").size("fleet", 1) == size
+            print(name, results[name], flush=True)
+        process.kill()
+        process.wait()
+    return results
+
+
 # Stage 2: scale --------------------------------------------------------------------------------
 
 
@@ -420,7 +492,7 @@ def _template(element: bytes) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=["methods", "scale"])
+    parser.add_argument("stage", choices=["methods", "scale", "restart"])
     parser.add_argument("--size", type=int, default=20_000, help="methods: templates")
     parser.add_argument("--only", nargs="+", choices=list(METHODS), help="methods: these")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -464,6 +536,8 @@ def main() -> None:
 
     if arguments.stage == "methods":
         results = methods(arguments.size, arguments.queries, arguments.only)
+    elif arguments.stage == "restart":
+        results = restart(arguments.size, arguments.build_ef or None)
     else:
         results = scale(
             arguments.sizes,
