@@ -112,7 +112,11 @@ class Workspace:
         return self.root / "trainer"
 
     @property
-    def run(self) -> Path:  # this run's agent state, spool and station vault (wiped each run)
+    def station(self) -> Path:  # the enrollment station's vault and its key, kept between runs
+        return self.root / "station"
+
+    @property
+    def run(self) -> Path:  # this run's agent state and spool (wiped each run)
         return self.root / "run"
 
     @property
@@ -335,33 +339,50 @@ def bundle_of(workspace: Workspace, epoch: int) -> bytes:
 
 
 class Station:
-    """The enrollment station: photos -> vault (encrypted) -> scrambled enrollment messages."""
+    """The enrollment station: photos -> vault (encrypted) -> scrambled enrollment messages.
+
+    Like a real station it keeps its vault: a later run with the same people finds their faces
+    there and detects nothing again."""
 
     def __init__(self, settings: Settings, workspace: Workspace, client: paho.Client) -> None:
+        self.folder, self.settings, self.client = workspace.station, settings, client
+
+    def keep(self, people: dict[str, list[Path]]) -> tuple[int, bool]:
+        """Detect each photo's central face and keep its region, encrypted; returns the faces
+        kept and whether the vault already held exactly these photos (nothing detected)."""
         from enrollment_station.vault import PhotoVault, create_vault_key, load_vault_key
-        from rllfpr.faces.detect import FaceDetector
 
-        key_file = workspace.run / "vault.key"
+        record = self.folder / "photos.json"
+        wanted = {person: [photo.name for photo in photos] for person, photos in people.items()}
+        key_file = self.folder / "vault.key"
+        if record.exists() and key_file.exists() and json.loads(record.read_text()) == wanted:
+            self.vault = PhotoVault(self.folder / "vault", load_vault_key(key_file))
+            return sum(len(self.vault.faces(p)) for p in self.vault.subjects()), True
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, mode=0o700)
         create_vault_key(key_file)
-        self.vault = PhotoVault(workspace.run / "vault", load_vault_key(key_file))
-        self.detector = FaceDetector(min_face_size=40)
-        self.settings, self.client = settings, client
+        self.vault = PhotoVault(self.folder / "vault", load_vault_key(key_file))
+        kept = self._detect_and_keep(people)
+        temporary = record.with_suffix(".tmp")
+        temporary.write_text(json.dumps(wanted))
+        temporary.replace(record)  # written last: a vault is reused only once complete
+        return kept, False
 
-    def keep(self, people: dict[str, list[Path]]) -> int:
-        """Detect each photo's central face and keep its region, encrypted."""
+    def _detect_and_keep(self, people: dict[str, list[Path]]) -> int:
         from enrollment_station.vault import face_region
-        from rllfpr.faces.detect import central_face
+        from rllfpr.faces.detect import FaceDetector, central_face
 
-        kept = 0
+        detector = FaceDetector(min_face_size=40)
         for person, photos in people.items():
             faces = []
             for photo in photos:
                 image = load_rgb(photo)
-                found = central_face(self.detector.detect([image])[0], image.shape)
+                found = central_face(detector.detect([image])[0], image.shape)
                 if found is not None:
                     faces.append(face_region(image, found, photo.name))
-            kept += self.vault.add(person, faces) if faces else 0
-        return kept
+            if faces:
+                self.vault.add(person, faces)
+        return sum(len(self.vault.faces(person)) for person in self.vault.subjects())
 
     def enroll(self, key: ScramblerKey) -> int:
         """Scramble every kept face with ``key`` and send it; returns the number sent."""
@@ -441,7 +462,7 @@ def run(
             if web is not None:
                 stack.callback(web.close)
             station = Station(settings, workspace, trainer)
-            kept = station.keep(people.enrollment)
+            kept, reused = station.keep(people.enrollment)
             key_one = open_scrambler_bundle(first, settings.keys)
             station.enroll(key_one)
             wait_until(
@@ -449,7 +470,12 @@ def run(
             )
             console.print(
                 f"station: {len(people.enrollment)} people enrolled from {kept} photos "
-                "(kept encrypted on the station; only scrambled faces were sent)"
+                + (
+                    "(their faces kept encrypted in its vault since an earlier run; "
+                    if reused
+                    else "(their faces kept encrypted in its vault; "
+                )
+                + "only scrambled faces were sent)"
             )
 
         camera = ReplayCamera(people.rounds, fps=plan.fps)

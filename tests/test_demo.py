@@ -21,8 +21,8 @@ import pytest
 from rich.console import Console
 
 from demo.observer import FaceSeen, score, tally
-from demo.people import Visit
-from demo.run import DemoPlan, Shown, Workspace, built_epochs, run
+from demo.people import Visit, cast
+from demo.run import DemoPlan, Shown, Station, Workspace, built_epochs, run
 from rllfpr import local_services, mqtt
 from rllfpr.config import Settings
 from rllfpr.wire import topics
@@ -206,4 +206,15 @@ def test_a_plain_subscriber_and_the_report_agree_on_every_event(
     assert (sheet[:, :200] < 128).any()  # the label column has text
     assert np.ptp(sheet[:, 260:]) > 0  # and faces beside it
     workspace = Workspace.for_config(settings.cache, SMALL.rotation)
-    assert built_epochs(workspace) == [1, 2]  # a later run reuses them
+    assert built_epochs(workspace) == [1, 2]  # a later run reuses them ...
+    people = cast(
+        data_root / "lfw",
+        SMALL.corpus_people,
+        SMALL.enrolled_people,
+        SMALL.strangers,
+        SMALL.enrollment_photos,
+        SMALL.photos_per_visit,
+    )
+    kept, reused = Station(settings, workspace, None).keep(people.enrollment)  # type: ignore[arg-type]
+    assert reused  # ... and the station's vault: nothing is detected again
+    assert 0 < kept <= SMALL.enrolled_people * SMALL.enrollment_photos
