@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from rllfpr.faces.pixels import pick_device
 from rllfpr.models.export import export_onnx
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--seconds", type=float, default=3.0)
     arguments = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device("auto")
     result = {
         "command": "python benchmarks/bench_gpu.py OUT.json "
         f"--size {arguments.size} --seconds {arguments.seconds}",

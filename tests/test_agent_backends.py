@@ -24,7 +24,7 @@ from edge_agent.backends import (
 )
 from rllfpr.faces.align import align
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
-from tests.test_agent_support import lfw_images, read_rgb, self_learned, shared_detector
+from tests.support.agent import lfw_images, read_rgb, self_learned, shared_detector
 
 FACES = 32
 CUDA = torch.cuda.is_available()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -31,28 +30,22 @@ from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import AgentStatus, FaceHeader, utc_now
-from tests.test_agent_support import (
-    SMALL_SN,
-    Capture,
+from tests.support.agent import (
     KeyFactory,
     Outage,
     agent_settings,
     lfw_images,
     link_folder,
+    moving_face_frames,
+    network,
     read_rgb,
     retain,
-    self_learned,
     shared_detector,
-    wait_until,
+    started,
 )
+from tests.support.mqtt import Capture, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@functools.cache
-def network(seed: int) -> ScramblerNetwork:
-    noise = np.random.default_rng(seed).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-    return self_learned(SMALL_SN, seed, noise)
 
 
 def faces_of(capture: Capture, agent: Agent) -> list[FaceHeader]:
@@ -64,12 +57,7 @@ def photos(data_root: Path, tmp_path: Path) -> Path:
     return link_folder(lfw_images(data_root, 4, start=40), tmp_path / "photos")
 
 
-def started(agent: Agent) -> Agent:
-    agent.start()
-    wait_until(lambda: agent.keys.current() is not None and agent.link.connected.is_set())
-    return agent
-
-
+@pytest.mark.slow
 def test_a_broker_outage_and_an_agent_restart_lose_nothing(
     mqtt_broker: Endpoint, photos: Path, tmp_path: Path
 ) -> None:
@@ -175,6 +163,7 @@ class LoopingCamera:
             stop.wait(self.period)
 
 
+@pytest.mark.slow
 def test_key_rotation_on_a_running_stream_then_revocation(
     mqtt_broker: Endpoint, data_root: Path, tmp_path: Path
 ) -> None:
@@ -281,17 +270,6 @@ def test_corrupt_and_faceless_frames_are_skipped_and_counted(
     assert agent.metrics.value("frames") == 3
     assert agent.metrics.value("frames_skipped", reason="unreadable") == 1
     assert agent.metrics.value("faces_published") >= 1
-
-
-def moving_face_frames(image: np.ndarray, folder: Path, count: int) -> Path:
-    """640x480 frames of one face drifting right by 3 pixels a frame."""
-    folder.mkdir(parents=True)
-    for index in range(count):
-        frame = np.full((480, 640, 3), 90, np.uint8)
-        x = 100 + 3 * index
-        frame[100:350, x : x + 250] = image
-        cv2.imwrite(str(folder / f"{index:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    return folder
 
 
 def test_a_person_in_a_sequence_yields_few_messages_from_one_track(

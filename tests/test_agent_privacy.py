@@ -26,9 +26,8 @@ from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import AgentStatus, FaceHeader
-from tests.test_agent_support import (
+from tests.support.agent import (
     SMALL_SN,
-    Capture,
     KeyFactory,
     agent_settings,
     lfw_images,
@@ -36,8 +35,8 @@ from tests.test_agent_support import (
     read_rgb,
     self_learned,
     shared_detector,
-    wait_until,
 )
+from tests.support.mqtt import Capture, wait_until
 from trainer.metrics import grayscale
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ from rllfpr.local_services import Endpoint, free_port
 from rllfpr.wire import topics
 from rllfpr.wire.messages import AgentStatus, utc_now
 from tests import test_recognizer_service as service_tests
-from tests.test_recognizer_service import (
+from tests.support.recognizer import (
     EPOCH,
     Client,
     counter,
@@ -340,8 +340,7 @@ def test_keys_page_lists_the_loaded_epoch_and_its_recognizer(service: Recognizer
 def publish_status(client: Client, status: AgentStatus | None, agent: str = "") -> None:
     name = status.agent if status else agent
     payload = status.model_dump_json().encode() if status else b""
-    info = client.client.publish(topics.agent_status(name), payload, qos=1, retain=True)
-    info.wait_for_publish(5)
+    client.publish(topics.agent_status(name), payload, retain=True)
 
 
 def test_cameras_page_shows_agents_offline_stale_and_forgets_them(

@@ -34,8 +34,8 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.wire import topics
 from rllfpr.wire.messages import AgentStatus, KeyAnnouncement, KeyState, Revocation, utc_now
-from tests.test_agent_support import KeyFactory, retain
-from tests.test_recognizer_service import TINY, Client, counter, face, image, make_settings, noisy
+from tests.support.agent import KeyFactory, retain
+from tests.support.recognizer import TINY, Client, counter, face, image, make_settings, noisy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -325,9 +325,7 @@ def test_a_camera_goes_offline_when_its_agent_is_killed(
         agent="dock-gate", site="dock", state="online", key_epoch=ACTIVE, cameras=["gate"],
         version="0.1.0", fps=9.8, faces_published=312, spool_messages=0,
     )  # fmt: skip
-    client.client.publish(
-        topics.agent_status("dock-gate"), steady.model_dump_json(), qos=1, retain=True
-    ).wait_for_publish(5)
+    client.publish(topics.agent_status("dock-gate"), steady.model_dump_json(), retain=True)
     agent = subprocess.Popen(
         [sys.executable, "-c", AGENT_LINK, str(mqtt_broker.port), "lobby-cam-7", str(tmp_path)],
         stdout=subprocess.PIPE,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +22,11 @@ from rich.console import Console
 from demo.observer import FaceSeen, score, tally
 from demo.people import Visit, cast
 from demo.run import DemoPlan, Shown, Station, Workspace, built_epochs, run
-from rllfpr import local_services, mqtt
+from rllfpr import local_services
 from rllfpr.config import Settings
 from rllfpr.wire import topics
 from rllfpr.wire.messages import RecognitionEvent
+from tests.support.mqtt import Capture
 
 SIDE = 32
 SMALL = DemoPlan(
@@ -124,30 +124,7 @@ def test_a_track_with_the_central_face_is_the_photos_person() -> None:
 # ----------------------------------------------------------------------------- end to end
 
 
-class PlainSubscriber:
-    """What a user's `mosquitto_sub -t 'rllfpr/v1/events/#'` would collect."""
-
-    def __init__(self, endpoint: local_services.Endpoint) -> None:
-        self.events: dict[str, dict[str, object]] = {}
-        self.deliveries = 0
-        self.lock = threading.Lock()
-        settings = Settings.model_validate({"mqtt": {"host": endpoint.host, "port": endpoint.port}})
-        self.client = mqtt.make_client(settings.mqtt, "plain", client_id=f"p-{uuid.uuid4().hex}")
-        self.client.on_message = self._on_message
-        mqtt.connect(self.client, settings.mqtt, clean_start=True)
-        self.client.subscribe(topics.ALL_EVENTS, qos=1)
-
-    def _on_message(self, _client: object, _userdata: object, msg: object) -> None:
-        event = json.loads(msg.payload)  # type: ignore[attr-defined]
-        with self.lock:
-            self.deliveries += 1
-            self.events.setdefault(event["event_id"], event)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_plain_subscriber_and_the_report_agree_on_every_event(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -155,14 +132,18 @@ def test_a_plain_subscriber_and_the_report_agree_on_every_event(
     settings = Settings.model_validate({"data": str(data_root), "cache": str(tmp_path / "cache")})
     console = Console(file=io.StringIO(), width=200)
     caplog.set_level(logging.INFO)
-    with local_services.mosquitto() as broker, local_services.redis_server() as store:
-        subscriber = PlainSubscriber(broker)
-        try:
-            result = run(settings, tmp_path / "out", console, SMALL, (broker, store))
-        finally:
-            subscriber.close()
+    with (
+        local_services.mosquitto() as broker,
+        local_services.redis_server() as store,
+        # what a user's `mosquitto_sub -t 'rllfpr/v1/events/#'` would collect
+        Capture(broker, topics.ALL_EVENTS, name="plain") as subscriber,
+    ):
+        result = run(settings, tmp_path / "out", console, SMALL, (broker, store))
     log = console.file.getvalue()  # type: ignore[attr-defined]
-    seen = subscriber.events
+    seen: dict[str, dict[str, object]] = {}
+    for message in subscriber.all():
+        event = json.loads(message.payload)
+        seen.setdefault(event["event_id"], event)
     assert seen, log  # events flowed
     reported = {e["event_id"]: e for e in result["events"]}
     assert reported.keys() == seen.keys()

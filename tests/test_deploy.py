@@ -11,7 +11,6 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,12 +32,17 @@ from rllfpr import local_services, mqtt
 from rllfpr.cli import app
 from rllfpr.config import ConfigError, MqttSettings, Settings, load_settings
 from rllfpr.wire import topics
+from tests.support.deploy import (
+    COMPOSE_DIR,
+    CONFIG_DIR,
+    DEPLOY,
+    REPO,
+    compose,
+    load_documents,
+    mounts,
+)
 from trainer.rotation import RotationConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
-CONFIG_DIR = DEPLOY / "config"
-COMPOSE_DIR = DEPLOY / "compose"
 K8S_DIR = DEPLOY / "k8s"
 UNIT = DEPLOY / "systemd" / "rllfpr-agent@.service"
 INIT_SECRETS = COMPOSE_DIR / "init-secrets.sh"
@@ -48,42 +52,6 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="open
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reset:
-    """Compose's `!reset` / `!override` merge tags, kept so tests can see them."""
-
-    tag: str
-    value: Any
-
-
-class ComposeLoader(yaml.SafeLoader):
-    """YAML loader that understands the Compose merge tags (plain YAML elsewhere)."""
-
-
-def _tagged(loader: yaml.SafeLoader, node: yaml.Node) -> Reset:
-    if isinstance(node, yaml.MappingNode):
-        value: Any = loader.construct_mapping(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node)
-    else:
-        value = loader.construct_scalar(node)  # type: ignore[arg-type]
-    return Reset(str(node.tag), value)
-
-
-for _tag in ("!reset", "!override"):
-    ComposeLoader.add_constructor(_tag, _tagged)
-
-
-def load_documents(path: Path) -> list[Any]:
-    return list(yaml.load_all(path.read_text(), Loader=ComposeLoader))
-
-
-def compose() -> dict[str, Any]:
-    documents = load_documents(COMPOSE_DIR / "docker-compose.yml")
-    assert len(documents) == 1
-    return documents[0]
 
 
 def k8s_objects() -> list[dict[str, Any]]:
@@ -209,23 +177,6 @@ def initialized(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run(["bash", str(INIT_SECRETS), "--dir", str(folder), *arguments], check=True)
     (folder / "offline").symlink_to(offline)
     return folder
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str
-    target: PurePosixPath
-
-
-def mounts(service: dict[str, Any]) -> list[Mount]:
-    found = []
-    for volume in service.get("volumes", []):
-        if isinstance(volume, str):
-            source, target = volume.split(":")[:2]
-        else:
-            source, target = volume["source"], volume["target"]
-        found.append(Mount(source, PurePosixPath(target)))
-    return found
 
 
 def host_path(service: dict[str, Any], container_path: Path | str, initialized: Path) -> Path:

@@ -32,13 +32,15 @@ from rllfpr.faces.mtcnn_runtime import (
 from rllfpr.local_services import Endpoint
 from rllfpr.models.export import unsupported_operators
 from rllfpr.runtimes import onnxruntime_cuda, tensorrt_available
-from tests.test_agent_integration import moving_face_frames, network, started
-from tests.test_agent_support import (
+from tests.support.agent import (
     KeyFactory,
     agent_settings,
     lfw_images,
+    moving_face_frames,
+    network,
     read_rgb,
     shared_detector,
+    started,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +152,7 @@ def test_onnxruntime_matches_facenet_pytorch_on_lfw_photos(data_root: Path) -> N
         assert_same_faces(expected, got, f"LFW photo {index}")
 
 
+@pytest.mark.slow
 def test_onnxruntime_matches_facenet_pytorch_on_benchmark_frames(data_root: Path) -> None:
     bench = bench_agent()
     frames = list(bench.compose_frames(bench.lfw_photos(data_root, 40), 240))[::30]

@@ -30,41 +30,35 @@ from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import RecognitionEvent
-from tests.test_agent_support import SMALL_SN, KeyFactory, lfw_images, self_learned, wait_until
+from tests.support.agent import SMALL_SN, KeyFactory, lfw_images, self_learned
+from tests.support.mqtt import Capture, wait_until
 from trainer.rotation import KeyPublisher
 
 SIDE = 64
 GRACE_S = 3
 
 
-class Capture:
-    """Every face message and event on the broker, by message id."""
+class SiteCapture(Capture):
+    """Every face message and event of one site on the broker."""
 
     def __init__(self, endpoint: Endpoint, site: str) -> None:
-        self.faces: dict[str, tuple[int, bytes]] = {}  # message id -> (epoch, payload)
-        self.events: list[RecognitionEvent] = []
-        self.lock = threading.Lock()
-        settings = Settings.model_validate({"mqtt": {"host": endpoint.host, "port": endpoint.port}})
-        self.client = mqtt.make_client(settings.mqtt, "capture", client_id=f"c-{uuid.uuid4().hex}")
-        self.client.on_message = self._on_message
-        mqtt.connect(self.client, settings.mqtt, clean_start=True)
-        self.client.subscribe(
-            [(f"{topics.ROOT}/faces/{site}/+", 1), (f"{topics.ROOT}/events/{site}/+", 1)]
+        super().__init__(
+            endpoint, f"{topics.ROOT}/faces/{site}/+", f"{topics.ROOT}/events/{site}/+"
         )
-        time.sleep(0.3)
 
-    def _on_message(self, _client: object, _userdata: object, msg: object) -> None:
-        payload = bytes(msg.payload)  # type: ignore[attr-defined]
-        with self.lock:
-            if "/faces/" in msg.topic:  # type: ignore[attr-defined]
-                header = codec.decode(payload).header
-                self.faces[str(header.message_id)] = (header.key_epoch, payload)
-            else:
-                self.events.append(RecognitionEvent.model_validate_json(payload))
+    def faces(self) -> dict[str, tuple[int, bytes]]:
+        """message id -> (key epoch, payload)"""
+        found = {}
+        for message in self.on(f"{topics.ROOT}/faces/"):
+            header = codec.decode(message.payload).header
+            found[str(header.message_id)] = (header.key_epoch, message.payload)
+        return found
 
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+    def events(self) -> list[RecognitionEvent]:
+        return [
+            RecognitionEvent.model_validate_json(message.payload)
+            for message in self.on(f"{topics.ROOT}/events/")
+        ]
 
 
 def _publish_model(store: ModelStore, scope: str, epoch: int) -> str:
@@ -82,6 +76,7 @@ def _rejected(recognizers: list[RecognizerService], reason: str) -> float:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_two_agents_and_two_recognizers_rotate_without_loss(
     mqtt_broker: Endpoint, redis_endpoint: Endpoint, data_root: Path, tmp_path: Path
@@ -133,7 +128,7 @@ def test_two_agents_and_two_recognizers_rotate_without_loss(
     publisher = KeyPublisher(trainer, keys.signing_key)
     publisher.stage(bundles[1])
     first_activation = publisher.activate(bundles[1], GRACE_S)
-    capture = Capture(mqtt_broker, site)
+    capture = SiteCapture(mqtt_broker, site)
 
     recognizers = [RecognizerService(settings("r"), client_id=f"r{i}-{site}") for i in range(2)]
     for recognizer in recognizers:
@@ -172,9 +167,9 @@ def test_two_agents_and_two_recognizers_rotate_without_loss(
         runner.start()
 
     def settled() -> bool:  # every face seen on the broker has its event
-        with capture.lock:
-            decided = {str(m) for e in capture.events for m in e.message_ids}
-            return bool(capture.faces) and set(capture.faces) <= decided
+        decided = {str(m) for e in capture.events() for m in e.message_ids}
+        faces = capture.faces()
+        return bool(faces) and set(faces) <= decided
 
     def round_done(round_: int) -> None:
         for camera in cameras:
@@ -215,7 +210,7 @@ def test_two_agents_and_two_recognizers_rotate_without_loss(
             camera.release(3)
         round_done(3)  # after the revocation
 
-        old_face = next(payload for epoch, payload in capture.faces.values() if epoch == 1)
+        old_face = next(payload for epoch, payload in capture.faces().values() if epoch == 1)
         before = _rejected(recognizers, "revoked_epoch")
         old_header = codec.decode(old_face).header
         old_topic = topics.faces(old_header.site, old_header.camera)
@@ -230,8 +225,7 @@ def test_two_agents_and_two_recognizers_rotate_without_loss(
         trainer.disconnect()
         trainer.loop_stop()
 
-    with capture.lock:
-        faces, events = dict(capture.faces), list(capture.events)
+    faces, events = capture.faces(), capture.events()
     published = sum(
         a.metrics.registry.get_sample_value("rllfpr_agent_faces_published_total") or 0
         for a in agents

@@ -59,7 +59,7 @@ from rllfpr.wire.messages import (
     RecognitionEvent,
     Revocation,
 )
-from tests.test_recognizer_service import (
+from tests.support.recognizer import (
     EPOCH,
     SIDE,
     Client,
@@ -71,10 +71,10 @@ from tests.test_recognizer_service import (
     noisy,
     wait_until,
 )
-from tests.test_recognizer_service import client as client  # fixtures
-from tests.test_recognizer_service import model_store as model_store
-from tests.test_recognizer_service import start_service as start_service
-from tests.test_wire_codec import make_header
+from tests.support.recognizer import client as client  # fixtures
+from tests.support.recognizer import model_store as model_store
+from tests.support.recognizer import start_service as start_service
+from tests.support.wire import make_header
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 CPU_BOUND_S = 2.0  # CPU time of one call: the machine's other jobs do not count
@@ -249,6 +249,7 @@ def face_payloads(draw: st.DrawFn) -> bytes:
     )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(face_payloads())
 def test_face_codec_raises_only_codec_errors(payload: bytes) -> None:

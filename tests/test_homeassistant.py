@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import paho.mqtt.client as paho
 import pytest
 from pydantic import SecretStr
 
 from recognizer_service.service import RecognizerService
-from rllfpr import local_services, mqtt
-from rllfpr.config import MqttSettings, Settings
+from rllfpr import local_services
+from rllfpr.config import Settings
 from rllfpr.local_services import Endpoint
 from rllfpr.wire import topics
 from rllfpr.wire.messages import AgentStatus, RecognitionEvent
 from tests import test_recognizer_service as service_tests
-from tests.test_recognizer_service import (
+from tests.support.mqtt import Capture
+from tests.support.recognizer import (
     Client,
     counter,
     face,
@@ -75,39 +75,30 @@ DISCOVERY_TOPIC = re.compile(
 )
 
 
-class Retained:
+class Retained(Capture):
     """Everything retained under a topic filter, as a fresh subscriber sees it, plus what
-    arrives afterwards (empty payloads clear a topic)."""
+    arrives afterwards (empty payloads clear a topic), and the recognition events."""
 
     def __init__(self, broker: Endpoint, topic_filter: str) -> None:
-        self.messages: dict[str, bytes] = {}
-        self.events: list[RecognitionEvent] = []
-        self._lock = threading.Lock()
-        settings = MqttSettings(host=broker.host, port=broker.port)
-        self.client = mqtt.make_client(settings, "ha", client_id=f"ha-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe([(topic_filter, 1), (topics.ALL_EVENTS, 1)])
-        assert subscribed.wait(5)
+        super().__init__(broker, topic_filter, topics.ALL_EVENTS, name="ha")
 
-    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        with self._lock:
-            if message.topic.startswith(f"{topics.ROOT}/events/"):
-                self.events.append(RecognitionEvent.model_validate_json(message.payload))
-            elif message.payload:
-                self.messages[message.topic] = bytes(message.payload)
-            else:
-                self.messages.pop(message.topic, None)
+    @property
+    def events(self) -> list[RecognitionEvent]:
+        return [
+            RecognitionEvent.model_validate_json(message.payload)
+            for message in self.on(f"{topics.ROOT}/events/")
+        ]
 
     def configs(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {topic: json.loads(payload) for topic, payload in self.messages.items()}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        current: dict[str, bytes] = {}
+        for message in self.all():
+            if message.topic.startswith(f"{topics.ROOT}/events/"):
+                continue
+            if message.payload:
+                current[message.topic] = message.payload
+            else:
+                current.pop(message.topic, None)
+        return {topic: json.loads(payload) for topic, payload in current.items()}
 
 
 def retained_now(broker: Endpoint, topic_filter: str) -> dict[str, dict[str, Any]]:
@@ -134,9 +125,7 @@ def settings_with_discovery(
 
 
 def publish_status(publisher: Client, agent: str, payload: bytes) -> None:
-    publisher.client.publish(
-        topics.agent_status(agent), payload, qos=1, retain=True
-    ).wait_for_publish(5)
+    publisher.publish(topics.agent_status(agent), payload, retain=True)
 
 
 def render(template: str, payload: bytes, previous: str = "unknown") -> str:

@@ -40,7 +40,8 @@ from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork, random_ke
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.wire import topics
 from rllfpr.wire.messages import CropBox
-from tests.key_secrecy import (
+from tests.support.agent import KeyFactory, lfw_images, shared_detector
+from tests.support.key_secrecy import (
     PLAUSIBLE_SEED,
     best_rebuild,
     harvest,
@@ -51,14 +52,7 @@ from tests.key_secrecy import (
     secret_fragments,
     to_input,
 )
-from tests.test_agent_support import (
-    Capture,
-    Captured,
-    KeyFactory,
-    lfw_images,
-    shared_detector,
-    wait_until,
-)
+from tests.support.mqtt import Capture, Captured, wait_until
 from trainer.metrics import adjacent_correlation
 from trainer.rotation import KeyPublisher
 
@@ -141,6 +135,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.usefixtures("one_thread")
 def test_a_format_1_header_rebuilds_the_key_on_real_faces(data_root: Path) -> None:
@@ -243,6 +238,7 @@ def files_under(*roots: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for root in roots for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.usefixtures("one_thread")
 def test_nothing_a_party_without_the_fleet_key_sees_rebuilds_a_key(

@@ -230,6 +230,7 @@ print("ROLE-OK")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", sorted(ROLE_MODULES))
 def test_a_role_runs_without_the_other_roles_packages(role: str) -> None:
     """Each role's modules import, and its commands answer, with the packages its install

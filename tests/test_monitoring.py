@@ -16,7 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from edge_agent.metrics import AgentMetrics
 from recognizer_service.metrics import Metrics
 from rllfpr.config import load_settings
-from tests.test_deploy import COMPOSE_DIR, CONFIG_DIR, DEPLOY, compose, mounts
+from tests.support.deploy import COMPOSE_DIR, CONFIG_DIR, DEPLOY, compose, mounts
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "rllfpr.json"
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}

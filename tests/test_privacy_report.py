@@ -54,6 +54,7 @@ def test_privacy_config_rejects_what_cannot_be_measured() -> None:
         PrivacyConfig.model_validate(TINY | {"unknown": 1})
 
 
+@pytest.mark.slow
 def test_eval_privacy_writes_the_whole_report(data_root: Path, tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))

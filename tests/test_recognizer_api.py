@@ -25,7 +25,7 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from tests import test_recognizer_service as service_tests
-from tests.test_recognizer_service import (
+from tests.support.recognizer import (
     EPOCH,
     SIDE,
     TINY,

@@ -18,7 +18,7 @@ from rllfpr.config import RedisSettings, Settings
 from rllfpr.local_services import Endpoint, RedisCluster
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.store import ModelStore, OpenSetCalibration
-from tests.test_recognizer_service import (
+from tests.support.recognizer import (
     TINY,
     Client,
     counter,
@@ -29,9 +29,9 @@ from tests.test_recognizer_service import (
     noisy,
     wait_until,
 )
-from tests.test_recognizer_service import client as client  # fixtures
-from tests.test_recognizer_service import model_store as model_store
-from tests.test_recognizer_service import start_service as start_service
+from tests.support.recognizer import client as client  # fixtures
+from tests.support.recognizer import model_store as model_store
+from tests.support.recognizer import start_service as start_service
 
 pytestmark = pytest.mark.integration
 SHARDS = 6
@@ -62,6 +62,7 @@ def primary_of(cluster_client: redis.RedisCluster, key: str) -> int:
     return int(cluster_client.get_node_from_key(key).port)
 
 
+@pytest.mark.slow
 def test_the_recognizer_runs_on_a_redis_cluster_and_survives_a_primary_crash(
     mqtt_broker: Endpoint,
     redis_cluster: RedisCluster,

@@ -26,7 +26,7 @@ from rllfpr.config import RedisSettings, Settings
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.wire.messages import utc_now
 from tests import test_recognizer_service as service_tests
-from tests.test_recognizer_service import (
+from tests.support.recognizer import (
     Client,
     counter,
     covered,
@@ -107,6 +107,7 @@ def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_crashed_replicas_faces_wait_for_it_and_nothing_is_lost(
     tmp_path: Path,
     mqtt_broker: Endpoint,

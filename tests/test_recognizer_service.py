@@ -5,187 +5,38 @@ image and a slightly noisy copy score about 0.997, different random images 0.5-0
 from __future__ import annotations
 
 import json
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-import torch
 
 from recognizer_service.service import RecognizerService
-from rllfpr import mqtt
-from rllfpr.config import MqttSettings, RecognizerSettings, RedisSettings, Settings
 from rllfpr.local_services import Endpoint
-from rllfpr.models.recognizer import Recognizer, RecognizerConfig
+from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.store import ModelStore, OpenSetCalibration
-from rllfpr.wire import codec, topics
-from rllfpr.wire.messages import RecognitionEvent, utc_now
-from tests.test_wire_codec import make_header
+from rllfpr.wire import topics
+from rllfpr.wire.messages import RecognitionEvent
+from tests.support.recognizer import (
+    EPOCH,
+    SIDE,
+    TINY,
+    Client,
+    counter,
+    covered,
+    face,
+    image,
+    make_settings,
+    noisy,
+    wait_until,
+)
+from tests.support.recognizer import client as client  # fixtures
+from tests.support.recognizer import model_store as model_store
+from tests.support.recognizer import start_service as start_service
 
 pytestmark = pytest.mark.integration
-
-SIDE = 32
-TINY = RecognizerConfig(backbone="compact", input_size=SIDE, embedding_dim=64)
-EPOCH = 1
-
-
-# Fixtures and helpers shared by the recognizer test modules ------------------------------------
-
-
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store holding a tiny random recognizer for fleet epoch 1 (threshold 0.95)."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    calibration = OpenSetCalibration(threshold=0.95, min_margin=0.0)
-    ModelStore(root).publish("fleet", EPOCH, Recognizer(TINY), calibration)
-    return root
-
-
-def make_settings(
-    broker: Endpoint, redis_endpoint: Endpoint, store: Path, **recognizer: Any
-) -> Settings:
-    """Settings of a service isolated from other tests: own key prefix and group."""
-    isolation = f"t{uuid.uuid4().hex[:10]}"
-    options: dict[str, Any] = {
-        "model_store": store,
-        "device": "cpu",
-        "group": isolation,
-        "consensus_faces": 1,
-        "max_wait_ms": 10,
-        "maintenance_interval_s": 3600,
-        "redis_retry_initial_s": 0.05,
-        "redis_retry_max_s": 0.5,
-    }
-    options.update(recognizer)
-    return Settings(
-        mqtt=MqttSettings(host=broker.host, port=broker.port),
-        redis=RedisSettings(
-            url=f"redis://{redis_endpoint.host}:{redis_endpoint.port}/0", key_prefix=isolation
-        ),
-        recognizer=RecognizerSettings(**options),
-    )
-
-
-def image(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (SIDE, SIDE), dtype=np.uint8)
-
-
-def noisy(pixels: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).integers(-8, 9, pixels.shape)
-    return np.clip(pixels.astype(int) + noise, 0, 255).astype(np.uint8)
-
-
-def face(
-    pixels: np.ndarray,
-    *,
-    track: int = 0,
-    camera: str = "cam-0",
-    subject: str | None = None,
-    epoch: int = EPOCH,
-    **header: Any,
-) -> tuple[str, bytes, str]:
-    """(topic, payload, message id) of a recognition face, or an enrollment with ``subject``."""
-    fields: dict[str, Any] = {
-        "height": pixels.shape[0],
-        "width": pixels.shape[1],
-        "key_epoch": epoch,
-        "track_id": track,
-        "camera": camera,
-        "captured_at": utc_now(),
-    }
-    if subject is not None:
-        fields |= {"purpose": "enroll", "subject": subject, "camera": "enrollment"}
-    fields.update(header)
-    built = make_header(**fields)
-    topic = (
-        topics.enroll(built.site, subject) if subject else topics.faces(built.site, built.camera)
-    )
-    return topic, codec.encode(built, pixels), str(built.message_id)
-
-
-class Client:
-    """A plain MQTT client: publishes faces and collects recognition events."""
-
-    def __init__(self, broker: Endpoint, name: str) -> None:
-        settings = MqttSettings(host=broker.host, port=broker.port)
-        self.events: list[RecognitionEvent] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.make_client(settings, name, client_id=f"{name}-{uuid.uuid4().hex[:6]}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe(topics.ALL_EVENTS, qos=1)
-        assert self._subscribed.wait(5)
-
-    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        event = RecognitionEvent.model_validate_json(message.payload)
-        assert message.topic == topics.events(event.site, event.camera)
-        with self._lock:
-            self.events.append(event)
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(5)
-        assert info.is_published()
-
-    def received(self) -> list[RecognitionEvent]:
-        with self._lock:
-            return list(self.events)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def covered(events: list[RecognitionEvent]) -> set[str]:
-    return {str(m) for event in events for m in event.message_ids}
-
-
-def counter(service: RecognizerService, name: str, **labels: str) -> float:
-    value = service.metrics.registry.get_sample_value(name, labels or None)
-    return float(value or 0.0)
-
-
-@pytest.fixture
-def client(mqtt_broker: Endpoint) -> Iterator[Client]:
-    publisher = Client(mqtt_broker, "test-client")
-    yield publisher
-    publisher.close()
-
-
-@pytest.fixture
-def start_service(
-    mqtt_broker: Endpoint, redis_endpoint: Endpoint, model_store: Path
-) -> Iterator[Callable[..., RecognizerService]]:
-    started: list[RecognizerService] = []
-
-    def start(
-        settings: Settings | None = None, client_id: str | None = None, **recognizer: Any
-    ) -> RecognizerService:
-        settings = settings or make_settings(mqtt_broker, redis_endpoint, model_store, **recognizer)
-        service = RecognizerService(settings, client_id=client_id or f"rec-{uuid.uuid4().hex[:8]}")
-        service.start()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
-
 
 # Tests -----------------------------------------------------------------------------------------
 
@@ -214,7 +65,9 @@ def test_enrolled_face_is_matched_and_a_stranger_is_unknown(
     assert (unknown.decision, unknown.subject) == ("unknown", None)
     assert unknown.score < 0.95
     assert match.key_epoch == EPOCH
-    assert match.decision_latency_ms >= 0
+    # the latency is the decision's time after the face's capture, as the event states them
+    elapsed_ms = (match.decided_at - match.captured_at).total_seconds() * 1000
+    assert match.decision_latency_ms == pytest.approx(elapsed_ms, abs=0.01)
     assert counter(service, "rllfpr_faces_acknowledged_total") == 4
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from rllfpr.local_services import Endpoint
 from rllfpr.models.store import ModelStore
 from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from tests.support.mqtt import Capture
 from trainer import rotation
 from trainer.data import Aligner, list_identities
 from trainer.experiment import identity_screen, make_key, output_correlation
@@ -239,21 +240,9 @@ def test_of_the_keys_that_pass_the_one_keeping_most_identity_is_kept(
 
 def _retained(endpoint: Endpoint, scope: str) -> dict[str, bytes]:
     """Every retained message under the scope's key topics."""
-    settings = MqttSettings(host=endpoint.host, port=endpoint.port)
-    client = mqtt.make_client(settings, "reader", client_id=f"reader-{uuid.uuid4().hex[:8]}")
-    received: dict[str, bytes] = {}
-    quiet = threading.Event()
-
-    def on_message(_client: object, _userdata: object, message: object) -> None:
-        received[message.topic] = message.payload  # type: ignore[attr-defined]
-
-    client.on_message = on_message
-    mqtt.connect(client, settings, clean_start=True)
-    client.subscribe(topics.keys_of_scope(scope), qos=1)
-    quiet.wait(1.0)  # retained messages arrive right after the subscription
-    client.disconnect()
-    client.loop_stop()
-    return received
+    with Capture(endpoint, topics.keys_of_scope(scope), name="reader") as reader:
+        time.sleep(1.0)  # retained messages arrive right after the subscription
+        return {message.topic: message.payload for message in reader.all()}
 
 
 def test_stage_activate_revoke_leave_the_right_retained_messages(mqtt_broker: Endpoint) -> None:
@@ -298,6 +287,7 @@ def test_stage_activate_revoke_leave_the_right_retained_messages(mqtt_broker: En
         client.loop_stop()
 
 
+@pytest.mark.slow
 def test_cli_rotates_activates_and_revokes(
     mqtt_broker: Endpoint, data_root: Path, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ def test_pack_round_trip_keeps_every_face_within_jpeg_error(orl_pack: Pack, tmp_
         loaded.closed_set(64)
 
 
+@pytest.mark.slow
 def test_tiny_study_screens_chooses_and_confirms(orl_pack: Pack, tmp_path: Path) -> None:
     study = StudyConfig.model_validate(
         {
@@ -349,6 +350,7 @@ def test_unscreened_study_confirms_its_first_variant_on_the_named_protocols(
         StudyConfig.model_validate({**study.model_dump(), "confirm_protocols": ["view1"]})
 
 
+@pytest.mark.slow
 def test_study_parallel_runs_studies_side_by_side_and_stops_them_at_the_limit(
     orl_pack: Pack, tmp_path: Path
 ) -> None:

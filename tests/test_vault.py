@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -116,17 +115,14 @@ def test_vault_key_must_be_private(tmp_path: Path) -> None:
 def test_station_keeps_photos_and_reenrolls_them_under_a_new_epoch(
     mqtt_broker: object, data_root: Path, tmp_path: Path
 ) -> None:
-    import threading
-    import uuid
 
     import yaml
     from typer.testing import CliRunner
 
-    from rllfpr import mqtt
     from rllfpr.cli import app
-    from rllfpr.config import MqttSettings
-    from rllfpr.wire import codec
-    from tests.test_agent_support import SMALL_SN, KeyFactory, self_learned
+    from rllfpr.wire import codec, topics
+    from tests.support.agent import SMALL_SN, KeyFactory, self_learned
+    from tests.support.mqtt import Capture, wait_until
 
     keys = KeyFactory(tmp_path)
     network = self_learned(
@@ -144,18 +140,7 @@ def test_station_keeps_photos_and_reenrolls_them_under_a_new_epoch(
             }
         )
     )
-    received: list[bytes] = []
-    arrived = threading.Event()
-    settings = MqttSettings(host=endpoint.host, port=endpoint.port)  # type: ignore[attr-defined]
-    client = mqtt.make_client(settings, "watch", client_id=f"w-{uuid.uuid4().hex[:8]}")
-
-    def on_message(_c: object, _u: object, message: object) -> None:
-        received.append(bytes(message.payload))  # type: ignore[attr-defined]
-        arrived.set()
-
-    client.on_message = on_message
-    mqtt.connect(client, settings, clean_start=True)
-    client.subscribe("rllfpr/v1/enroll/#", qos=1)
+    watch = Capture(endpoint, topics.ALL_ENROLLMENTS, name="watch")  # type: ignore[arg-type]
     photos = data_root / "lfw" / "Colin_Powell"
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -174,11 +159,10 @@ def test_station_keeps_photos_and_reenrolls_them_under_a_new_epoch(
          "--config", str(config)],
     )  # fmt: skip
     assert sent.exit_code == 0, sent.output
-    deadline = time.monotonic() + 10
-    while len(received) < 3 and time.monotonic() < deadline:
-        arrived.wait(0.2)
-    client.disconnect()
-    client.loop_stop()
-    headers = [codec.decode(payload).header for payload in received]
+    try:
+        wait_until(lambda: len(watch.all()) >= 3, timeout_s=10)
+    finally:
+        watch.close()
+    headers = [codec.decode(message.payload).header for message in watch.all()]
     assert [(h.subject, h.key_epoch, h.purpose) for h in headers] == [("colin", 5, "enroll")] * 3
     assert all(h.height == 64 for h in headers)

@@ -1,4 +1,4 @@
-"""Shared pieces of the edge-agent tests: keys, a broker capture, an on/off TCP link, LFW."""
+"""Shared pieces of the edge-agent tests: keys, an on/off TCP link, LFW photos, a detector."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import functools
 import hashlib
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.agent import Agent
 from rllfpr import mqtt
 from rllfpr.config import AgentSettings, KeySettings, MqttSettings, Settings
 from rllfpr.faces.detect import FaceDetector
@@ -28,15 +26,9 @@ from rllfpr.local_services import Endpoint
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
+from tests.support.mqtt import wait_until
 
 SMALL_SN = ScramblerConfig(widths=(8, 16, 16, 16, 16))  # fast enough for integration tests
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -142,45 +134,6 @@ def retain(endpoint: Endpoint, topic: str, payload: bytes) -> None:
         client.loop_stop()
 
 
-@dataclass(frozen=True)
-class Captured:
-    topic: str
-    payload: bytes
-    retain: bool
-    expiry_s: int | None  # the MQTT v5 message expiry left when delivered
-
-
-class Capture:
-    """Subscribes to a filter ('#' by default) and records every message."""
-
-    def __init__(self, endpoint: Endpoint, topic_filter: str = "#") -> None:
-        self.messages: list[Captured] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        settings = MqttSettings(host=endpoint.host, port=endpoint.port)
-        name = f"capture-{uuid.uuid4().hex[:8]}"
-        self.client = mqtt.make_client(settings, "capture", client_id=name)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_args: subscribed.set()
-        mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe(topic_filter, qos=1)
-        assert subscribed.wait(5)
-
-    def _on_message(self, _client: paho.Client, _userdata: object, msg: Any) -> None:
-        with self._lock:
-            expiry = getattr(msg.properties, "MessageExpiryInterval", None)
-            captured = Captured(msg.topic, bytes(msg.payload), bool(msg.retain), expiry)
-            self.messages.append(captured)
-
-    def on(self, prefix: str) -> list[Captured]:
-        with self._lock:
-            return [m for m in self.messages if m.topic.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 class Outage:
     """A TCP forwarder to the broker that can be cut and restored: the agent connects through
     it, so the broker becomes unreachable for the agent alone while a capture stays on."""
@@ -273,3 +226,26 @@ def agent_settings(
 def shared_detector(min_face_size: int = 40) -> FaceDetector:
     """One MTCNN per test session (loading it takes a while on two cores)."""
     return FaceDetector(min_face_size=min_face_size, min_score=0.0)
+
+
+@functools.cache
+def network(seed: int) -> ScramblerNetwork:
+    noise = np.random.default_rng(seed).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    return self_learned(SMALL_SN, seed, noise)
+
+
+def started(agent: Agent) -> Agent:
+    agent.start()
+    wait_until(lambda: agent.keys.current() is not None and agent.link.connected.is_set())
+    return agent
+
+
+def moving_face_frames(image: np.ndarray, folder: Path, count: int) -> Path:
+    """640x480 frames of one face drifting right by 3 pixels a frame."""
+    folder.mkdir(parents=True)
+    for index in range(count):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        x = 100 + 3 * index
+        frame[100:350, x : x + 250] = image
+        cv2.imwrite(str(folder / f"{index:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return folder

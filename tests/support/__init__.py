@@ -1,0 +1,2 @@
+"""Helpers that several test modules share: test modules import them from here, not from
+each other."""
