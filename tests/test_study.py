@@ -376,7 +376,7 @@ def test_study_parallel_runs_studies_side_by_side_and_stops_them_at_the_limit(
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {"TMPDIR": str(tmp_path), "PYTHONPATH": str(root)}
     done = subprocess.run(
-        ["bash", str(root / "scripts" / "study-parallel"), str(pack), str(tmp_path / "out"), "20"]
+        ["bash", str(root / "scripts" / "study-parallel"), str(pack), str(tmp_path / "out"), "45"]
         + [str(config) for config in configs],
         capture_output=True,
         text=True,
