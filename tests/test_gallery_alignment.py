@@ -98,6 +98,7 @@ def test_a_study_trial_links_erased_people_only_when_epochs_share_structure() ->
     assert result["correspondence_accuracy"] == 1.0
     assert result["erased_linked_after_attack"] >= 0.9
     assert result["erased_linked_known_pairing"] >= 0.9
+    assert result["erased_linked_known_pairing_linear"] >= 0.9
     assert result["erased_linked_as_is"] <= 0.2  # the rotation hides them from a plain lookup
     other = rng.normal(size=(people, width))
     unlinked = Victims(linked.names, faces, other, other + photo)

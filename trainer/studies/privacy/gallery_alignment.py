@@ -18,7 +18,8 @@ For gallery sizes n, ``trials`` random sets of n victims: the attacker gets epoc
   only an epoch-1 template (kept in a backup); their epoch-2 photos (new traffic) are
   identified among them with the epoch-1 templates as they are (the template-linkage gate's
   question), carried by the attacker's rotation, and carried by the rotation fitted on the
-  true pairing (an attacker who knows the pairing, e.g. from names in both galleries).
+  true pairing (an attacker who knows the pairing, e.g. from names in both galleries), and by
+  the ridge least-squares map fitted on it (where the spaces are not rotations of each other).
 
     python -m trainer.studies.privacy.gallery_alignment OUTPUT.json [--rotation-config FILE]
 """
@@ -52,6 +53,7 @@ from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
 from trainer.studies.privacy.attacks.alignment import (
     align_galleries,
     correspondence_accuracy,
+    linear_map,
     procrustes,
     structure_agreement,
 )
@@ -128,6 +130,7 @@ def trial(victims: Victims, n: int, erased: int, rng: np.random.Generator) -> di
     normalized_first = attack.first.apply(first)
     normalized_second = attack.second.apply(second)
     known = procrustes(normalized_first, normalized_second, truth)
+    linear = linear_map(normalized_first, normalized_second, truth)
     old, new = victims.first[gone], victims.probes[gone]
     probes = attack.second.apply(new)
     stages = {
@@ -143,6 +146,7 @@ def trial(victims: Victims, n: int, erased: int, rng: np.random.Generator) -> di
         "erased_linked_as_is": rank1(old, new),
         "erased_linked_after_attack": rank1(attack.carry(old), probes),
         "erased_linked_known_pairing": rank1(attack.first.apply(old) @ known, probes),
+        "erased_linked_known_pairing_linear": rank1(attack.first.apply(old) @ linear, probes),
         "best_candidate": max(stages, key=lambda k: stages[k]),
         "candidates": stages,
     }

@@ -200,6 +200,16 @@ def procrustes(first: np.ndarray, second: np.ndarray, matching: np.ndarray) -> n
     return np.asarray(rotation)
 
 
+def linear_map(
+    first: np.ndarray, second: np.ndarray, matching: np.ndarray, ridge: float = 1.0
+) -> np.ndarray:
+    """The ridge least-squares map W with ``first @ W`` close to ``second[matching]``: what an
+    attacker who knows the pairing may fit where the two spaces are not rotations of one
+    another (two recognizers trained apart)."""
+    gram = first.T @ first + ridge * np.eye(first.shape[1])
+    return np.asarray(np.linalg.solve(gram, first.T @ second[matching]))
+
+
 def refine(
     first: np.ndarray, second: np.ndarray, matching: np.ndarray, iterations: int = 50
 ) -> np.ndarray:
