@@ -16,8 +16,8 @@ from rllfpr.keys.material import KeyMaterialError
 from rllfpr.models.scrambler import ScramblerNetwork
 from rllfpr.wire.messages import KeyState
 from tests.support.agent import SMALL_SN, KeyFactory, self_learned
-from tests.support.key_secrecy import seal_format_1
 from tests.support.mqtt import wait_until
+from trainer.studies.privacy.attacks.key_rebuild import seal_format_1
 
 FACES = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
 

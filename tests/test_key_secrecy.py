@@ -1,8 +1,9 @@
 """Issue 21: nothing a party without the fleet key can see rebuilds an SN key.
 
 Format-1 bundles published the kernel seed in their signed but unencrypted header. These tests
-look at bytes as an attacker does (``tests/key_secrecy.py``): every integer shown, every
-architecture, tried as a key. The format-1 control shows the same search finding the key.
+look at bytes as an attacker does (``trainer.studies.privacy.attacks.key_rebuild``): every
+integer shown, every architecture, tried as a key. The format-1 control shows the same search
+finding the key.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.wire import topics
 from rllfpr.wire.messages import CropBox
 from tests.support.agent import KeyFactory, lfw_images, shared_detector
-from tests.support.key_secrecy import (
+from tests.support.mqtt import Capture, Captured, wait_until
+from trainer.metrics import adjacent_correlation
+from trainer.rotation import KeyPublisher
+from trainer.studies.privacy.attacks.key_rebuild import (
     PLAUSIBLE_SEED,
     best_rebuild,
     harvest,
@@ -52,9 +56,6 @@ from tests.support.key_secrecy import (
     secret_fragments,
     to_input,
 )
-from tests.support.mqtt import Capture, Captured, wait_until
-from trainer.metrics import adjacent_correlation
-from trainer.rotation import KeyPublisher
 
 SIDE = 64
 # The deployed SN's shape (input low-pass included) with narrower layers, for speed.
@@ -150,7 +151,7 @@ def test_a_format_1_header_rebuilds_the_key_on_real_faces(data_root: Path) -> No
     [correlation], _ = best_rebuild(harvest([legacy]), CONFIG, public, [key], victims)
     assert correlation > 0.5
     [correlation], tried = best_rebuild(harvest([sealed_key(key)]), CONFIG, public, [key], victims)
-    assert tried >= 3  # nonce, key ids: numbers big enough to be seeds, tried as seeds
+    assert tried >= 1  # the bundle id, key ids: numbers big enough to be seeds, tried as seeds
     assert correlation < 0.1
 
 
@@ -186,7 +187,7 @@ def test_decrypted_key_material_stays_out_of_reprs_and_errors() -> None:
 
 def production_seed() -> int:
     """A seed as rotation draws them, at least 2**32 so that the attack tries it (below that
-    a seed is checked for kernels only, ``tests/key_secrecy.py``)."""
+    a seed is checked for kernels only, ``trainer.studies.privacy.attacks.key_rebuild``)."""
     while (seed := random_key_seed()) < PLAUSIBLE_SEED:
         pass
     return seed

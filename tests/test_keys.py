@@ -19,7 +19,7 @@ from rllfpr.keys.keyring import KeyRing
 from rllfpr.keys.material import FleetKey, KeyMaterialError
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
-from tests.support.key_secrecy import seal_format_1
+from trainer.studies.privacy.attacks.key_rebuild import seal_format_1
 
 SIGNER = Ed25519PrivateKey.generate()
 FLEET = FleetKey.generate()

@@ -1,16 +1,21 @@
-"""The attack of issue 21, as a test helper: rebuild an SN key from what a party sees.
+"""Key-rebuild attack (issue 21): rebuild an SN key from what a party without the fleet key sees.
 
-An attacker without the fleet key reads bytes: MQTT payloads, files, log lines, HTTP answers.
-``harvest`` collects every integer those bytes show (decimal and hex runs in the printable
-text, base64 runs decoded and searched again) and every JSON object that is a valid
-``ScramblerConfig``; ``best_rebuild`` tries each integer as a key seed with each architecture
-(the public one included: Kerckhoffs), self-learns the BatchNorm statistics on public faces as
-the trainer does, and reports the largest |correlation| between the rebuilt SN's wire pixels
-and the real key's on victims' faces. A leaked seed gives about 0.9 (issue 21 measured 0.913;
-``tests/test_key_secrecy.py`` shows it again on a format-1 bundle); an unrelated seed about 0.
+An attacker reads bytes: MQTT payloads, files, log lines, HTTP answers. ``harvest`` collects
+every number those bytes show that could be a seed (each decimal run and each hex run of the
+printable text below 2**63; base64 runs decoded and searched again) and every JSON object that
+is a valid ``ScramblerConfig``. A seed written inside a longer run, or in binary, is what
+``secret_fragments`` finds.
+``rebuilds_a_kernel`` tries every one of those integers as a key seed, with every architecture
+found and the public one (Kerckhoffs), and says whether any draws the key's kernels.
+``best_rebuild`` builds an SN from each plausible seed, self-learns its BatchNorm statistics on
+public faces as the trainer does, and reports the largest |correlation| between its output and
+the real key's wire pixels on victims' faces. A leaked seed gives 0.5-0.9; unrelated keys stay
+near 0 (``tests/test_key_secrecy.py``, ``benchmarks/key_secrecy.py``).
 
-``secret_fragments`` lists the byte strings that would betray the key directly: the seed in
+``secret_fragments`` lists the byte strings that would betray a key directly: the seed in
 decimal, hex and as 8 bytes either way round, and runs of every kernel and BatchNorm statistic.
+``seal_format_1`` writes a bundle as releases before issue 21 did (seed in the public header),
+to measure what they exposed; the trainer refuses to publish one.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from rllfpr.keys.material import FleetKey, signer_id
 from rllfpr.models.scrambler import KEY_SEED_BITS, ScramblerConfig, ScramblerNetwork
 
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{4,}")
-_DECIMAL = re.compile(r"\d{1,40}")
-_HEX = re.compile(r"[0-9a-fA-F]{6,}")
+_DECIMAL = re.compile(r"\d+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _SEED_LIMIT = 2**KEY_SEED_BITS
 _SN_FIELDS = set(ScramblerConfig.model_fields)
@@ -55,10 +60,13 @@ class Harvest:
     architectures: list[ScramblerConfig]
 
 
-def _hex_candidates(run: str) -> Iterable[int]:
-    yield int(run, 16) % _SEED_LIMIT
-    for start in range(0, max(0, len(run) - 15), 2):  # any 64-bit field inside a long hex run
-        yield int(run[start : start + 16], 16) % _SEED_LIMIT
+def _numbers(text: str) -> Iterable[int]:
+    """Every decimal run, and every hex run with a letter in it, that could be a seed."""
+    for run in _DECIMAL.findall(text):
+        yield int(run)
+    for run in _HEX.findall(text):
+        if not run.isdigit():
+            yield int(run, 16)
 
 
 def _json_objects(text: str) -> Iterable[object]:
@@ -89,9 +97,7 @@ def harvest(blobs: Iterable[bytes], depth: int = 2) -> Harvest:
     for blob in blobs:
         for match in _PRINTABLE.finditer(blob):
             text = match.group().decode("ascii")
-            seeds.update(int(run) % _SEED_LIMIT for run in _DECIMAL.findall(text))
-            for run in _HEX.findall(text):
-                seeds.update(_hex_candidates(run))
+            seeds.update(n for n in _numbers(text) if n < _SEED_LIMIT)
             for item in _json_objects(text):
                 if isinstance(item, dict) and len(set(item) & _SN_FIELDS) >= 2:
                     try:
@@ -162,34 +168,69 @@ def best_rebuild(
     """(for each key, the largest |r| over every plausible candidate seed and every
     architecture; SNs tried).
 
-    Each candidate SN self-learns its BatchNorm statistics on ``public_faces`` as the trainer
+    Each candidate SN self-learns its BatchNorm statistics on public faces as the trainer
     does; its raw output (``to_pixels`` is affine up to rounding and clipping) is correlated
     with each real key's wire pixels, both reduced to what depends on the face (``_centred``).
-    Two stages keep this cheap without losing precision: every candidate on the first
-    ``screen`` victims, and any that reaches 0.1 there again on all of them, whose value then
-    counts. Between a key that passes rotation's screen and an unrelated one, |r| has a
-    standard deviation of about 0.01-0.02 (a leaked seed: 0.5-0.9)."""
-    truths = [key.scramble(to_input(victims)).numpy() for key in keys]
+    Two stages keep this cheap without losing precision: every candidate learns on 16 public
+    faces and is compared on the first ``screen`` victims; one that reaches 0.1 there learns
+    again on every public face and is compared on every victim, and that value counts. Between
+    a key that passes rotation's screen and an unrelated one, |r| has a standard deviation of
+    about 0.01-0.02; a leaked seed gives 0.5-0.9."""
+    all_victims, all_public = to_input(victims), to_input(public_faces)
+    truths = [_scramble(key, all_victims) for key in keys]
     references = [(_centred(truth[:screen]), _centred(truth)) for truth in truths]
-    learn, probes = to_input(public_faces), (to_input(victims[:screen]), to_input(victims))
     best, tried = [0.0] * len(keys), 0
     for config in _configs(found, public):
         for seed in sorted(s for s in found.seeds if s >= PLAUSIBLE_SEED):
-            network = ScramblerNetwork(config, seed)
-            with torch.no_grad():
-                network.train()  # a fresh SN's BatchNorm averages what it sees (momentum None)
-                network(learn)
-                network.eval()
-                output, everyone = network(probes[0]).numpy(), None
-                for index, (few, every) in enumerate(references):
-                    correlation = _correlation(output, few)
-                    if abs(correlation) >= 0.1 and len(victims) > screen:
-                        if everyone is None:
-                            everyone = network(probes[1]).numpy()
-                        correlation = _correlation(everyone, every)
-                    best[index] = max(best[index], abs(correlation))
+            output = _raw(_learned(config, seed, all_public[:16]), all_victims[:screen])
+            everyone = None
+            for index, (few, every) in enumerate(references):
+                correlation = _correlation(output, few)
+                if abs(correlation) >= 0.1 and len(victims) > screen:
+                    if everyone is None:
+                        everyone = _raw(_learned(config, seed, all_public), all_victims)
+                    correlation = _correlation(everyone, every)
+                best[index] = max(best[index], abs(correlation))
             tried += 1
     return best, tried
+
+
+def rebuild_correlation(
+    config: ScramblerConfig,
+    seed: int,
+    public_faces: np.ndarray,
+    key: ScramblerNetwork,
+    victims: np.ndarray,
+) -> float:
+    """|r| of one SN rebuilt from (``config``, ``seed``), BatchNorm self-learned on every
+    public face, against ``key``'s wire pixels on every victim."""
+    faces = to_input(victims)
+    rebuilt = _raw(_learned(config, seed, to_input(public_faces)), faces)
+    return abs(_correlation(rebuilt, _centred(_scramble(key, faces))))
+
+
+_BATCH = 64
+
+
+def _learned(config: ScramblerConfig, seed: int, faces: torch.Tensor) -> ScramblerNetwork:
+    """A fresh SN whose BatchNorm averages the statistics of ``faces`` (as ``self_learn``)."""
+    network = ScramblerNetwork(config, seed)
+    with torch.no_grad():
+        network.train()  # momentum None: the running statistics average every batch seen
+        for start in range(0, len(faces), _BATCH):
+            network(faces[start : start + _BATCH])
+    return network.eval()
+
+
+def _raw(network: ScramblerNetwork, faces: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        parts = [network(faces[i : i + _BATCH]).numpy() for i in range(0, len(faces), _BATCH)]
+    return np.concatenate(parts)
+
+
+def _scramble(key: ScramblerNetwork, faces: torch.Tensor) -> np.ndarray:
+    parts = [key.scramble(faces[i : i + _BATCH]).numpy() for i in range(0, len(faces), _BATCH)]
+    return np.concatenate(parts)
 
 
 def _correlation(output: np.ndarray, reference: np.ndarray) -> float:
