@@ -186,10 +186,11 @@ def unpool_with_mask(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _upsampled(y) * mask
 
 
-# A key's kernels follow from its seed, so the seed is the secret an attacker holding one face
-# and its scramble would search for: 31 bits (our first draw) take about 32 H100-hours; 63 bits
-# about 16 million GPU-years (docs/threat-model.md). torch seeds a generator with up to 64
-# bits; 63 stay within a signed int64.
+# A key's kernels follow from its seed, so the seed is as secret as the kernels: it travels only
+# inside a bundle's ciphertext (format 2; format 1 put it in the public header, issue 21). An
+# attacker holding one face and its scramble but no bundle would search for it: 31 bits (our
+# first draw) take about 32 H100-hours; 63 bits about 16 million GPU-years
+# (docs/threat-model.md). torch seeds a generator with up to 64 bits; 63 stay within int64.
 KEY_SEED_BITS = 63
 
 
