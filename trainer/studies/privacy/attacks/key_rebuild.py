@@ -164,6 +164,7 @@ def best_rebuild(
     keys: Sequence[ScramblerNetwork],
     victims: np.ndarray,
     screen: int = 8,
+    confirm: float = 0.1,
 ) -> tuple[list[float], int]:
     """(for each key, the largest |r| over every plausible candidate seed and every
     architecture; SNs tried).
@@ -172,10 +173,10 @@ def best_rebuild(
     does; its raw output (``to_pixels`` is affine up to rounding and clipping) is correlated
     with each real key's wire pixels, both reduced to what depends on the face (``_centred``).
     Two stages keep this cheap without losing precision: every candidate learns on 16 public
-    faces and is compared on the first ``screen`` victims; one that reaches 0.1 there learns
-    again on every public face and is compared on every victim, and that value counts. Between
-    a key that passes rotation's screen and an unrelated one, |r| has a standard deviation of
-    about 0.01-0.02; a leaked seed gives 0.5-0.9."""
+    faces and is compared on the first ``screen`` victims; one that reaches ``confirm`` there
+    learns again on every public face and is compared on every victim, and that value counts.
+    Between a key that passes rotation's screen and an unrelated one, |r| has a standard
+    deviation of about 0.01-0.02; a leaked seed gives 0.5-0.9."""
     all_victims, all_public = to_input(victims), to_input(public_faces)
     truths = [_scramble(key, all_victims) for key in keys]
     references = [(_centred(truth[:screen]), _centred(truth)) for truth in truths]
@@ -186,7 +187,7 @@ def best_rebuild(
             everyone = None
             for index, (few, every) in enumerate(references):
                 correlation = _correlation(output, few)
-                if abs(correlation) >= 0.1 and len(victims) > screen:
+                if abs(correlation) >= confirm and len(victims) > screen:
                     if everyone is None:
                         everyone = _raw(_learned(config, seed, all_public), all_victims)
                     correlation = _correlation(everyone, every)
