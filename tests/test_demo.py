@@ -13,6 +13,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -21,12 +22,23 @@ from rich.console import Console
 
 from demo.observer import FaceSeen, score, tally
 from demo.people import Visit, cast
-from demo.run import DemoPlan, Shown, Station, Workspace, built_epochs, run
+from demo.run import (
+    GATE_ATTEMPTS,
+    DemoError,
+    DemoPlan,
+    Shown,
+    Station,
+    Workspace,
+    _build_gated,
+    built_epochs,
+    run,
+)
 from rllfpr import local_services
 from rllfpr.config import Settings
 from rllfpr.wire import topics
 from rllfpr.wire.messages import RecognitionEvent
 from tests.support.mqtt import Capture
+from trainer.rotation import GateError
 
 SIDE = 32
 SMALL = DemoPlan(
@@ -119,6 +131,40 @@ def test_a_track_with_the_central_face_is_the_photos_person() -> None:
     faces = [FaceSeen("t", False, 1), FaceSeen("t", True, 1)]
     verdict = score(_event("alice", [uuid.uuid4(), uuid.uuid4()]), faces, [frame, frame])
     assert (verdict.role, verdict.outcome) == ("enrolled", "named")
+
+
+# ----------------------------------------------------------------------------- key gates
+
+
+class RefusingBuilder:
+    """Refuses the first ``refusals`` keys it draws, as rotation's gates may (issue 21: the
+    demo's first epoch-2 key with the deployed SN failed the cross-key gate)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.calls = refusals, 0
+
+    def build(self, scope: str, epoch: int, previous_key: object) -> SimpleNamespace:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise GateError(f"epoch {epoch} failed its gates: key {self.calls}")
+        return SimpleNamespace(report=SimpleNamespace(gates=f"gates of key {self.calls}"))
+
+
+def test_a_refused_key_is_redrawn_and_the_first_that_passes_is_kept(tmp_path: Path) -> None:
+    builder, console = RefusingBuilder(GATE_ATTEMPTS - 1), Console(file=io.StringIO())
+    gates = _build_gated(builder, 2, None, Workspace(tmp_path), console)  # type: ignore[arg-type]
+    assert (gates, builder.calls) == (f"gates of key {GATE_ATTEMPTS}", GATE_ATTEMPTS)
+    said = console.file.getvalue()  # type: ignore[attr-defined]
+    assert said.count("drawing another key") == GATE_ATTEMPTS - 1
+
+
+def test_the_demo_stops_after_refused_keys_and_says_where_the_gate_report_is(
+    tmp_path: Path,
+) -> None:
+    builder = RefusingBuilder(GATE_ATTEMPTS)
+    with pytest.raises(DemoError, match=f"key {GATE_ATTEMPTS}.*gate report in"):
+        _build_gated(builder, 2, None, Workspace(tmp_path), Console(file=io.StringIO()))  # type: ignore[arg-type]
+    assert builder.calls == GATE_ATTEMPTS
 
 
 # ----------------------------------------------------------------------------- end to end
