@@ -16,6 +16,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FaceFolderConfig(Strict):
+    """A folder of face photos added to the training corpus: identity folders, or one flat
+    folder of faces without identities."""
+
+    dataset: str = Field(description="Folder under the data root (or a path).")
+    name: str | None = Field(
+        None, description="Its cache folder (default: the dataset's first path component)."
+    )
+    labeled: bool = Field(
+        False,
+        description="Identity folders whose labels also train the CosFace head; false: the "
+        "faces serve the teacher's targets only (a flat folder is always unlabeled).",
+    )
+    pad: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Black border, as a fraction of the photo's side, added before detection "
+        "(0.25 for UTKFace, whose crops the face fills).",
+    )
+    max_faces: int | None = Field(
+        None, ge=1, description="Use at most this many of its faces (a seeded draw)."
+    )
+
+    @property
+    def cache_name(self) -> str:
+        return self.name or Path(self.dataset).parts[0]
+
+
 class DataConfig(Strict):
     dataset: str = Field("lfw", description="Folder under the data root (or a path).")
     alignment: Literal["mtcnn", "resize"] = Field("mtcnn", description="How faces are aligned.")
@@ -34,6 +63,17 @@ class DataConfig(Strict):
         description="Closed set only: up to this many faces of the dataset's OTHER people (never "
         "a probe's person), used without labels: scrambled runs also distil on one batch of "
         "them per step, with loss.distill_weight.",
+    )
+    extra_folders: tuple[FaceFolderConfig, ...] = Field(
+        (),
+        description="LFW View 1 only: more training faces, labeled or not (never the test "
+        "people's); unlabeled ones need the teacher (teacher.weight > 0).",
+    )
+    exclude_names_from: str | None = Field(
+        None,
+        description="A file under the data root (or a path) of people's names, one per line "
+        "(spaces or underscores), whose photos are left out of training: "
+        "cfp/Data/list_name.txt keeps CFP's 10-fold protocol on people never seen in training.",
     )
 
 
@@ -98,6 +138,9 @@ class OptimConfig(Strict):
 
 
 class LossConfig(Strict):
+    cosface_weight: float = Field(
+        1.0, ge=0, description="Weight of CosFace on the labeled faces (0: the teacher only)."
+    )
     scale: float = Field(30.0, gt=0, description="CosFace s (paper: 30).")
     margin: float = Field(0.5, ge=0, description="CosFace m (paper: 0.5).")
     distill_weight: float = Field(
@@ -120,6 +163,42 @@ class LossConfig(Strict):
         "original face, downsampled, from the recognizer's feature map at a quarter of the "
         "input side (trainer.losses.FaceReconstruction). The head is used in training only; "
         "the recognizer itself is unchanged.",
+    )
+
+
+class TeacherConfig(Strict):
+    """The pretrained face teacher (trainer.teacher, trainer only): the student regresses,
+    through whichever view it is trained on, where the teacher puts the original photo."""
+
+    weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of 1 - cos(student(view(x)), target(x)); 0: no teacher. Needs "
+        "recognizer.embedding_dim 128 (the teacher's).",
+    )
+    whiten: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Targets are the teacher's unit descriptors centered on the training "
+        "corpus' mean; whiten w multiplies them by C^(-w/2) (C: their covariance; 1 whitens "
+        "fully) before renormalizing (trainer.targets.TargetSpace).",
+    )
+    rotation_seeds: tuple[int, int] | None = Field(
+        (1001, 1002),
+        description="Seeds of the secret orthogonal maps Q_e of key A's and key B's targets "
+        "(trainer.targets.orthogonal_map); null: no map. A key rotation draws a fresh secret.",
+    )
+
+
+class EvaluateConfig(Strict):
+    """Evaluations added to the LFW View 1 protocol (same models)."""
+
+    cfp: bool = Field(False, description="CFP-FF and CFP-FP, 10-fold (the CFP protocol).")
+    identification: bool = Field(
+        False,
+        description="Closed-set rank-1 among peopleDevTest's people with >= 4 photos (half "
+        "enrolled), never seen in training.",
     )
 
 
@@ -150,6 +229,8 @@ class ExperimentConfig(Strict):
         description="Test-time augmentation: when it asks for more than one copy, results add "
         "an evaluation with it beside the plain one (same models).",
     )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     key_seeds: tuple[int, int] = Field(
         (1, 2), description="SN seeds of key A (trained on) and key B (revocability check)."
     )
@@ -234,6 +315,21 @@ class ExperimentConfig(Strict):
             raise ValueError("data.unlabeled_faces is for the closed-set protocol only")
         return self
 
+    @model_validator(mode="after")
+    def _teacher_fits(self) -> ExperimentConfig:
+        if self.teacher.weight and self.recognizer.embedding_dim != 128:
+            raise ValueError("teacher.weight needs recognizer.embedding_dim: 128 (the teacher's)")
+        unlabeled = any(not folder.labeled for folder in self.data.extra_folders)
+        if unlabeled and not self.teacher.weight:
+            raise ValueError("unlabeled data.extra_folders need the teacher: set teacher.weight")
+        view1_only = self.data.extra_folders or self.data.exclude_names_from
+        if view1_only and self.protocol != "verification_view1":
+            raise ValueError("data.extra_folders and exclude_names_from are for LFW View 1")
+        evaluations = self.evaluate.cfp or self.evaluate.identification
+        if evaluations and self.protocol != "verification_view1":
+            raise ValueError("evaluate.* adds to the LFW View 1 protocol")
+        return self
+
     @classmethod
     def from_yaml(cls, path: Path) -> ExperimentConfig:
         return cls.model_validate(yaml.safe_load(path.read_text()) or {})
@@ -244,6 +340,11 @@ class ExperimentConfig(Strict):
 # checkpoints and caches still match.
 _ADDED_LATER = (
     ("", "key_b_init"),  # "": a top-level field
+    ("", "teacher"),
+    ("", "evaluate"),
+    ("data", "extra_folders"),
+    ("data", "exclude_names_from"),
+    ("loss", "cosface_weight"),
     ("augment", "copies"),
     ("loss", "consistency_weight"),
     ("loss", "reconstruction_weight"),

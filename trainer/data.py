@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rllfpr.faces.align import AlignmentError, align
-from rllfpr.faces.detect import FaceDetector, central_face
+from rllfpr.faces.detect import Detection, FaceDetector, central_face, padded
 from rllfpr.faces.pixels import load_rgb
 from trainer.progress import progress as progress_of
 
@@ -30,6 +32,13 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
 def dataset_root(dataset: str, data_root: Path) -> Path:
     """A dataset setting's folder: a path as given if it is one, else a folder of the data root."""
     return Path(dataset) if Path(dataset).is_dir() else data_root / dataset
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, at any depth (CFP: ``<person>/{frontal,profile}/``)."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+    )
 
 
 def list_identities(
@@ -47,12 +56,31 @@ def list_identities(
         )
     identities = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
-        )
+        images = _images(folder)
         if len(images) >= min_images:
             identities[folder.name] = images[:max_images]
     return dict(list(identities.items())[:max_identities])
+
+
+def list_unlabeled(root: Path, group: int = 256) -> dict[str, list[Path]]:
+    """The image files of a folder without identities (UTKFace), sorted, in groups of
+    ``group`` named ``part-0000``...: the unit the aligned cache is written in. The groups are
+    NOT identities: train on them without labels."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    files = [
+        p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    return {f"part-{i // group:04d}": files[i : i + group] for i in range(0, len(files), group)}
+
+
+def image_key(root: Path, name: str, path: Path) -> str:
+    """How an image is named inside its identity (or group): its path below the identity's
+    folder (``X_0001.jpg``, ``frontal/01.jpg``), or below ``root`` for a group of a flat folder."""
+    folder = root / name
+    return (
+        path.relative_to(folder) if path.is_relative_to(folder) else path.relative_to(root)
+    ).as_posix()
 
 
 def read_people_file(path: Path) -> list[str]:
@@ -63,13 +91,15 @@ def read_people_file(path: Path) -> list[str]:
 
 @dataclass
 class AlignedFaces:
-    """Aligned RGB faces with integer labels; ``names[label]`` is the identity."""
+    """Aligned RGB faces with integer labels; ``names[label]`` is the identity, label -1 an
+    unlabeled face (training only). ``targets``: the teacher's target of each face, if any."""
 
     faces: np.ndarray  # (N, S, S, 3) uint8
     labels: np.ndarray  # (N,) int64
     names: list[str]
     sources: list[str]  # "<identity>/<file>" of each face
     failures: list[str] = field(default_factory=list)
+    targets: np.ndarray | None = None  # (N, D) float32 unit vectors
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,7 +108,9 @@ class AlignedFaces:
         """The same faces with labels 0..k-1 over the k identities present (after a subset)."""
         present, labels = np.unique(self.labels, return_inverse=True)
         names = [self.names[label] for label in present]
-        return AlignedFaces(self.faces, labels.astype(np.int64), names, self.sources)
+        return AlignedFaces(
+            self.faces, labels.astype(np.int64), names, self.sources, targets=self.targets
+        )
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> AlignedFaces:
         index = np.asarray(indices, dtype=np.int64)
@@ -87,6 +119,27 @@ class AlignedFaces:
             self.labels[index],
             self.names,
             [self.sources[i] for i in index],
+            targets=None if self.targets is None else self.targets[index],
+        )
+
+    def joined(self, other: AlignedFaces, labeled: bool) -> AlignedFaces:
+        """These faces then ``other``'s: its identities added after ours when ``labeled``, else
+        its faces unlabeled (-1). Failures are concatenated; targets must be on both or neither."""
+        if (self.targets is None) != (other.targets is None):
+            raise ValueError("join faces with teacher targets to faces with targets")
+        extra = len(self.names) + other.labels if labeled else np.full(len(other), -1)
+        targets = (
+            None
+            if self.targets is None or other.targets is None
+            else np.concatenate([self.targets, other.targets])
+        )
+        return AlignedFaces(
+            np.concatenate([self.faces, other.faces]),
+            np.concatenate([self.labels, extra.astype(np.int64)]),
+            self.names + (other.names if labeled else []),
+            self.sources + other.sources,
+            self.failures + other.failures,
+            targets,
         )
 
 
@@ -94,43 +147,90 @@ class Aligner:
     """Aligns images of one dataset and caches the result per identity."""
 
     def __init__(
-        self, dataset_root: Path, cache: Path, size: int = 112, method: AlignMethod = "mtcnn"
+        self,
+        dataset_root: Path,
+        cache: Path,
+        size: int = 112,
+        method: AlignMethod = "mtcnn",
+        pad: float = 0.0,
+        name: str | None = None,
     ) -> None:
+        """``pad``: a black border of this fraction of the image side added before MTCNN, for
+        photos the face fills (UTKFace). ``name``: the dataset's cache folder (default: the
+        root folder's name)."""
         self.root = dataset_root
         self.size = size
         self.method = method
-        self.cache_dir = cache / "aligned" / dataset_root.name / f"{method}-{size}"
+        self.pad = pad
+        variant = f"{method}-{size}" + (f"-pad{pad:g}" if pad and method == "mtcnn" else "")
+        self.cache_dir = cache / "aligned" / (name or dataset_root.name) / variant
+        self.detections_dir = (
+            cache / "detections" / (name or dataset_root.name) / f"mtcnn-pad{pad:g}"
+        )
         self._detector: FaceDetector | None = None
 
-    def _align_batch(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
-        if self.method == "resize":
-            size = (self.size, self.size)
-            return [
-                np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-                for image in images
-            ]
-        if self._detector is None:
-            self._detector = FaceDetector(min_face_size=40)
-        aligned: list[np.ndarray | None] = []
-        for image, detections in zip(images, self._detector.detect(images), strict=True):
-            face = central_face(detections, image.shape)
-            try:
-                aligned.append(None if face is None else align(image, face.landmarks, self.size))
-            except AlignmentError:
-                aligned.append(None)
-        return aligned
+    def central_faces(self, name: str, paths: list[Path]) -> dict[str, Detection | None]:
+        """MTCNN's central face of each photo of one identity (None: unreadable or no face),
+        keyed by ``image_key``, detected once and cached per identity: every aligned size and
+        the teacher use the same detection. Coordinates are in the padded image (``pad``)."""
+        cached = self.detections_dir / f"{name}.npz"
+        known: dict[str, Detection | None] = {}
+        if cached.exists():
+            with np.load(cached, allow_pickle=False) as archive:
+                for file, found, box, score, marks in zip(
+                    archive["files"].tolist(),
+                    archive["found"],
+                    archive["boxes"],
+                    archive["scores"],
+                    archive["landmarks"],
+                    strict=True,
+                ):
+                    known[file] = Detection(box, float(score), marks) if found else None
+        keys = {path: image_key(self.root, name, path) for path in paths}
+        missing = [path for path in paths if keys[path] not in known]
+        for start in range(0, len(missing), 32):
+            chunk = missing[start : start + 32]
+            images: list[np.ndarray] = []
+            for path in chunk:
+                try:
+                    images.append(padded(load_rgb(path), self.pad))
+                except (OSError, UnidentifiedImageError, ValueError) as error:
+                    log.warning("cannot read %s: %s", path, error)
+                    known[keys[path]] = None
+            readable = [path for path in chunk if keys[path] not in known]
+            if self._detector is None:
+                self._detector = FaceDetector(min_face_size=40)
+            for path, image, found in zip(
+                readable, images, self._detector.detect(images), strict=True
+            ):
+                known[keys[path]] = central_face(found, image.shape)
+        if missing:
+            files = sorted(known)
+            faces = [known[f] for f in files]
+            _save_npz(
+                cached,
+                files=np.array(files, dtype=str),
+                found=np.array([f is not None for f in faces], dtype=bool),
+                boxes=np.array([f.box if f else np.zeros(4) for f in faces], np.float32),
+                scores=np.array([f.score if f else 0.0 for f in faces], np.float32),
+                landmarks=np.array(
+                    [f.landmarks if f else np.zeros((5, 2)) for f in faces], np.float32
+                ).reshape(-1, 5, 2),
+            )
+        return {keys[path]: known[keys[path]] for path in paths}
 
     def _identity(self, name: str, images: list[Path]) -> tuple[np.ndarray, list[str], list[str]]:
         """Aligned faces of the requested images of one identity, aligning only those the
         cache does not hold yet (a cache built for a subset is extended, never trusted blindly)."""
         known, failed = self._read_cache(name)
-        missing = [path for path in images if path.name not in known and path.name not in failed]
+        keys = {path: image_key(self.root, name, path) for path in images}
+        missing = [path for path in images if keys[path] not in known and keys[path] not in failed]
         if missing:
-            aligned, newly_failed = self._align_files(missing)
+            aligned, newly_failed = self._align_files(name, missing, keys)
             known.update(aligned)
             failed.update(newly_failed)
             self._write_cache(name, known, failed)
-        requested = [path.name for path in images]
+        requested = [keys[path] for path in images]
         files = [file for file in requested if file in known]
         faces = (
             np.stack([known[file] for file in files])
@@ -162,34 +262,41 @@ class Aligner:
             if files
             else np.zeros((0, self.size, self.size, 3), np.uint8)
         )
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        cached = self.cache_dir / f"{name}.npz"
-        temporary = cached.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
+        _save_npz(
+            self.cache_dir / f"{name}.npz",
             faces=faces,
             files=np.array(files, dtype=str),
             failed=np.array(sorted(failed), dtype=str),
         )
-        temporary.replace(cached)
 
-    def _align_files(self, paths: list[Path]) -> tuple[dict[str, np.ndarray], set[str]]:
-        readable, loaded, failed = [], [], set()
+    def _align_files(
+        self, name: str, paths: list[Path], keys: dict[Path, str]
+    ) -> tuple[dict[str, np.ndarray], set[str]]:
+        aligned: dict[str, np.ndarray] = {}
+        failed: set[str] = set()
+        faces = self.central_faces(name, paths) if self.method == "mtcnn" else {}
         for path in paths:
+            key = keys[path]
+            if self.method == "mtcnn" and faces[key] is None:
+                failed.add(key)
+                continue
             try:
-                loaded.append(load_rgb(path))
-                readable.append(path.name)
+                image = load_rgb(path)
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 log.warning("cannot read %s: %s", path, error)
-                failed.add(path.name)
-        aligned: dict[str, np.ndarray] = {}
-        for start in range(0, len(loaded), 32):
-            batch = self._align_batch(loaded[start : start + 32])
-            for file, face in zip(readable[start : start + 32], batch, strict=True):
-                if face is None:
-                    failed.add(file)
-                else:
-                    aligned[file] = face
+                failed.add(key)
+                continue
+            if self.method == "resize":
+                size = (self.size, self.size)
+                resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)
+                aligned[key] = np.asarray(resized)
+                continue
+            face = faces[key]
+            assert face is not None
+            try:
+                aligned[key] = align(padded(image, self.pad), face.landmarks, self.size)
+            except AlignmentError:
+                failed.add(key)
         return aligned, failed
 
     def load(self, identities: dict[str, list[Path]], progress: bool = True) -> AlignedFaces:
@@ -221,6 +328,20 @@ class Aligner:
         )
 
 
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz atomically (a unique temporary file, then a rename): caches are shared by
+    concurrent processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, allow_pickle=False, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def pick_unlabeled(sources: Iterable[str], exclude: set[str], count: int, seed: int) -> list[str]:
     """Up to ``count`` of ``sources`` ("<identity>/<file>") whose identity is not in
     ``exclude``, drawn evenly at random (seeded), in source order."""
@@ -237,7 +358,11 @@ def load_other_people(
     ``exclude``; None when ``count`` is 0."""
     if not count:
         return None
-    files = {f"{name}/{p.name}": p for name, paths in list_identities(root).items() for p in paths}
+    files = {
+        f"{name}/{image_key(root, name, p)}": p
+        for name, paths in list_identities(root).items()
+        for p in paths
+    }
     identities: dict[str, list[Path]] = {}
     for source in pick_unlabeled(files, exclude, count, seed):
         identities.setdefault(source.split("/")[0], []).append(files[source])

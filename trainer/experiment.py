@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import torch
 from rllfpr.faces.pixels import faces_to_sn_input, pick_device, scramble, sn_input, to_unit
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
+from trainer.benchmarks import benchmarks
 from trainer.config import ExperimentConfig, TTAConfig
+from trainer.corpus import training_corpus
 from trainer.data import (
     AlignedFaces,
     Aligner,
@@ -140,7 +143,8 @@ def run_accuracy(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     if config.protocol == "verification_view1":
-        result = verification_protocol(config, load_view1_for(config, data_root, cache), run_dir)
+        view1 = load_view1_for(config, data_root, cache)
+        result = verification_protocol(config, view1, run_dir, data_root=data_root, cache=cache)
     else:
         data = load_dataset(config, data_root, cache)
         unlabeled = load_unlabeled(config, data.names, data_root, cache)
@@ -167,8 +171,14 @@ def _train_all(
     original = train(config, train_data, "original", None, original_dir or run_dir / "original")
     distill = bool(config.loss.distill_weight)
 
+    rotations = config.teacher.rotation_seeds or (None, None)
+
     def scrambled(
-        recipe: ExperimentConfig, key: ScramblerNetwork, name: str, teacher: TrainResult
+        recipe: ExperimentConfig,
+        key: ScramblerNetwork,
+        name: str,
+        teacher: TrainResult,
+        rotation: int | None = rotations[0],
     ) -> TrainResult:
         return train(
             recipe,
@@ -178,6 +188,7 @@ def _train_all(
             run_dir / name,
             teacher=teacher.recognizer if distill else None,
             unlabeled=unlabeled,
+            rotation_seed=rotation,
         )
 
     models = {
@@ -190,9 +201,13 @@ def _train_all(
         if distill:
             teacher_b = train(recipe_b, train_data, "original", None, run_dir / "original-key-b")
             models["original_key_b"] = teacher_b
-        models["scrambled_key_b"] = scrambled(recipe_b, key_b, "scrambled-key-b-own", teacher_b)
+        models["scrambled_key_b"] = scrambled(
+            recipe_b, key_b, "scrambled-key-b-own", teacher_b, rotations[1]
+        )
     elif with_key_b:
-        models["scrambled_key_b"] = scrambled(config, key_b, "scrambled-key-b", original)
+        models["scrambled_key_b"] = scrambled(
+            config, key_b, "scrambled-key-b", original, rotations[1]
+        )
     views = {
         "original": FaceView("original", None, device),
         "a": FaceView("scrambled", key_a, device),
@@ -320,10 +335,30 @@ def closed_set_protocol(
     }
 
 
+def excluded_names(config: ExperimentConfig, data_root: Path) -> frozenset[str]:
+    """The people ``data.exclude_names_from`` lists, LFW-style (spaces as underscores)."""
+    name = config.data.exclude_names_from
+    if name is None:
+        return frozenset()
+    path = Path(name) if Path(name).is_file() else data_root / name
+    lines = path.read_text().splitlines()
+    return frozenset(line.strip().replace(" ", "_") for line in lines if line.strip())
+
+
 def load_view1_for(config: ExperimentConfig, data_root: Path, cache: Path) -> View1Data:
+    """View 1's faces; the training faces extended to the experiment's whole corpus (extra
+    folders, teacher targets) when it asks for one."""
     lfw = dataset_root(config.data.dataset, data_root)
     aligner = Aligner(lfw, cache, config.data.size, config.data.alignment)
-    return load_view1(lfw, aligner, config.data.max_train_people)
+    exclude = excluded_names(config, data_root)
+    view1 = load_view1(lfw, aligner, config.data.max_train_people, exclude)
+    if not (config.data.extra_folders or config.teacher.weight):
+        return view1
+    everyone = list_identities(lfw)
+    identities = {name: everyone[name] for name in view1.train.names}
+    corpus = training_corpus(config, view1.train, lfw, identities, data_root, cache)
+    counts = corpus.counts | {"people_excluded": len(exclude & set(everyone))}
+    return replace(view1, train=corpus.faces, corpus=counts, target_space=corpus.space)
 
 
 def verification_protocol(
@@ -331,8 +366,12 @@ def verification_protocol(
     view1: View1Data,
     run_dir: Path,
     original_dir: Path | None = None,
+    data_root: Path | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
-    """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest."""
+    """LFW View 1: trained on peopleDevTrain, threshold on pairsDevTrain, pairsDevTest; with
+    ``data_root`` and ``cache``, also the teacher's ceiling and ``config.evaluate``'s
+    benchmarks (trainer.benchmarks)."""
     models, views = _train_all(config, view1.train, run_dir, False, original_dir)
 
     @functools.cache  # the plain-photo rows reuse the original model's embeddings
@@ -349,6 +388,11 @@ def verification_protocol(
         test_scores, test_same = pair_scores(embeddings, sources, view1.test_pairs, second)
         return verification(test_scores, test_same, train_scores, train_same)
 
+    extra = (
+        benchmarks(config, view1, models, views, data_root, cache)
+        if data_root is not None and cache is not None
+        else {}
+    )
     return {
         "protocol": (
             f"open-set verification, LFW View 1: trained on {len(view1.train.names)} people of "
@@ -382,5 +426,6 @@ def verification_protocol(
             "train": len(view1.train),
             "pairs_dropped_without_face": view1.missing_pairs,
             "without_face": len(view1.train.failures) + len(view1.pair_faces.failures),
-        },
-    }
+        }
+        | ({"corpus": view1.corpus} if view1.corpus else {}),
+    } | extra

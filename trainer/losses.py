@@ -1,6 +1,7 @@
 """Training losses: CosFace (large margin cosine loss; Wang et al. 2018), the paper's loss
-(s = 30, m = 0.5), the consistency of one face's augmented copies, and the reconstruction of
-the original face from a scrambled run's intermediate features."""
+(s = 30, m = 0.5), the regression to the face teacher's targets, the consistency of one face's
+augmented copies, and the reconstruction of the original face from a scrambled run's
+intermediate features."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ class CosFace(nn.Module):
         cosine = self.cosine(embeddings)
         margin = functional.one_hot(labels, cosine.shape[1]).to(cosine.dtype) * self.margin
         return functional.cross_entropy(self.scale * (cosine - margin), labels)
+
+
+def target_cosine(embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(e_i, t_i): the student's embeddings regressing the teacher's (unit)
+    targets of the same photos (trainer.targets)."""
+    return (1 - functional.cosine_similarity(embeddings.float(), targets.float(), dim=1)).mean()
 
 
 def copy_consistency(embeddings: torch.Tensor, copies: int) -> torch.Tensor:

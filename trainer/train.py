@@ -29,8 +29,9 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
-from trainer.losses import CosFace, FaceReconstruction, copy_consistency
+from trainer.losses import CosFace, FaceReconstruction, copy_consistency, target_cosine
 from trainer.progress import progress as progress_of
+from trainer.targets import rotated
 
 log = logging.getLogger(__name__)
 View = Literal["original", "scrambled"]
@@ -251,8 +252,11 @@ class _Run:
         run_dir: Path,
         teacher: Recognizer | None = None,
         initial: Recognizer | None = None,
+        rotation_seed: int | None = None,
     ) -> None:
         self.config, self.view = config, view
+        seeds = config.teacher.rotation_seeds
+        self.rotation_seed = rotation_seed if rotation_seed is not None or not seeds else seeds[0]
         self.teacher = teacher.eval() if teacher is not None else None
         self.device = pick_device(config.device)
         self.run_dir = run_dir
@@ -262,7 +266,9 @@ class _Run:
         if initial is not None:  # fine-tuning (a key rotation starts from the previous epoch)
             self.recognizer.load_state_dict(initial.state_dict())
         loss = config.loss
-        self.head = CosFace(config.recognizer.embedding_dim, classes, loss.scale, loss.margin)
+        self.head = CosFace(
+            config.recognizer.embedding_dim, max(classes, 1), loss.scale, loss.margin
+        )
         self.head.to(self.device)
         parameters = list(self.recognizer.parameters()) + list(self.head.parameters())
         self.reconstruction: FaceReconstruction | None = None
@@ -295,6 +301,8 @@ class _Run:
             return
         checkpoint = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         _check_same_experiment(checkpoint["config"], self.config, self.view, self.checkpoint_path)
+        if checkpoint.get("rotation_seed") != self.rotation_seed:
+            raise ValueError(f"{self.checkpoint_path} regressed targets of another Q_e seed")
         self.recognizer.load_state_dict(checkpoint["recognizer"])
         self.head.load_state_dict(checkpoint["head"])
         if self.reconstruction is not None:
@@ -342,10 +350,12 @@ class _Run:
             original = to_unit(data.faces[index], self.device).repeat(copies, 1, 1, 1)
             faces = augment(original, self.config.augment, self.generator)
             labels = torch.from_numpy(data.labels[index]).to(self.device).repeat(copies)
+            targets = self._targets(data, index, copies)
             inputs = view(faces)  # outside autocast: the SN's output must be exact
             with self._autocast(), self._features() as features:
                 embeddings = self.recognizer(inputs).float()
-                loss = self.head(embeddings, labels) + self._distillation(faces, embeddings, view)
+                loss = self._cosface(embeddings, labels) + self._teacher(embeddings, targets)
+                loss = loss + self._distillation(faces, embeddings, view)
                 loss = loss + self._reconstruction(faces, features, view)
                 loss = loss + self._consistency(embeddings)
                 if unlabeled is not None and view.view == "scrambled":
@@ -358,8 +368,29 @@ class _Run:
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
         self.seconds += time.perf_counter() - started
         self.epochs_done += 1
-        accuracy = correct / (len(data) * copies)
+        accuracy = correct / max(1, int((data.labels >= 0).sum()) * copies)
         self._record(view.view, float(np.mean(losses)), accuracy, last)
+
+    def _targets(self, data: AlignedFaces, index: np.ndarray, copies: int) -> torch.Tensor | None:
+        if not self.config.teacher.weight:
+            return None
+        if data.targets is None:
+            raise ValueError("teacher.weight needs the faces' teacher targets (data.targets)")
+        targets = rotated(data.targets[index], self.rotation_seed)  # Q_e of this model
+        return torch.from_numpy(targets).to(self.device).repeat(copies, 1)
+
+    def _cosface(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CosFace on the labeled faces of the batch (unlabeled ones are -1)."""
+        labeled = labels >= 0
+        weight = self.config.loss.cosface_weight
+        if not weight or not labeled.any():
+            return embeddings.new_zeros(())
+        return weight * self.head(embeddings[labeled], labels[labeled])
+
+    def _teacher(self, embeddings: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if targets is None:
+            return embeddings.new_zeros(())
+        return self.config.teacher.weight * target_cosine(embeddings, targets)
 
     def _autocast(self) -> torch.autocast:
         enabled = self.config.optim.amp and self.device.type == "cuda"
@@ -435,6 +466,7 @@ class _Run:
             "history": self.history,
             "seconds": self.seconds,
             "config": self.config.model_dump(mode="json"),
+            "rotation_seed": self.rotation_seed,
         }
         torch.save(checkpoint, self.checkpoint_path)
         self.saved_at = time.monotonic()
@@ -451,19 +483,22 @@ def train(
     teacher: Recognizer | None = None,
     initial: Recognizer | None = None,
     unlabeled: AlignedFaces | None = None,
+    rotation_seed: int | None = None,
 ) -> TrainResult:
     """Train (or resume, or load a finished) recognizer for ``view`` on ``data``.
     ``target_view`` replaces the scrambled view (a privacy baseline's protected faces, trained
     on the scrambled schedule); pretraining stages still see original faces. ``teacher`` (a
     recognizer of original faces) is used when ``loss.distill_weight`` > 0; ``initial`` gives the
     starting weights (fine-tuning) unless a checkpoint is resumed. ``unlabeled`` faces (other
-    people's, ``data.unlabeled_faces``) add the distillation term on scrambled stages."""
+    people's, ``data.unlabeled_faces``) add the distillation term on scrambled stages. With
+    ``teacher.weight``, ``data.targets`` are regressed, turned by ``Q_e`` of ``rotation_seed``
+    (a secret of the model's key epoch; default: ``teacher.rotation_seeds[0]``, key A's)."""
     if config.loss.distill_weight and view == "scrambled" and teacher is None:
         raise ValueError("loss.distill_weight needs the original-face recognizer as teacher")
     if view == "scrambled" and bool(config.data.unlabeled_faces) != (unlabeled is not None):
         raise ValueError("data.unlabeled_faces and the unlabeled faces given must go together")
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, view, len(data.names), run_dir, teacher, initial)
+    run = _Run(config, view, len(data.names), run_dir, teacher, initial, rotation_seed)
     run.resume()
     epoch_index, total = 0, sum(epochs for _, epochs in _stages(config, view))
     overall = progress_of(

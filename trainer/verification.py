@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trainer.data import AlignedFaces, Aligner, list_identities, read_people_file
+from trainer.targets import TargetSpace
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,20 @@ class View1Data:
     train_pairs: list[Pair]
     test_pairs: list[Pair]
     missing_pairs: int  # pairs dropped because a face could not be aligned
+    corpus: dict[str, int] = field(default_factory=dict)  # training corpus counts, if extended
+    target_space: TargetSpace | None = None  # the teacher's, fitted on the training corpus
 
 
-def load_view1(lfw: Path, aligner: Aligner, max_train_people: int | None = None) -> View1Data:
+def load_view1(
+    lfw: Path,
+    aligner: Aligner,
+    max_train_people: int | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> View1Data:
+    """``exclude``: people left out of training (their names)."""
     everyone = list_identities(lfw)
     train_people = read_people_file(lfw / "peopleDevTrain.txt")[:max_train_people]
+    train_people = [name for name in train_people if name not in exclude]
     train = aligner.load({name: everyone[name] for name in train_people})
     train_pairs, test_pairs = (
         read_pairs(lfw / "pairsDevTrain.txt"),

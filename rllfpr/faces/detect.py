@@ -171,6 +171,15 @@ def _rescaled(detection: Detection, factors: np.ndarray) -> Detection:
     )
 
 
+def padded(image: np.ndarray, fraction: float) -> np.ndarray:
+    """``image`` with a black border of ``fraction`` of its larger side on every edge: MTCNN
+    needs some background around a face that fills the photo (UTKFace's crops)."""
+    if not fraction:
+        return image
+    border = round(fraction * max(image.shape[:2]))
+    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
+
+
 def central_face(detections: list[Detection], image_shape: tuple[int, ...]) -> Detection | None:
     """The detection nearest the image centre (LFW's labelled person), ties to the larger."""
     if not detections:
