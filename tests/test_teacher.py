@@ -245,3 +245,23 @@ def test_one_detection_serves_every_size_and_nested_or_flat_folders(
     flat = list_unlabeled(data_root / "utkface", group=4000)
     assert list(flat) == ["part-0000", "part-0001", "part-0002"]
     assert sum(len(v) for v in flat.values()) == len(list((data_root / "utkface").iterdir()))
+
+
+def test_mirrored_scrambles_give_what_augment_then_the_scrambler_give(
+    orl_with_targets: AlignedFaces,
+) -> None:
+    from trainer.config import AugmentConfig
+    from trainer.experiment import make_key
+    from trainer.train import MirroredScrambles, augment, mirrors_suffice, to_unit
+
+    config = ExperimentConfig.model_validate(TINY_STUDENT | {"augment": {"flip": True, "shift": 0}})
+    assert mirrors_suffice(config)
+    assert not mirrors_suffice(config.model_copy(update={"augment": AugmentConfig(shift=1)}))
+    key = make_key(config, 1, orl_with_targets.faces)
+    view = FaceView("scrambled", key, torch.device("cpu"))
+    index = np.arange(0, 100, 7)
+    mirrors = MirroredScrambles(orl_with_targets, view, batch=32)
+    cached = mirrors.inputs(index, True, torch.Generator().manual_seed(3))
+    faces = to_unit(orl_with_targets.faces[index], torch.device("cpu"))
+    direct = view(augment(faces, config.augment, torch.Generator().manual_seed(3)))
+    assert torch.equal(cached, direct)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from trainer import cfp
 from trainer.config import ExperimentConfig
@@ -23,7 +24,7 @@ from trainer.data import (
     read_people_file,
     split_per_identity,
 )
-from trainer.evaluate import closed_set, verification
+from trainer.evaluate import best_threshold, closed_set, verification
 from trainer.targets import TargetSpace
 from trainer.train import FaceView, TrainResult, embed
 from trainer.verification import View1Data, pair_scores
@@ -82,7 +83,7 @@ def benchmarks(
         result["tta_copies"] = tta.model_dump() | {"views": tta.views}
     if use_teacher:  # the ceiling on View 1's pairs
         lfw, identities = _lfw_identities(config, data_root, view1.pair_faces)
-        descriptors = describe_faces(view1.pair_faces, lfw, identities, cache)
+        descriptors = describe_faces(view1.pair_faces.sources, lfw, identities, cache)
         scores: dict[str, Any] = {}
         for name, rows in teacher_embeddings(descriptors, view1.target_space).items():
             scores[name] = _view1_pairs(rows, view1)
@@ -123,7 +124,9 @@ def _cfp(
     faces, identities = cfp.load_faces(root, cache, config.data.size)
     rows = students(faces.faces)
     if use_teacher:
-        descriptors = describe_faces(faces, cfp.images_root(root), identities, cache, name="cfp")
+        descriptors = describe_faces(
+            faces.sources, cfp.images_root(root), identities, cache, name="cfp"
+        )
         rows |= teacher_embeddings(descriptors, space)
     result: dict[str, Any] = {"protocol": cfp.__doc__, "without_face": len(faces.failures)}
     for kind in cfp.KINDS:
@@ -164,7 +167,7 @@ def _identification(
     gallery, probes = split_per_identity(faces.labels, 0.5, spec.split_seed)
     rows = students(faces.faces)
     if use_teacher:
-        rows |= teacher_embeddings(describe_faces(faces, lfw, identities, cache), space)
+        rows |= teacher_embeddings(describe_faces(faces.sources, lfw, identities, cache), space)
     result: dict[str, Any] = {
         "protocol": (
             f"closed-set rank-1 among the {len(faces.names)} people of peopleDevTest.txt with "
@@ -177,3 +180,60 @@ def _identification(
         g, p = gallery[usable[gallery]], probes[usable[probes]]
         result[name] = closed_set(embeddings[g], faces.labels[g], embeddings[p], faces.labels[p])
     return result
+
+
+def teacher_lfw_pairs(lfw: Path, cache: Path, whiten: float = 0.0) -> dict[str, Any]:
+    """The teacher's own score on LFW's View 2 (``pairs.txt``, 6,000 pairs in 10 folds; people
+    the teacher may have seen), with the trainer's pipeline (MTCNN's central face, dlib's
+    5-point chip): cosine of unit descriptors, and of targets centered (and whitened) on the
+    pair photos themselves. Pairs with a photo MTCNN finds no face in are scored as
+    non-matches in ``all_pairs`` and left out of ``pairs_with_faces``."""
+    from trainer.verification import read_pairs
+
+    pairs = read_pairs(lfw / "pairs.txt")
+    everyone = list_identities(lfw)
+    people = sorted({s.split("/")[0] for p in pairs for s in (p.first, p.second)})
+    wanted = {s for p in pairs for s in (p.first, p.second)}
+    identities = {
+        name: [path for path in everyone[name] if f"{name}/{path.name}" in wanted]
+        for name in people
+    }
+    sources = sorted(wanted)
+    descriptors = describe_faces(sources, lfw, identities, cache)
+    has = ~np.isnan(descriptors).any(axis=1)
+    rows = {"raw": np.full_like(descriptors, np.nan)}
+    rows["raw"][has] = _unit(descriptors[has])
+    rows["centered"] = np.full_like(descriptors, np.nan)
+    rows["centered"][has] = TargetSpace.fit(descriptors[has], whiten)(descriptors[has])
+    index = {source: i for i, source in enumerate(sources)}
+    first = np.array([index[p.first] for p in pairs])
+    second = np.array([index[p.second] for p in pairs])
+    same = np.array([p.same for p in pairs])
+    both = has[first] & has[second]
+    # pairs.txt lists its 10 folds in order: 300 same then 300 different pairs each
+    fold = np.repeat(np.arange(10), 600)
+    result: dict[str, Any] = {
+        "pairs": len(pairs),
+        "pairs_without_face": int((~both).sum()),
+        "photos_without_face": int((~has).sum()),
+    }
+    for name, embeddings in rows.items():
+        scores = np.where(
+            both, (np.nan_to_num(embeddings[first] * embeddings[second])).sum(1), -1.0
+        )
+        result[name] = {
+            "all_pairs_10fold": _folded(scores, same, fold),
+            "pairs_with_faces_10fold": _folded(scores[both], same[both], fold[both]),
+            "roc_auc_pairs_with_faces": float(roc_auc_score(same[both], scores[both])),
+        }
+    return result
+
+
+def _folded(scores: np.ndarray, same: np.ndarray, fold: np.ndarray) -> float:
+    """LFW's 10-fold accuracy: each fold judged at the threshold best on the other nine."""
+    correct = 0
+    for held_out in range(10):
+        test = fold == held_out
+        threshold = best_threshold(scores[~test], same[~test])
+        correct += int(((scores[test] >= threshold) == same[test]).sum())
+    return correct / len(same)

@@ -65,18 +65,19 @@ def prepare(
 
 
 def describe_faces(
-    faces: AlignedFaces,
+    sources: list[str],
     root: Path,
     identities: dict[str, list[Path]],
     cache: Path,
     pad: float = 0.0,
     name: str | None = None,
 ) -> np.ndarray:
-    """(N, 128) teacher descriptors of ``faces`` (aligned from ``identities`` of ``root``), from
-    the cache where ``prepare`` filled it; NaN rows where the teacher has none."""
+    """(N, 128) teacher descriptors of the photos ``sources`` (``<identity>/<key>`` of
+    ``identities`` of ``root``, as ``AlignedFaces.sources``), from the cache where ``prepare``
+    filled it; NaN rows where the teacher has none."""
     teacher = FaceTeacher(cache, pad)
     detector = Aligner(root, cache, 112, "mtcnn", pad, name)  # only its cached detections
-    wanted = set(faces.sources)
+    wanted = set(sources)
     found: dict[str, np.ndarray | None] = {}
     for group, paths in identities.items():
         keys = {path: image_key(root, group, path) for path in paths}
@@ -92,7 +93,7 @@ def describe_faces(
                 log.warning("%s", error)
                 found[source] = None
     missing = np.full(DIM, np.nan, np.float32)
-    rows = [found.get(source) for source in faces.sources]
+    rows = [found.get(source) for source in sources]
     return np.stack([missing if row is None else row for row in rows])
 
 
@@ -154,7 +155,7 @@ def training_corpus(
     parts: list[tuple[AlignedFaces, bool, np.ndarray | None]] = []
     use_teacher = bool(config.teacher.weight)
     main_descriptors = (
-        describe_faces(main, main_root, main_identities, cache) if use_teacher else None
+        describe_faces(main.sources, main_root, main_identities, cache) if use_teacher else None
     )
     parts.append((main, True, main_descriptors))
     for folder in spec.extra_folders:
@@ -165,7 +166,7 @@ def training_corpus(
         aligner = Aligner(root, cache, spec.size, spec.alignment, folder.pad, folder.cache_name)
         faces = aligner.load(identities)
         descriptors = (
-            describe_faces(faces, root, identities, cache, folder.pad, folder.cache_name)
+            describe_faces(faces.sources, root, identities, cache, folder.pad, folder.cache_name)
             if use_teacher
             else None
         )
