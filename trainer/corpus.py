@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from trainer.config import ExperimentConfig
 from trainer.data import (
@@ -21,6 +20,7 @@ from trainer.data import (
     list_identities,
     list_unlabeled,
 )
+from trainer.progress import progress as progress_of
 from trainer.targets import TargetSpace
 from trainer.teacher import DIM, FaceTeacher, TeacherError
 
@@ -44,7 +44,7 @@ def prepare(
     aligners = [Aligner(root, cache, size, "mtcnn", pad, name) for size in sizes]
     detector = aligners[0] if aligners else Aligner(root, cache, 112, "mtcnn", pad, name)
     counts: dict[str, Any] = {"photos": 0, "faces": 0, "described": 0, "failures": []}
-    bar = tqdm(identities.items(), desc=f"prepare {name or root.name}", disable=not progress)
+    bar = progress_of(identities.items(), desc=f"prepare {name or root.name}", disable=not progress)
     for group, paths in bar:
         faces = detector.central_faces(group, paths)
         if any(face is not None for face in faces.values()):

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rllfpr.faces.detect import Detection, FaceDetector, central_face, padded
+from rllfpr.faces.pixels import load_rgb
+from trainer.progress import progress as progress_of
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,8 @@ def content_hash(path: Path) -> str:
 def read_photo(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB, or a TeacherError that names the file."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+        return load_rgb(path)
+    except (OSError, ValueError) as error:
         raise TeacherError(f"{path}: not a readable image ({error})") from error
 
 
@@ -147,7 +146,7 @@ class FaceTeacher:
         """Descriptors of the photos that have a face; the others listed as 'path: reason'."""
         found: dict[Path, np.ndarray] = {}
         failures: list[str] = []
-        for path in tqdm(list(paths), desc="teacher", disable=not progress, mininterval=30):
+        for path in progress_of(list(paths), desc="teacher", disable=not progress):
             try:
                 descriptor = self.describe(path)
             except TeacherError as error:

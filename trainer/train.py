@@ -268,10 +268,11 @@ class MirroredScrambles:
         """Recognizer input of the faces ``index``, each mirrored with probability 1/2."""
         rows = torch.from_numpy(index)
         if not flip:
-            return from_pixels(self.plain[rows].float())
+            return recognizer_input(self.plain[rows])
         flipped = (torch.rand(len(index), generator=generator) < 0.5).to(self.plain.device)
-        pixels = torch.where(flipped[:, None, None, None], self.mirrored[rows], self.plain[rows])
-        return from_pixels(pixels.float())
+        return recognizer_input(
+            torch.where(flipped[:, None, None], self.mirrored[rows], self.plain[rows])
+        )
 
 
 class _Run:
