@@ -85,7 +85,7 @@ TINY_STUDENT: dict[str, Any] = {
     "protocol": "verification_view1",
     "data": {"dataset": "att_orl", "alignment": "resize", "size": 32},
     "scrambler": {"levels": 2, "widths": [8, 16]},
-    "recognizer": {"backbone": "compact", "input_size": 32, "embedding_dim": 128},
+    "recognizer": {"backbone": "compact", "embedding_dim": 128},
     "augment": {"flip": False, "shift": 0},
     "optim": {"lr": 0.003, "epochs": 6, "batch_size": 20, "warmup_epochs": 1},
     "loss": {"cosface_weight": 0.0},

@@ -34,18 +34,25 @@ def train(
     runs: Path = RunsOption,
     config: Path | None = ConfigOption,
 ) -> None:
-    """Train one recognizer (resumes from RUNS/<name>/<view>/checkpoint.pt when present)."""
+    """Train one recognizer (resumes from RUNS/<name>/<view>/checkpoint.pt when present): the
+    model ``rllfpr eval accuracy`` trains for that view, so the two views can train in two
+    processes at once and ``eval accuracy`` then finds them finished."""
     from trainer.data import split_per_identity
-    from trainer.experiment import load_dataset, make_key
+    from trainer.experiment import load_dataset, load_view1_for, make_key
     from trainer.train import train as run_training
 
     if view not in ("original", "scrambled"):
         raise fail(f"unknown view {view!r}: use original or scrambled")
     settings = settings_or_fail(config)
     spec = _experiment(experiment)
-    data = load_dataset(spec, settings.data, settings.cache)
-    train_index, _ = split_per_identity(data.labels, spec.data.test_fraction, spec.data.split_seed)
-    train_data = data.subset(train_index)
+    if spec.protocol == "verification_view1":
+        train_data = load_view1_for(spec, settings.data, settings.cache).train
+    else:
+        data = load_dataset(spec, settings.data, settings.cache)
+        train_index, _ = split_per_identity(
+            data.labels, spec.data.test_fraction, spec.data.split_seed
+        )
+        train_data = data.subset(train_index)
     key = make_key(spec, spec.key_seeds[0], train_data.faces) if view == "scrambled" else None
     teacher = None
     if view == "scrambled" and spec.loss.distill_weight:

@@ -64,10 +64,11 @@ def load_view1(
         read_pairs(lfw / "pairsDevTrain.txt"),
         read_pairs(lfw / "pairsDevTest.txt"),
     )
-    needed = {
-        p.split("/")[0] for pair in train_pairs + test_pairs for p in (pair.first, pair.second)
-    }
-    pair_faces = aligner.load({name: everyone[name] for name in sorted(needed)})
+    photos = {p for pair in train_pairs + test_pairs for p in (pair.first, pair.second)}
+    people = sorted({photo.split("/")[0] for photo in photos})
+    pair_faces = aligner.load(  # only the photos the pairs name (embedding costs on a CPU)
+        {name: [p for p in everyone[name] if f"{name}/{p.name}" in photos] for name in people}
+    )
     available = set(pair_faces.sources)
 
     def usable(pairs: list[Pair]) -> list[Pair]:
