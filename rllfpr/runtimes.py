@@ -6,9 +6,6 @@ Shared by the face detector (``rllfpr.faces``) and the edge agent's scrambler ba
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,19 +45,3 @@ def ort_session_options(threads: int = 0, spinning: bool = False) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old
-    file or the whole new one, and processes racing on one path each write a whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rllfpr.runtimes import ort_session_options, write_atomically
+from rllfpr.files import write_private
+from rllfpr.runtimes import ort_session_options
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def onnx_files(cache: Path | None = None, again: bool = False) -> dict[str, Path
     for name, path in paths.items():
         if again or not path.is_file():
             log.info("exporting MTCNN's %s to %s", name, path)
-            write_atomically(path, _export(name, networks[name]))
+            write_private(path, _export(name, networks[name]))
     return paths
 
 
@@ -243,7 +244,7 @@ class _Engine:
                 log.warning("rebuilding the unusable cached engine %s", self.path)
         if engine is None:
             serialized = self._build(logger, onnx.read_bytes(), shapes)
-            write_atomically(self.path, serialized)
+            write_private(self.path, serialized)
             engine = runtime.deserialize_cuda_engine(serialized)
             if engine is None:
                 raise RuntimeError(f"TensorRT could not load the engine it just built: {self.path}")
