@@ -102,7 +102,7 @@ def detect(images: np.ndarray, min_face_size: int, networks: Networks) -> list[F
 def _propose(
     integral: np.ndarray, height: int, width: int, min_face_size: int, networks: Networks
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1: P-Net over the pyramid, boxes (M, 5) squared and clipped, and their images."""
+    """Stage 1: P-Net over the pyramid: squared boxes (M, 5) and the image of each."""
     every_box, every_owner = [], []
     for scale in pyramid(height, width, min_face_size):
         size = scaled_size(height, width, scale)
