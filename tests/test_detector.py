@@ -32,6 +32,7 @@ from rllfpr.faces.mtcnn_runtime import (
 from rllfpr.local_services import Endpoint
 from rllfpr.models.export import unsupported_operators
 from rllfpr.runtimes import onnxruntime_cuda, tensorrt_available
+from rllfpr.wire import topics
 from tests.support.agent import (
     KeyFactory,
     agent_settings,
@@ -42,6 +43,7 @@ from tests.support.agent import (
     shared_detector,
     started,
 )
+from tests.support.mqtt import Capture
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_IOU, MAX_LANDMARK_PX, MAX_SCORE_DIFFERENCE = 0.99, 0.5, 1e-3
@@ -300,6 +302,7 @@ def test_the_agent_detects_with_onnxruntime_by_default(
         mqtt_broker, factory.settings(tmp_path / "keys"), tmp_path, sequence=True, detect_every=3
     )
     assert settings.agent.detector_backend == "auto"
+    recognizer = Capture(mqtt_broker, topics.shared(topics.ALL_FACES))  # faces need a subscriber
     agent = started(Agent(settings, str(folder)))
     try:
         assert agent.preparer.detector.backend == "onnxruntime"
@@ -307,5 +310,6 @@ def test_the_agent_detects_with_onnxruntime_by_default(
         assert agent.drain(20)
     finally:
         agent.close()
+        recognizer.close()
     assert agent.metrics.value("faces_detected") == 4  # frames 0, 3, 6 and 9
     assert agent.metrics.value("faces_published") >= 1
