@@ -151,6 +151,13 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+def server_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (all its threads, user + system): unlike wall
+    time, this does not depend on what else runs on the machine."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 # Stage 1: insertion methods --------------------------------------------------------------------
 
 
@@ -440,14 +447,23 @@ def scale(
             loaded = 0
             for size in sorted(sizes):
                 load_average = os.getloadavg()[0]
+                cpu_before, client_cpu_before = server_cpu(client), time.process_time()
                 seconds = enroll_all(
                     endpoint, "bench", quantization, data, loaded, size, connections, build_ef
                 )
+                added = size - loaded
                 entry: dict[str, Any] = {
                     "templates": gallery.size("fleet", 1),
                     "load_seconds_this_step": round(seconds, 1),
-                    "templates_per_s_this_step": round((size - loaded) / seconds, 1),
+                    "templates_per_s_this_step": round(added / seconds, 1),
                     "load_average_at_start": round(load_average, 2),
+                    "load_average_at_end": round(os.getloadavg()[0], 2),
+                    "redis_cpu_ms_per_template": round(
+                        (server_cpu(client) - cpu_before) * 1000 / added, 3
+                    ),
+                    "client_cpu_ms_per_template": round(
+                        (time.process_time() - client_cpu_before) * 1000 / added, 3
+                    ),
                     "memory_bytes_per_template": round((used_memory(client) - empty) / size, 1),
                 }
                 loaded = size
@@ -460,6 +476,7 @@ def scale(
                         runs = 1 if clients == 1 else 4  # 8 clients: each probe 4 times
                         seconds_all: list[float] = []
                         top: list[int] = []
+                        cpu_before = server_cpu(client)
                         started = time.monotonic()
                         for _ in range(runs):
                             spent, top = search(endpoint, keys, probes, ef, clients, _template)
@@ -468,6 +485,9 @@ def scale(
                         row[f"clients_{clients}"] = {
                             **percentiles(seconds_all),
                             "queries_per_s": round(len(seconds_all) / wall, 1),
+                            "redis_cpu_ms_per_query": round(
+                                (server_cpu(client) - cpu_before) * 1000 / len(seconds_all), 3
+                            ),
                         }
                     hits = np.array(top)
                     row["recall_at_1"] = round(float(np.mean(hits == truths[size])), 4)

@@ -12,7 +12,7 @@ a valid signature from a trusted key around garbage (what a compromised signer c
 The suite runs ``FUZZ_EXAMPLES`` examples per property (default 150: a few thousand in
 all, a few seconds). ``python benchmarks/fuzz.py --long`` runs 100,000 per property with a
 recorded seed (``docs/results/reliability.md``); it reads the per-property counts this module
-writes to ``FUZZ_STATS``.
+writes to ``FUZZ_STATS`` after every property.
 """
 
 from __future__ import annotations
@@ -131,8 +131,9 @@ def hostile(name: str, call: Callable[[], object], allowed: tuple[type[Exception
     return outcome
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _write_statistics() -> Iterator[None]:
+    """After every property (a long run cut short keeps the counts of what it did)."""
     yield
     target = os.environ.get("FUZZ_STATS")
     if target:
