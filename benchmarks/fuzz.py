@@ -73,7 +73,8 @@ def main() -> int:
     document: dict[str, Any] = {
         "command": "python benchmarks/fuzz.py "
         + ("--long" if arguments.long else f"--examples {examples}")
-        + f" --seed {seed}",
+        + f" --seed {seed}"
+        + (f" -k '{arguments.select}'" if arguments.select else ""),
         "examples_per_property": examples,
         "wire_property_examples": max(1, examples // 10),
         "seed": seed,
