@@ -24,8 +24,9 @@ identity recall@1: it belongs to the nearest template's identity.
 
 Usage:
     python benchmarks/gallery_scale.py methods --size 20000 --output docs/results/gallery-scale-methods.json
-    python benchmarks/gallery_scale.py scale --output docs/results/gallery-scale.json
-Quick check: ``scale --sizes 2000 5000 --queries 50``.
+    python benchmarks/gallery_scale.py scale --quantization Q8 --output docs/results/gallery-scale-q8.json
+Quick check: ``scale --sizes 2000 5000 --queries 50``. Results and the commands of the recorded
+runs: ``docs/results/reliability.md``, section 6.
 """  # noqa: E501
 
 from __future__ import annotations
