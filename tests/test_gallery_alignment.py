@@ -8,14 +8,21 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from trainer.studies.privacy.attacks.alignment import (
+from trainer.alignment import (
     Frame,
     align_galleries,
     correspondence_accuracy,
     signatures,
     structure_agreement,
 )
-from trainer.studies.privacy.gallery_alignment import Victims, rank1, summarize, templates, trial
+from trainer.studies.privacy.gallery_alignment import (
+    Victims,
+    attack_sizes,
+    rank1,
+    summarize,
+    templates,
+    trial,
+)
 
 
 def _rotated_copy(
@@ -94,7 +101,7 @@ def test_a_study_trial_links_erased_people_only_when_epochs_share_structure() ->
     linked = Victims(
         [f"p{i}" for i in range(people)], faces, faces @ rotation, (faces + photo) @ rotation
     )
-    result = trial(linked, n=40, erased=30, rng=np.random.default_rng(0))
+    result = trial(linked.cases()["epochs"], n=40, erased=30, rng=np.random.default_rng(0))
     assert result["correspondence_accuracy"] == 1.0
     assert result["erased_linked_after_attack"] >= 0.9
     assert result["erased_linked_known_pairing"] >= 0.9
@@ -102,7 +109,7 @@ def test_a_study_trial_links_erased_people_only_when_epochs_share_structure() ->
     assert result["erased_linked_as_is"] <= 0.2  # the rotation hides them from a plain lookup
     other = rng.normal(size=(people, width))
     unlinked = Victims(linked.names, faces, other, other + photo)
-    result = trial(unlinked, n=40, erased=30, rng=np.random.default_rng(0))
+    result = trial(unlinked.cases()["epochs"], n=40, erased=30, rng=np.random.default_rng(0))
     assert result["correspondence_accuracy"] <= 0.1
     assert result["erased_linked_after_attack"] <= 0.2
     assert summarize([result, result])["correspondence_accuracy"]["mean"] == pytest.approx(
@@ -116,3 +123,23 @@ def test_templates_and_rank1() -> None:
     assert np.allclose(np.linalg.norm(means, axis=1), 1.0)
     assert rank1(means, means) == 1.0
     assert rank1(means, means[::-1]) == 0.0
+
+
+def test_the_study_attacks_each_case_at_each_size() -> None:
+    rng = np.random.default_rng(6)
+    people, width = 30, 8
+    faces = rng.normal(size=(people, width))
+    q = ortho_group.rvs(width, random_state=2)
+    plain = faces @ ortho_group.rvs(width, random_state=3)  # a public model's view of them
+    victims = Victims([f"p{i}" for i in range(people)], faces, faces @ q, faces @ q, plain)
+    assert list(victims.cases()) == ["epochs", "plain_photos"]
+    assert list(Victims(victims.names, faces, faces, faces).cases()) == ["epochs"]
+    result = attack_sizes(victims, [10, 20], trials=2, erased=10, seed=0)
+    assert list(result) == ["epochs", "plain_photos"]
+    for rows in result.values():
+        assert list(rows) == ["10", "20"]
+        assert rows["20"]["chance"] == pytest.approx(0.05)
+        assert rows["20"]["trials"] == len(rows["20"]["runs"]) == 2
+        assert rows["20"]["correspondence_accuracy"]["mean"] == 1.0
+    with pytest.raises(ValueError, match="people asked"):
+        attack_sizes(victims, [25], trials=1, erased=10, seed=0)

@@ -341,3 +341,180 @@ def test_cli_rotates_activates_and_revokes(
     refused = runner.invoke(app, ["keys", "activate", "1", "--config", str(config)])
     assert refused.exit_code != 0
     assert "not built here" in refused.output
+
+
+def _teacher_config(**changes: object) -> RotationConfig:
+    """The tiny recipe regressing a face teacher (128-d, no CosFace, no distillation)."""
+    config = _config(fine_tune_epochs=0, **changes)
+    experiment = config.experiment.model_dump(mode="json")
+    experiment["recognizer"]["embedding_dim"] = 128
+    experiment["loss"] = {"distill_weight": 0.0, "cosface_weight": 0.0}
+    experiment["teacher"] = {"weight": 1.0, "rotation_seeds": [5, 6]}  # public: never used
+    return config.model_copy(update={"experiment": type(config.experiment)(**experiment)})
+
+
+def _descriptors(corpus: Any, missing: int = 0) -> np.ndarray:
+    """dlib-like descriptors (a large shared component, a part per person, a little per
+    photo), NaN for the first ``missing`` faces (photos without a teacher face)."""
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(128) * 3.0 / np.sqrt(128)
+    people = rng.standard_normal((len(corpus.names), 128)) * 0.1
+    rows = shared + people[corpus.labels] + 0.02 * rng.standard_normal((len(corpus), 128))
+    rows[:missing] = np.nan
+    return rows.astype(np.float32)
+
+
+def test_teacher_targets_are_fitted_on_the_training_faces_only(corpus: Any) -> None:
+    config = _teacher_config()
+    plain = split_corpus(corpus, config)
+    split = split_corpus(corpus, config, _descriptors(corpus))
+    assert split.fit.sources == plain.fit.sources  # the same split, now with targets
+    assert split.held_out.sources == plain.held_out.sources
+    assert split.calibration.targets is None
+    assert split.held_out.targets is None
+    targets = split.fit.targets
+    assert targets is not None
+    assert np.allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-5)
+    assert np.linalg.norm(targets.mean(axis=0)) < 0.2  # centred: the shared part is gone
+    # a photo the teacher found no face in is left out of training, nowhere else
+    first_fit = np.flatnonzero(np.isin(corpus.sources, plain.fit.sources))[0]
+    described = _descriptors(corpus, missing=first_fit + 1)
+    fewer = split_corpus(corpus, config, described)
+    assert plain.fit.sources[0] not in fewer.fit.sources
+    assert len(fewer.fit) == len(plain.fit) - 1
+    with pytest.raises(ValueError, match="teacher descriptors for"):
+        split_corpus(corpus, config, _descriptors(corpus)[:-1])
+
+
+def test_a_teacher_recipe_needs_the_corpus_descriptors(corpus: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="teacher_descriptors"):
+        _builder(corpus, tmp_path, _teacher_config())
+
+
+def test_each_epoch_regresses_targets_turned_by_its_own_secret_map(
+    corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[int] = []
+    real_seed = rotation.random_key_seed
+
+    def recorded_seed() -> int:
+        drawn.append(real_seed())
+        return drawn[-1]
+
+    used: list[tuple[int | None, Any, int]] = []
+    real_train = rotation.train
+
+    def recording_train(
+        config: Any, data: Any, view: Any, key: Any, run_dir: Any, **options: Any
+    ) -> Any:
+        used.append((options.get("rotation_seed"), config.teacher.rotation_seeds, key.seed))
+        assert data.targets is not None
+        return real_train(config, data, view, key, run_dir, **options)
+
+    monkeypatch.setattr(rotation, "random_key_seed", recorded_seed)
+    monkeypatch.setattr(rotation, "train", recording_train)
+    config = _teacher_config()
+    builder = EpochBuilder(
+        config,
+        corpus,
+        ModelStore(tmp_path / "models"),
+        Ed25519PrivateKey.generate(),
+        material.FleetKey.generate(),
+        tmp_path / "trainer",
+        _descriptors(corpus),
+    )
+    first = builder.build("fleet", 1, previous_key=None)
+    key = rotation.open_own_bundle(
+        first.bundle, builder.signing_key.public_key(), builder.fleet_key
+    )
+    second = builder.build("fleet", 2, previous_key=key)
+    (seed_1, public_1, key_1), (seed_2, public_2, key_2) = used
+    assert seed_1 is not None
+    assert seed_2 is not None
+    assert seed_1 != seed_2
+    assert {seed_1, seed_2} <= set(drawn)  # drawn from the OS's CSPRNG, fresh each epoch
+    assert public_1 is None
+    assert public_2 is None
+    assert not {seed_1, seed_2} & {key_1, key_2, 5, 6}  # never the SN key's seed
+    aligned = second.report.gates.aligned_linkage if second.report.gates else None
+    assert aligned is not None
+    assert aligned.aligned_people + aligned.linked_people == 6
+    # the maps' seeds are written nowhere: bundle, model store, reports, checkpoints
+    secrets = [str(s).encode() for s in (seed_1, seed_2)]
+    secrets += [s.to_bytes(8, order) for s in (seed_1, seed_2) for order in ("big", "little")]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".rlkb" for p in written)
+    assert any(p.suffix == ".json" for p in written)
+    for path in written:
+        content = path.read_bytes()
+        assert not any(secret in content for secret in secrets), path
+
+
+def test_without_target_rotation_every_epoch_regresses_one_space(
+    corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used: list[int | None] = []
+
+    def recording_train(*args: Any, **options: Any) -> Any:
+        used.append(options.get("rotation_seed"))
+        raise GateError("stop after recording")  # the seed choice is all this test needs
+
+    monkeypatch.setattr(rotation, "train", recording_train)
+    builder = EpochBuilder(
+        _teacher_config(target_rotation=False),
+        corpus,
+        ModelStore(tmp_path / "models"),
+        Ed25519PrivateKey.generate(),
+        material.FleetKey.generate(),
+        tmp_path / "trainer",
+        _descriptors(corpus),
+    )
+    with pytest.raises(GateError, match="stop"):
+        builder.build("fleet", 1, previous_key=None)
+    assert used == [None]
+
+
+def test_aligned_linkage_finds_a_rotated_epoch_and_not_an_unrelated_one() -> None:
+    rng = np.random.default_rng(0)
+    people, photos = 40, 3
+    centres = rng.standard_normal((people, 16))
+    labels = np.repeat(np.arange(people), photos)
+    gallery = centres[labels] + 0.05 * rng.standard_normal((people * photos, 16))
+    probe_labels = np.arange(people)
+    probes = centres + 0.05 * rng.standard_normal((people, 16))
+    # 20 aligned people in 16 dimensions: enough to pin the whole rotation down
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    linked = rotation.aligned_linkage(gallery, gallery @ q, labels, probes @ q, probe_labels, 0)
+    assert linked is not None
+    assert (linked.aligned_people, linked.linked_people) == (20, 20)
+    assert linked.pairing_accuracy == 1.0
+    assert linked.linkage_accuracy >= 0.9
+    assert linked.linkage_chance == pytest.approx(0.05)
+    other = rng.standard_normal((people, 16))
+    unrelated = rotation.aligned_linkage(
+        gallery, other[labels], labels, other + 0.05 * rng.standard_normal((people, 16)),
+        probe_labels, 0,
+    )  # fmt: skip
+    assert unrelated is not None
+    assert unrelated.pairing_accuracy <= 0.15
+    assert unrelated.linkage_accuracy <= 0.2
+    assert (
+        rotation.aligned_linkage(gallery[:15], gallery[:15], labels[:15], probes, labels, 0) is None
+    )
+
+
+def test_the_aligned_linkage_limit_is_a_gate_when_set(corpus: Any) -> None:
+    config = _config(aligned_linkage_limit=0.0)
+    split = split_corpus(corpus, config)
+    key = make_key(config.experiment, 3, split.fit.faces)
+    other = make_key(config.experiment, 4, split.fit.faces)
+    from rllfpr.models.recognizer import Recognizer
+
+    torch.manual_seed(0)
+    recognizer = Recognizer(config.experiment.recognizer).eval()
+    gates = rotation._gates(config, recognizer, key, other, split, (recognizer, key))
+    assert gates.aligned_linkage is not None
+    assert gates.checks.aligned_linkage is (gates.aligned_linkage.linkage_accuracy <= 0.0)
+    report = rotation._gates(_config(), recognizer, key, other, split, (recognizer, key))
+    assert report.checks.aligned_linkage is None  # measured, not a gate, by default
+    assert report.aligned_linkage == gates.aligned_linkage

@@ -90,7 +90,7 @@ def keys_rotate(
     """Build, gate and stage the next key epoch of a scope (trained on the trainer's corpus)."""
     from rllfpr.models.store import ModelStore
     from trainer.experiment import load_dataset
-    from trainer.rotation import EpochBuilder, GateError, RotationConfig
+    from trainer.rotation import EpochBuilder, GateError, RotationConfig, teacher_descriptors
 
     settings = settings_or_fail(config)
     scope = scope or settings.keys.scope
@@ -110,13 +110,15 @@ def keys_rotate(
     built = _built_epochs(settings, scope)
     epoch = max(built + store.epochs(scope) + [0]) + 1
     previous_key = _open_own_bundle(settings, scope, built[-1]) if built else None
+    corpus = load_dataset(rotation.experiment, settings.data, settings.cache)
     builder = EpochBuilder(
         rotation,
-        load_dataset(rotation.experiment, settings.data, settings.cache),
+        corpus,
         store,
         _signing_key(settings),
         material.load_fleet_key(settings.keys.fleet_key_file),
         settings.trainer.work_directory,
+        teacher_descriptors(rotation.experiment, corpus, settings.data, settings.cache),
     )
     console.print(f"building epoch {epoch} of scope {scope}")
     try:

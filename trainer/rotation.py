@@ -4,16 +4,23 @@ Building epoch e+1 uses only the trainer's training corpus (a public or licensed
 never the faces of enrolled people):
 
 1. a fresh SN key (seed from the OS's CSPRNG), BN self-learned on the corpus's training faces;
-2. the recognizer trained with the experiment's recipe (augmentation before the SN,
-   distillation from an original-face teacher) from a fresh secret initialization seed, the
-   teacher too, so that no two epochs share an embedding space and no one can rebuild the
-   teacher from the public recipe (``fine_tune_epochs`` > 0 fine-tunes from epoch e's instead);
+2. the recognizer trained with the experiment's recipe (augmentation before the SN; with
+   ``teacher.weight``, regression of the pretrained face teacher's descriptor of each original
+   photo, centred on the corpus and turned by the epoch's own secret orthogonal map ``Q_e``;
+   with ``loss.distill_weight``, distillation from an original-face recognizer trained with the
+   epoch) from a fresh secret initialization seed, so that no two epochs share an embedding
+   space and no one can rebuild the epoch's teacher or map from the public recipe
+   (``fine_tune_epochs`` > 0 fine-tunes from epoch e's instead). ``Q_e`` is drawn from its own
+   fresh seed, never the SN key's, and neither seed is written anywhere: not in the bundle, the
+   model store, the gate report or a log;
 3. gates, measured on corpus faces the recognizer never saw: closed-set accuracy on held-out
    images of the training people at least ``accuracy_floor``; cross-key accuracy (the new
    recognizer and gallery probed with the previous key's scrambles) and template linkage (the
    previous epoch's gallery probed with the new recognizer's embeddings of new-key scrambles)
    no better than the majority-class rate plus ``cross_key_margin``; an ONNX export that
-   TensorRT can parse;
+   TensorRT can parse; and, measured (a gate with ``aligned_linkage_limit``), what an attacker
+   holding both epochs' galleries gains by aligning them without labels
+   (``trainer.alignment``);
 4. the open-set operating point calibrated on corpus people held out of training entirely;
 5. the recognizer published to the model store, the bundle sealed (Ed25519 signature, AES-256-GCM
    for the fleet key) with the recognizer's id, and kept with the gate report.
@@ -110,6 +117,23 @@ class RotationConfig(BaseModel):
         "Spearman 0.80, though not the four low-pass keys, which trained within 5 points of "
         "each other (docs/results/design-study.md).",
     )
+    target_rotation: bool = Field(
+        True,
+        description="With the face teacher (experiment.teacher.weight > 0): each epoch's targets "
+        "are turned by a random orthogonal map Q_e drawn from a fresh secret seed of that epoch "
+        "(the experiment's teacher.rotation_seeds are ignored). false: every epoch regresses "
+        "the same target space, so their templates link; for measuring that only (the "
+        "template-linkage gate refuses such epochs).",
+    )
+    aligned_linkage_limit: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Gate: at most this share of held-out probes of corpus people absent from "
+        "the aligned galleries identified against the previous epoch's templates, once an "
+        "attacker has aligned the two epochs' galleries of the other corpus people without "
+        "labels. null: measured and reported, not enforced.",
+    )
     target_fpir: float = Field(
         0.01, gt=0, lt=1, description="False-positive identification rate the threshold aims at."
     )
@@ -133,18 +157,63 @@ class CorpusSplit:
     calibration: AlignedFaces  # people never trained on (open-set calibration)
 
 
-def split_corpus(corpus: AlignedFaces, config: RotationConfig) -> CorpusSplit:
+def split_indices(
+    corpus: AlignedFaces, config: RotationConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices into ``corpus`` of the fit, held-out and calibration faces."""
     spec = config.experiment.data
     people = np.random.default_rng(spec.split_seed).permutation(len(corpus.names))
     held_people = set(people[: max(2, round(config.calibration_people * len(people)))].tolist())
     in_calibration = np.isin(corpus.labels, list(held_people))
-    training = corpus.subset(np.flatnonzero(~in_calibration)).relabeled()
-    fit, held_out = split_per_identity(training.labels, spec.test_fraction, spec.split_seed)
-    return CorpusSplit(
-        training.subset(fit),
-        training.subset(held_out),
-        corpus.subset(np.flatnonzero(in_calibration)).relabeled(),
+    training = np.flatnonzero(~in_calibration)
+    relabeled = corpus.subset(training).relabeled()
+    fit, held_out = split_per_identity(relabeled.labels, spec.test_fraction, spec.split_seed)
+    return training[fit], training[held_out], np.flatnonzero(in_calibration)
+
+
+def split_corpus(
+    corpus: AlignedFaces, config: RotationConfig, descriptors: np.ndarray | None = None
+) -> CorpusSplit:
+    """With ``descriptors`` (the teacher's, one row per corpus face, NaN where it found no
+    face), the fit faces carry their targets: centred on the fit faces' mean (the target space
+    is fitted on training faces only) and renormalized, not yet turned by an epoch's ``Q_e``;
+    fit faces without a descriptor are left out."""
+    fit, held_out, calibration = split_indices(corpus, config)
+    training = corpus.subset(np.concatenate([fit, held_out])).relabeled()
+    split = CorpusSplit(
+        training.subset(np.arange(len(fit))),
+        training.subset(np.arange(len(fit), len(training))),
+        corpus.subset(calibration).relabeled(),
     )
+    if descriptors is None:
+        return split
+    if len(descriptors) != len(corpus):
+        raise ValueError(f"{len(descriptors)} teacher descriptors for {len(corpus)} faces")
+    from trainer.corpus import with_targets
+    from trainer.targets import TargetSpace
+
+    described = descriptors[fit][~np.isnan(descriptors[fit]).any(axis=1)]
+    if len(described) < 2:
+        raise ValueError("the teacher described fewer than 2 of the corpus' training faces")
+    space = TargetSpace.fit(described, config.experiment.teacher.whiten)
+    fit_faces, _ = with_targets(split.fit, descriptors[fit], space)
+    return CorpusSplit(fit_faces, split.held_out, split.calibration)
+
+
+def teacher_descriptors(
+    experiment: ExperimentConfig, corpus: AlignedFaces, data_root: Path, cache: Path
+) -> np.ndarray | None:
+    """The face teacher's descriptor of every corpus face (computed once per photo and cached,
+    ``trainer.teacher``); None when the recipe has no teacher."""
+    if not experiment.teacher.weight:
+        return None
+    from trainer.corpus import describe_faces
+    from trainer.data import dataset_root, list_identities
+
+    spec = experiment.data
+    root = dataset_root(spec.dataset, data_root)
+    identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
+    return describe_faces(corpus.sources, root, identities, cache)
 
 
 class Report(BaseModel):
@@ -168,6 +237,22 @@ class GateChecks(Report):
     cross_key: bool
     tensorrt_operators: bool
     template_linkage: bool | None = None  # a scope's first epoch has no previous templates
+    aligned_linkage: bool | None = None  # only with aligned_linkage_limit
+
+
+class AlignedLinkage(Report):
+    """The gallery-alignment attack between the previous and the new epoch (trainer.alignment):
+    the corpus' training people split in two; one half's templates of both epochs aligned
+    without labels; the other half's held-out new-epoch probes identified against their
+    previous-epoch templates carried by the attacker's rotation (people erased from the new
+    gallery, whose old templates a backup kept)."""
+
+    aligned_people: int
+    pairing_accuracy: float = Field(description="Share of aligned people paired right.")
+    pairing_chance: float
+    linked_people: int
+    linkage_accuracy: float = Field(description="Rank-1 of the other half's probes.")
+    linkage_chance: float
 
 
 class GateReport(Report):
@@ -178,6 +263,8 @@ class GateReport(Report):
     cross_key_limit: float
     unsupported_onnx_operators: list[str]
     template_linkage_accuracy: float | None = None
+    aligned_linkage: AlignedLinkage | None = None
+    aligned_linkage_limit: float | None = None
     checks: GateChecks
     passed: bool
 
@@ -230,16 +317,26 @@ def _gates(
     unsupported = sorted(unsupported_operators(export_onnx(key.cpu())))
     key.to(device)
     limit = majority + config.cross_key_margin
-    linkage = None
+    linkage, aligned = None, None
     if previous is not None:
         old_recognizer, old_key = previous
         old_gallery = embed(old_recognizer, FaceView("scrambled", old_key, device), split.fit.faces)
         linkage = closed_set(old_gallery, split.fit.labels, probes, split.held_out.labels)
+        seed = config.experiment.data.split_seed
+        aligned = aligned_linkage(
+            old_gallery, gallery, split.fit.labels, probes, split.held_out.labels, seed
+        )
+    aligned_limit = config.aligned_linkage_limit
     checks = GateChecks(
         accuracy=accuracy["accuracy"] >= config.accuracy_floor,
         cross_key=cross["accuracy"] <= limit,
         tensorrt_operators=not unsupported,
         template_linkage=None if linkage is None else linkage["accuracy"] <= limit,
+        aligned_linkage=(
+            None
+            if aligned is None or aligned_limit is None
+            else aligned.linkage_accuracy <= aligned_limit
+        ),
     )
     return GateReport(
         closed_set_accuracy=accuracy["accuracy"],
@@ -249,8 +346,50 @@ def _gates(
         cross_key_limit=limit,
         unsupported_onnx_operators=unsupported,
         template_linkage_accuracy=None if linkage is None else linkage["accuracy"],
+        aligned_linkage=aligned,
+        aligned_linkage_limit=aligned_limit,
         checks=checks,
         passed=all(value for value in checks.model_dump().values() if value is not None),
+    )
+
+
+def aligned_linkage(
+    old_gallery: np.ndarray,
+    new_gallery: np.ndarray,
+    labels: np.ndarray,
+    new_probes: np.ndarray,
+    probe_labels: np.ndarray,
+    seed: int,
+) -> AlignedLinkage | None:
+    """``AlignedLinkage`` from two epochs' embeddings of the same gallery faces (``labels``)
+    and the new epoch's probes; None with fewer than 6 people."""
+    from trainer.alignment import align_galleries, correspondence_accuracy
+    from trainer.evaluate import class_templates
+
+    people = int(labels.max()) + 1
+    if people < 6:
+        return None
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(people)
+    aligned, linked = order[: people // 2], order[people // 2 :]
+    old = class_templates(old_gallery, labels, people)
+    new = class_templates(new_gallery, labels, people)
+    shuffle = rng.permutation(len(aligned))  # the attacker's order of the new gallery
+    attack = align_galleries(old[aligned], new[aligned][shuffle], seed=seed)
+    truth = np.argsort(shuffle)
+    mask = np.isin(probe_labels, linked)
+    renumber = np.full(people, -1)
+    renumber[linked] = np.arange(len(linked))
+    carried = attack.carry(old[linked])
+    probes = attack.second.apply(new_probes[mask])
+    found = closed_set(carried, np.arange(len(linked)), probes, renumber[probe_labels[mask]])
+    return AlignedLinkage(
+        aligned_people=len(aligned),
+        pairing_accuracy=correspondence_accuracy(attack.matching, truth),
+        pairing_chance=1 / len(aligned),
+        linked_people=len(linked),
+        linkage_accuracy=found["accuracy"],
+        linkage_chance=1 / len(linked),
     )
 
 
@@ -298,10 +437,20 @@ class EpochBuilder:
         signing_key: Ed25519PrivateKey,
         fleet_key: FleetKey,
         work: Path,
+        descriptors: np.ndarray | None = None,
     ) -> None:
+        """``descriptors``: the face teacher's, one row per corpus face
+        (``teacher_descriptors``), when the recipe regresses the teacher."""
+        if config.experiment.teacher.weight and descriptors is None:
+            raise ValueError(
+                "the recipe regresses the face teacher (experiment.teacher.weight): pass the "
+                "corpus' teacher descriptors (trainer.rotation.teacher_descriptors)"
+            )
         self.config, self.store, self.work = config, store, work
         self.signing_key, self.fleet_key = signing_key, fleet_key
-        self.split = split_corpus(corpus, config)
+        self.split = split_corpus(
+            corpus, config, descriptors if config.experiment.teacher.weight else None
+        )
 
     def bundle_path(self, scope: str, epoch: int) -> Path:
         return self.work / scope / f"epoch-{epoch:08d}.rlkb"
@@ -343,9 +492,15 @@ class EpochBuilder:
         key, key_screen = self.draw_key()
         previous = self._previous_recognizer(scope, epoch)
         # Never kept: whoever knows the seed can rebuild this epoch's teacher from the public
-        # recipe and corpus, and match scrambled faces against plain photos with it. The
-        # checkpoints that record it are removed once trained (the store keeps the recognizer).
-        fresh = experiment.model_copy(update={"seed": random_key_seed()})
+        # recipe and corpus, and match scrambled faces against plain photos with it; whoever
+        # knows Q_e's seed can put the public face teacher's descriptors of plain photos where
+        # this epoch's recognizer puts scrambled faces. The checkpoints that record them are
+        # removed once trained (the store keeps the recognizer, never a seed).
+        teacher_spec = experiment.teacher.model_copy(update={"rotation_seeds": None})
+        fresh = experiment.model_copy(update={"seed": random_key_seed(), "teacher": teacher_spec})
+        rotation_seed = None
+        if experiment.teacher.weight and self.config.target_rotation:
+            rotation_seed = random_key_seed()
         recipe, initial = fresh, None
         if previous is not None and self.config.fine_tune_epochs:
             optim = experiment.optim.model_copy(update={"epochs": self.config.fine_tune_epochs})
@@ -359,7 +514,14 @@ class EpochBuilder:
             if experiment.loss.distill_weight:
                 teacher = train(fresh, self.split.fit, "original", None, teacher_dir).recognizer
             trained = train(
-                recipe, self.split.fit, "scrambled", key, run_dir, teacher=teacher, initial=initial
+                recipe,
+                self.split.fit,
+                "scrambled",
+                key,
+                run_dir,
+                teacher=teacher,
+                initial=initial,
+                rotation_seed=rotation_seed,
             )
         finally:  # the teacher also maps plain photos into this epoch's space
             for done in (run_dir, teacher_dir):

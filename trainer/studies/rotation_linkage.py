@@ -31,7 +31,7 @@ from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
 from trainer import hardware
 from trainer.experiment import load_dataset
-from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
+from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle, teacher_descriptors
 
 # The demo's recipe (demo/run.py reads the same file).
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "rotation-demo.yaml"
@@ -50,12 +50,13 @@ def measure(recipe: dict[str, Any], fine_tune_epochs: int, work: Path) -> dict[s
     settings = load_settings(None)
     base = RotationConfig.model_validate(recipe | {"cross_key_margin": 1.0})
     corpus = load_dataset(base.experiment, settings.data, settings.cache)
+    descriptors = teacher_descriptors(base.experiment, corpus, settings.data, settings.cache)
     store = ModelStore(work / "models")
     signing, fleet = Ed25519PrivateKey.generate(), material.FleetKey.generate()
     results = {}
     for name, epochs in (("fresh", 0), ("fine_tuned", fine_tune_epochs)):
         config = base.model_copy(update={"fine_tune_epochs": epochs})
-        builder = EpochBuilder(config, corpus, store, signing, fleet, work / "trainer")
+        builder = EpochBuilder(config, corpus, store, signing, fleet, work / "trainer", descriptors)
         started = time.monotonic()
         results[name] = two_epochs(builder, name) | {"seconds": round(time.monotonic() - started)}
     return results

@@ -9,7 +9,7 @@ keeps one more photo as new-epoch traffic.
 
 For gallery sizes n, ``trials`` random sets of n victims: the attacker gets epoch 1's and epoch
 2's templates of those people, epoch 2's shuffled, and runs
-``trainer.studies.privacy.attacks.alignment.align_galleries``. Reported per size:
+``trainer.alignment.align_galleries``. Reported per size:
 
 - correspondence accuracy (share of people paired with their own template; chance 1/n);
 - the structure agreement under the true pairing (how alike the two similarity matrices are)
@@ -21,7 +21,17 @@ For gallery sizes n, ``trials`` random sets of n victims: the attacker gets epoc
   true pairing (an attacker who knows the pairing, e.g. from names in both galleries), and by
   the ridge least-squares map fitted on it (where the spaces are not rotations of each other).
 
+A second case (``plain_photos``, with the face teacher installed): the first gallery is the
+public face teacher's descriptors (dlib) of the same people's plain photos, as anyone holding
+photos of the enrolled people can compute; aligned with epoch 2's gallery, its rotation carries
+plain photos of anyone into epoch 2's space, where the erased people's new-epoch photos are
+identified against their plain photos.
+
     python -m trainer.studies.privacy.gallery_alignment OUTPUT.json [--rotation-config FILE]
+        [--shared-targets] [--embeddings FILE.npz]
+
+``--shared-targets`` builds the epochs without ``Q_e`` (``target_rotation: false``), the
+teacher recipe's control.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +56,17 @@ from rllfpr.faces.pixels import pick_device
 from rllfpr.keys import material
 from rllfpr.models.store import ModelStore
 from trainer import hardware
-from trainer.data import AlignedFaces, Aligner, dataset_root, list_identities
-from trainer.evaluate import closed_set
-from trainer.experiment import load_dataset
-from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle
-from trainer.studies.privacy.attacks.alignment import (
+from trainer.alignment import (
     align_galleries,
     correspondence_accuracy,
     linear_map,
     procrustes,
     structure_agreement,
 )
+from trainer.data import AlignedFaces, Aligner, dataset_root, list_identities
+from trainer.evaluate import closed_set
+from trainer.experiment import load_dataset
+from trainer.rotation import EpochBuilder, RotationConfig, open_own_bundle, teacher_descriptors
 from trainer.train import FaceView, embed
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,14 @@ class Victims:
     first: np.ndarray  # (P, d) epoch-1 templates
     second: np.ndarray  # (P, d) epoch-2 templates, same people, same photos
     probes: np.ndarray  # (P, d) epoch-2 embedding of each person's held-back photo
+    plain: np.ndarray | None = None  # (P, 128) the face teacher's templates of the same photos
+
+    def cases(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(first gallery, second gallery, second-space probes) of each attack."""
+        cases = {"epochs": (self.first, self.second, self.probes)}
+        if self.plain is not None:
+            cases["plain_photos"] = (self.plain, self.second, self.probes)
+        return cases
 
 
 def victim_faces(
@@ -118,11 +136,16 @@ def rank1(gallery: np.ndarray, probes: np.ndarray) -> float:
     return float(closed_set(gallery, labels, probes, labels)["accuracy"])
 
 
-def trial(victims: Victims, n: int, erased: int, rng: np.random.Generator) -> dict[str, Any]:
-    order = rng.permutation(len(victims.names))
+def trial(
+    case: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, erased: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """One attack on ``n`` random people of ``case`` (first gallery, second gallery, second
+    probes); ``erased`` others are linked with what it found."""
+    first_all, second_all, probes_all = case
+    order = rng.permutation(len(first_all))
     aligned, gone = order[:n], order[n : n + erased]
     shuffle = rng.permutation(n)  # the attacker's epoch-2 gallery order
-    first, second = victims.first[aligned], victims.second[aligned][shuffle]
+    first, second = first_all[aligned], second_all[aligned][shuffle]
     truth = np.argsort(shuffle)  # first's template i is second's template truth[i]
     started = time.perf_counter()
     attack = align_galleries(first, second, seed=int(rng.integers(2**31)))
@@ -131,7 +154,7 @@ def trial(victims: Victims, n: int, erased: int, rng: np.random.Generator) -> di
     normalized_second = attack.second.apply(second)
     known = procrustes(normalized_first, normalized_second, truth)
     linear = linear_map(normalized_first, normalized_second, truth)
-    old, new = victims.first[gone], victims.probes[gone]
+    old, new = first_all[gone], probes_all[gone]
     probes = attack.second.apply(new)
     stages = {
         name: correspondence_accuracy(matching, truth)
@@ -168,9 +191,10 @@ def build_two_epochs(
     """Epochs 1 and 2 of one scope: (recognizer, key) each, epoch 2's gate report, corpus."""
     settings = load_settings(None)
     corpus = load_dataset(config.experiment, settings.data, settings.cache)
+    descriptors = teacher_descriptors(config.experiment, corpus, settings.data, settings.cache)
     store = ModelStore(work / "models")
     signing, fleet = Ed25519PrivateKey.generate(), material.FleetKey.generate()
-    builder = EpochBuilder(config, corpus, store, signing, fleet, work / "trainer")
+    builder = EpochBuilder(config, corpus, store, signing, fleet, work / "trainer", descriptors)
     epochs, previous, report = [], None, {}
     for number in (1, 2):
         built = builder.build("study", number, previous_key=previous)
@@ -208,6 +232,9 @@ def embed_study(
     if gallery.names != probes.names:
         raise AssertionError("gallery and probe people differ")
     victims = embed_victims(epochs, gallery, probes, config.experiment.device)
+    victims = replace(
+        victims, plain=plain_templates(config, gallery, settings.data, settings.cache)
+    )
     facts = {
         "gates": gates,
         "victims": {
@@ -225,6 +252,27 @@ def embed_study(
     return victims, facts
 
 
+def plain_templates(
+    config: RotationConfig, gallery: AlignedFaces, data: Path, cache: Path
+) -> np.ndarray | None:
+    """The face teacher's per-person templates of the victims' gallery photos (None without
+    the teacher extra): what anyone holding those plain photos computes with the public model."""
+    from trainer.corpus import describe_faces
+    from trainer.teacher import TeacherError
+
+    root = dataset_root(config.experiment.data.dataset, data)
+    everyone = list_identities(root, min_images=2)
+    identities = {name: everyone[name] for name in gallery.names}
+    try:
+        descriptors = describe_faces(gallery.sources, root, identities, cache)
+    except TeacherError as error:
+        log.warning("no plain-photo case: %s", error)
+        return None
+    if np.isnan(descriptors).any(axis=1).all():
+        return None
+    return templates(descriptors, gallery.labels)
+
+
 def save_victims(path: Path, victims: Victims, facts: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp.npz")
     np.savez(
@@ -233,6 +281,7 @@ def save_victims(path: Path, victims: Victims, facts: dict[str, Any]) -> None:
         first=victims.first,
         second=victims.second,
         probes=victims.probes,
+        plain=victims.plain if victims.plain is not None else np.zeros((0, 0)),
         facts=np.array(json.dumps(facts)),
     )
     temporary.replace(path)
@@ -240,22 +289,28 @@ def save_victims(path: Path, victims: Victims, facts: dict[str, Any]) -> None:
 
 def load_victims(path: Path) -> tuple[Victims, dict[str, Any]]:
     with np.load(path, allow_pickle=False) as saved:
-        victims = Victims(saved["names"].tolist(), saved["first"], saved["second"], saved["probes"])
+        plain = saved["plain"] if "plain" in saved and saved["plain"].size else None
+        victims = Victims(
+            saved["names"].tolist(), saved["first"], saved["second"], saved["probes"], plain
+        )
         return victims, json.loads(str(saved["facts"]))
 
 
 def attack_sizes(
     victims: Victims, sizes: list[int], trials: int, erased: int, seed: int
 ) -> dict[str, Any]:
+    """Per case and gallery size: ``trials`` attacks (seeded) and their summary."""
     if max(sizes) + erased > len(victims.names):
         raise ValueError(f"{max(sizes)} + {erased} people asked, {len(victims.names)} embedded")
-    rng = np.random.default_rng(seed)
     results: dict[str, Any] = {}
-    for n in sizes:
-        runs = [trial(victims, n, erased, rng) for _ in range(trials)]
-        results[str(n)] = {"chance": 1 / n, "erased_chance": 1 / erased} | summarize(runs)
-        results[str(n)]["runs"] = runs
-        log.info("n=%d: correspondence %.3f", n, results[str(n)]["correspondence_accuracy"]["mean"])
+    for name, case in victims.cases().items():
+        rng = np.random.default_rng(seed)
+        results[name] = {}
+        for n in sizes:
+            runs = [trial(case, n, erased, rng) for _ in range(trials)]
+            row = {"chance": 1 / n, "erased_chance": 1 / erased} | summarize(runs)
+            results[name][str(n)] = row | {"runs": runs}
+            log.info("%s, n=%d: pairing %.3f", name, n, row["correspondence_accuracy"]["mean"])
     return results
 
 
@@ -271,6 +326,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
+        "--shared-targets",
+        action="store_true",
+        help="the teacher recipe without Q_e (every epoch regresses one target space)",
+    )
+    parser.add_argument(
         "--embeddings",
         type=Path,
         help="NPZ of the victims' embeddings: read if it exists (no training), else written",
@@ -279,6 +339,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(arguments.threads)
     config = RotationConfig.from_yaml(arguments.rotation_config)
+    if arguments.shared_targets:
+        config = config.model_copy(update={"target_rotation": False})
     people = max(arguments.sizes) + arguments.erased
     if arguments.embeddings and arguments.embeddings.exists():
         victims, facts = load_victims(arguments.embeddings)
@@ -288,10 +350,10 @@ def main() -> None:
         if arguments.embeddings:
             save_victims(arguments.embeddings, victims, facts)
     load = os.getloadavg()
-    sizes = attack_sizes(
+    cases = attack_sizes(
         victims, arguments.sizes, arguments.trials, arguments.erased, arguments.seed
     )
-    result = facts | {"sizes": sizes}
+    result = facts | {"cases": cases}
     command = "python -m trainer.studies.privacy.gallery_alignment " + " ".join(sys.argv[1:])
     document = {
         "command": command,
@@ -304,9 +366,9 @@ def main() -> None:
     } | result
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(document, indent=2) + "\n")
-    for n, row in result["sizes"].items():
+    for name, n, row in ((c, n, r) for c, rows in cases.items() for n, r in rows.items()):
         print(
-            f"n={n}: correspondence {row['correspondence_accuracy']['mean']:.1%} "
+            f"{name}, n={n}: correspondence {row['correspondence_accuracy']['mean']:.1%} "
             f"(chance {row['chance']:.1%}); erased people linked as is "
             f"{row['erased_linked_as_is']['mean']:.1%}, after the attack "
             f"{row['erased_linked_after_attack']['mean']:.1%}, with the true pairing "

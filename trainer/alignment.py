@@ -38,6 +38,8 @@ the same problem (two point clouds, an unknown rotation, no dictionary):
    best (Pearson correlation of their off-diagonal entries): no ground truth is used.
 
 Galleries are (n, d) templates, one per person, the same n people in each (in any order).
+Used by the key rotation's aligned-linkage measurement (``trainer.rotation``) and the privacy
+study ``trainer.studies.privacy.gallery_alignment``.
 """
 
 from __future__ import annotations
