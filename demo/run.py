@@ -277,7 +277,7 @@ def _build_epochs(
     settings: Settings, workspace: Workspace, plan: DemoPlan, built: list[int], console: Console
 ) -> dict[str, Any]:
     from trainer.data import Aligner, dataset_root, list_identities
-    from trainer.rotation import EpochBuilder, RotationConfig
+    from trainer.rotation import EpochBuilder, RotationConfig, teacher_descriptors
 
     config = RotationConfig.model_validate(plan.rotation)
     spec, keys = config.experiment.data, settings.keys
@@ -293,6 +293,9 @@ def _build_epochs(
     started = time.monotonic()
     corpus = aligner.load(identities)
     costs: dict[str, Any] = {"photos_aligned": missing, "align_s": time.monotonic() - started}
+    started = time.monotonic()  # a teacher recipe: the face teacher's descriptors, cached
+    descriptors = teacher_descriptors(config.experiment, corpus, settings.data, settings.cache)
+    costs["teacher_s"] = round(time.monotonic() - started, 1)
     builder = EpochBuilder(
         config,
         corpus,
@@ -300,6 +303,7 @@ def _build_epochs(
         material.load_signing_key(settings.trainer.signing_key_file),  # type: ignore[arg-type]
         material.load_fleet_key(keys.fleet_key_file),  # type: ignore[arg-type]
         workspace.trainer,
+        descriptors,
     )
     faces, epochs = len(builder.split.fit), config.experiment.optim.epochs
     costs |= {"training_faces": faces, "training_epochs": epochs, "build_s": {}}
