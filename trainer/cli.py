@@ -152,7 +152,7 @@ def _accuracy_table(result: dict[str, Any]) -> Any:
 
 @eval_app.command("teacher")
 def eval_teacher(
-    output: Path = typer.Option(Path("docs/results/teacher.json"), help="Result JSON."),
+    output: Path = typer.Option(Path("docs/results/teacher/lfw-pairs.json"), help="Result JSON."),
     whiten: float = typer.Option(0.0, min=0.0, max=1.0, help="Whitening of the targets."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -166,7 +166,7 @@ def eval_teacher(
     settings = settings_or_fail(config)
     result = teacher_lfw_pairs(settings.data / "lfw", settings.cache, whiten) | {
         "pipeline": TEACHER_PIPELINE,
-        "command": f"rllfpr eval teacher --whiten {whiten}",
+        "command": f"rllfpr eval teacher --whiten {whiten} --output {output}",
         "hardware": hardware.describe(None),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
