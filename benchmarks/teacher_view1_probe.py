@@ -1,0 +1,100 @@
+"""The trained View 1 students of an experiment, scored without test-time copies: LFW View 1
+(10-fold on pairsDevTest, threshold transferred from pairsDevTrain) and open-set FNIR at FPIR
+(the calibrate study's split, seed 0), each as trained and with the student's embeddings
+centered on its own mean over 3,000 training faces (a fixed vector, as the teacher's targets
+are centered), plus the mean cosine of 400 random unseen faces.
+
+    python benchmarks/teacher_view1_probe.py configs/teacher/view1-compact-64.yaml \
+        [--output docs/results/teacher/view1-probe.json]
+
+Issue 22: a few minutes where ``rllfpr eval accuracy`` (CFP and 18 test-time copies of every
+face) takes most of an hour on two busy cores; the models must be trained already
+(``rllfpr train``), else they are trained here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rllfpr.config import load_settings
+from rllfpr.openset import fnir_at_fpir, searches_of, split_people
+from trainer.config import ExperimentConfig
+from trainer.evaluate import verification
+from trainer.experiment import load_view1_for, make_key
+from trainer.studies.openset import FPIR_POINTS, _evaluation_faces
+from trainer.train import FaceView, embed, train
+from trainer.verification import pair_scores
+
+SAMPLE = 3000
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", type=Path)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument(
+        "--output", type=Path, default=Path("docs/results/teacher/view1-probe.json")
+    )
+    args = parser.parse_args()
+    started = time.time()
+    settings = load_settings(None)
+    config = ExperimentConfig.from_yaml(args.experiment)
+    view1 = load_view1_for(config, settings.data, settings.cache)
+    key = make_key(config, config.key_seeds[0], view1.train.faces)
+    run_dir, cpu = args.runs / config.name, torch.device("cpu")
+    models = {
+        "original": (
+            train(config, view1.train, "original", None, run_dir / "original"),
+            FaceView("original", None, cpu),
+        ),
+        "scrambled": (
+            train(config, view1.train, "scrambled", key, run_dir / "scrambled-key-a"),
+            FaceView("scrambled", key, cpu),
+        ),
+    }
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(view1.train), SAMPLE, replace=False))
+    faces = _evaluation_faces(config, settings)
+    test = split_people(faces.labels, 0)["test"]
+    result: dict[str, Any] = {
+        "protocol": __doc__,
+        "command": f"python benchmarks/teacher_view1_probe.py {args.experiment} "
+        f"--output {args.output}",
+    }
+    for name, (model, view) in models.items():
+        mean = embed(model.recognizer, view, view1.train.faces[sample]).mean(0)
+        probes = embed(model.recognizer, view, faces.faces)
+        pairs = embed(model.recognizer, view, view1.pair_faces.faces)
+        row: dict[str, Any] = {"mean_embedding_norm": float(np.linalg.norm(mean))}
+        for label, center in (("as_trained", np.zeros_like(mean)), ("centered", mean)):
+            p, q = _unit(probes - center), _unit(pairs - center)
+            sources = view1.pair_faces.sources
+            train_scores, train_same = pair_scores(q, sources, view1.train_pairs)
+            test_scores, test_same = pair_scores(q, sources, view1.test_pairs)
+            some = p[rng.choice(len(p), 400, replace=False)]
+            cosines = some @ some.T
+            row[label] = {
+                "view1": verification(test_scores, test_same, train_scores, train_same),
+                "openset_test_fnir_at_fpir": fnir_at_fpir(searches_of(p, test), FPIR_POINTS),
+                "mean_cosine_random_faces": float(cosines[~np.eye(400, dtype=bool)].mean()),
+            }
+        result[name] = row
+        print(name, json.dumps(row), flush=True)
+    result["seconds"] = round(time.time() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
