@@ -5,7 +5,7 @@ centered on its own mean over 3,000 training faces (a fixed vector, as the teach
 are centered), plus the mean cosine of 400 random unseen faces.
 
     python benchmarks/teacher_view1_probe.py configs/teacher/view1-compact-64.yaml \
-        [--output docs/results/teacher/view1-probe.json]
+        [--views original scrambled] [--output docs/results/teacher/view1-probe.json]
 
 Issue 22: a few minutes where ``rllfpr eval accuracy`` (CFP and 18 test-time copies of every
 face) takes most of an hour on two busy cores; the models must be trained already
@@ -29,7 +29,7 @@ from trainer.config import ExperimentConfig
 from trainer.evaluate import verification
 from trainer.experiment import load_view1_for, make_key
 from trainer.studies.openset import FPIR_POINTS, _evaluation_faces
-from trainer.train import FaceView, embed, train
+from trainer.train import FaceView, TrainResult, embed, train
 from trainer.verification import pair_scores
 
 SAMPLE = 3000
@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument(
+        "--views", nargs="+", choices=["original", "scrambled"], default=["original", "scrambled"]
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("docs/results/teacher/view1-probe.json")
     )
     args = parser.parse_args()
@@ -53,16 +56,17 @@ def main() -> None:
     view1 = load_view1_for(config, settings.data, settings.cache)
     key = make_key(config, config.key_seeds[0], view1.train.faces)
     run_dir, cpu = args.runs / config.name, torch.device("cpu")
-    models = {
-        "original": (
+    models: dict[str, tuple[TrainResult, FaceView]] = {}
+    if "original" in args.views:
+        models["original"] = (
             train(config, view1.train, "original", None, run_dir / "original"),
             FaceView("original", None, cpu),
-        ),
-        "scrambled": (
+        )
+    if "scrambled" in args.views:
+        models["scrambled"] = (
             train(config, view1.train, "scrambled", key, run_dir / "scrambled-key-a"),
             FaceView("scrambled", key, cpu),
-        ),
-    }
+        )
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(view1.train), SAMPLE, replace=False))
     faces = _evaluation_faces(config, settings)
@@ -70,7 +74,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "protocol": __doc__,
         "command": f"python benchmarks/teacher_view1_probe.py {args.experiment} "
-        f"--output {args.output}",
+        f"--views {' '.join(args.views)} --output {args.output}",
     }
     for name, (model, view) in models.items():
         mean = embed(model.recognizer, view, view1.train.faces[sample]).mean(0)
