@@ -2,7 +2,10 @@
 (10-fold on pairsDevTest, threshold transferred from pairsDevTrain) and open-set FNIR at FPIR
 (the calibrate study's split, seed 0), each as trained and with the student's embeddings
 centered on its own mean over 3,000 training faces (a fixed vector, as the teacher's targets
-are centered), plus the mean cosine of 400 random unseen faces.
+are centered), plus the mean cosine of 400 random unseen faces; and how well the student fits
+its targets (``Q_e``-turned teacher descriptors, mean ``1 - cos``) on those 3,000 training
+faces and on the faces of the test pairs (people never seen in training): the gap between the
+two is what training does not generalize.
 
     python benchmarks/teacher_view1_probe.py configs/teacher/view1-compact-64.yaml \
         [--views original scrambled] [--output docs/results/teacher/view1-probe.json]
@@ -25,10 +28,13 @@ import torch
 
 from rllfpr.config import load_settings
 from rllfpr.openset import fnir_at_fpir, searches_of, split_people
+from trainer.benchmarks import _lfw_identities
 from trainer.config import ExperimentConfig
+from trainer.corpus import describe_faces
 from trainer.evaluate import verification
 from trainer.experiment import load_view1_for, make_key
 from trainer.studies.openset import FPIR_POINTS, _evaluation_faces
+from trainer.targets import rotated
 from trainer.train import FaceView, TrainResult, embed, train
 from trainer.verification import pair_scores
 
@@ -37,6 +43,30 @@ SAMPLE = 3000
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _misfit(embeddings: np.ndarray, targets: np.ndarray) -> float:
+    return float(1 - (_unit(embeddings) * _unit(targets)).sum(1).mean())
+
+
+def _fit_sets(
+    config: ExperimentConfig, view1: Any, sample: np.ndarray, data_root: Path, cache: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(rows of the test pairs' faces that have a teacher descriptor, their targets, the
+    training sample's targets), turned by key A's ``Q_e`` as the students were trained;
+    None without a teacher."""
+    if view1.target_space is None or view1.train.targets is None:
+        return None
+    seeds = config.teacher.rotation_seeds
+    seed = seeds[0] if seeds is not None else None
+    sources = view1.pair_faces.sources
+    wanted = {pair.first for pair in view1.test_pairs} | {p.second for p in view1.test_pairs}
+    rows = np.array([i for i, source in enumerate(sources) if source in wanted])
+    lfw, identities = _lfw_identities(config, data_root, view1.pair_faces)
+    descriptors = describe_faces([sources[i] for i in rows], lfw, identities, cache)
+    has = ~np.isnan(descriptors).any(axis=1)
+    targets = rotated(view1.target_space(descriptors[has]), seed)
+    return rows[has], targets, rotated(view1.train.targets[sample], seed)
 
 
 def main() -> None:
@@ -76,11 +106,19 @@ def main() -> None:
         "command": f"python benchmarks/teacher_view1_probe.py {args.experiment} "
         f"--views {' '.join(args.views)} --output {args.output}",
     }
+    fit = _fit_sets(config, view1, sample, settings.data, settings.cache)
     for name, (model, view) in models.items():
-        mean = embed(model.recognizer, view, view1.train.faces[sample]).mean(0)
+        training = embed(model.recognizer, view, view1.train.faces[sample])
+        mean = training.mean(0)
         probes = embed(model.recognizer, view, faces.faces)
         pairs = embed(model.recognizer, view, view1.pair_faces.faces)
         row: dict[str, Any] = {"mean_embedding_norm": float(np.linalg.norm(mean))}
+        if fit is not None:
+            unseen, targets_unseen, targets_training = fit
+            row["target_fit_1_minus_cos"] = {
+                "training_faces": _misfit(training, targets_training),
+                "unseen_test_pair_faces": _misfit(pairs[unseen], targets_unseen),
+            }
         for label, center in (("as_trained", np.zeros_like(mean)), ("centered", mean)):
             p, q = _unit(probes - center), _unit(pairs - center)
             sources = view1.pair_faces.sources
