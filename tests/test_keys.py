@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import uuid
+import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -219,6 +222,27 @@ def test_a_production_key_with_a_63_bit_seed_survives_its_bundle() -> None:
     assert torch.equal(restored.scramble(faces), network.scramble(faces))
 
 
+def _archive_marked_encrypted() -> bytes:
+    """A valid state archive whose member claims to be encrypted (zip flag bit 0)."""
+    archive = bytearray(bundle._pack_state(STATE))
+    archive[6] |= 1  # the local file header's flags
+    central = archive.index(b"PK\x01\x02")
+    archive[central + 8] |= 1  # the central directory's flags, which zipfile reads
+    return bytes(archive)
+
+
+def _archive_with_a_broken_array_header() -> bytes:
+    """A zip holding one .npy whose header is not a Python literal (numpy's reader raised
+    tokenize.TokenError): the header a long fuzzing run produced by mutating a real one."""
+    header = b"{'descr': '<f4', 'fortran_order': False, (sha9e': (2, 1, 3, 3), }"
+    header = header.ljust(117) + b"\n"
+    array = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(72)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as writer:
+        writer.writestr("encoder.0.weight.npy", array)
+    return archive.getvalue()
+
+
 @pytest.mark.parametrize(
     "state",
     [
@@ -226,11 +250,14 @@ def test_a_production_key_with_a_63_bit_seed_survives_its_bundle() -> None:
         b"PK\x03\x04" + b"\0" * 40,  # a broken zip: zipfile.BadZipFile
         b"\x93NUMPY\x01\x00",  # a lone .npy, not an archive
         b"garbage",
+        _archive_marked_encrypted(),  # zipfile raised RuntimeError ("password required")
+        _archive_with_a_broken_array_header(),  # numpy raised tokenize.TokenError
     ],
 )
 def test_a_signed_bundle_with_a_broken_state_archive_is_a_bundle_error(state: bytes) -> None:
     """Found by fuzzing (tests/test_fuzz.py): a trusted signer's bundle whose encrypted state
-    is not an array archive raised EOFError and zipfile errors past the key ring."""
+    is not an array archive raised EOFError, zipfile errors, RuntimeError and
+    tokenize.TokenError past the key ring."""
     header = bundle.read_header(make_bundle()).model_dump_json().encode()
     head = bundle._PREFIX.pack(bundle.MAGIC, bundle.FORMAT_VERSION, len(header)) + header
     nonce = bytes.fromhex(json.loads(header)["nonce"])

@@ -29,6 +29,7 @@ import io
 import json
 import secrets
 import struct
+import tokenize
 import uuid
 import zipfile
 import zlib
@@ -56,13 +57,20 @@ MAX_ARCHITECTURE_BYTES = 64 * 1024
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _PREFIX = struct.Struct(">4sHI")
 _LENGTH = struct.Struct(">I")
-# What reading a corrupt .npz can raise: zip structure, compression, .npy header, truncation.
+# What reading a corrupt .npz can raise: zip structure, compression, .npy header, truncation;
+# RuntimeError is zipfile's "encrypted member", tokenize.TokenError numpy's fallback parse of
+# a header that is not a literal (both found by fuzzing), struct.error and OverflowError
+# zipfile's reading of out-of-range fields.
 _ARCHIVE_ERRORS = (
     ValueError,
     OSError,
     EOFError,
     KeyError,
     NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    struct.error,
+    tokenize.TokenError,
     zipfile.BadZipFile,
     zlib.error,
 )
