@@ -9,6 +9,17 @@ from typing import Any
 import numpy as np
 
 from demo.observer import Observer, event_record, tally
+from trainer import sn_picture
+
+# faces.png shows LFW faces: report.md links it without embedding it, and it is not kept in the
+# repository (docs/licensing.md, LFW).
+LOCAL_FIGURE_NOTE = (
+    "[faces.png](faces.png), written beside this report by `rllfpr demo` (`scripts/demo`), shows "
+    "aligned faces, which never leave the enrollment station or the camera (top row), what "
+    "leaves the camera under key epoch 1 (middle) and the same faces under epoch 2 (bottom). It "
+    "is for local inspection only and is not kept in the repository, because it shows LFW faces "
+    "(docs/licensing.md)."
+)
 
 ROW_LABELS = (
     ("aligned face", "never leaves the device"),
@@ -19,20 +30,8 @@ ROW_LABELS = (
 
 def labelled_sheet(rows: list[np.ndarray], scale: int = 2) -> np.ndarray:
     """Rows of faces (RGB, same height) enlarged ``scale`` times, each with its label on the left
-    (``ROW_LABELS``), on a white background."""
-    import cv2
-
-    label_width, font = 230, cv2.FONT_HERSHEY_SIMPLEX
-    out = []
-    for row, (title, note) in zip(rows, ROW_LABELS, strict=True):
-        big = np.repeat(np.repeat(row, scale, axis=0), scale, axis=1)
-        label = np.full((big.shape[0], label_width, 3), 255, np.uint8)
-        middle = big.shape[0] // 2
-        cv2.putText(label, title, (8, middle - 4), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(label, note, (8, middle + 18), font, 0.45, (90, 90, 90), 1, cv2.LINE_AA)
-        out.append(np.concatenate([label, big], axis=1))
-        out.append(np.full((4, label_width + big.shape[1], 3), 255, np.uint8))
-    return np.concatenate(out[:-1], axis=0)
+    (``ROW_LABELS``), on a white background: the layout of the README's SN picture."""
+    return sn_picture.labelled_sheet(rows, ROW_LABELS, scale)
 
 
 def write_report(
@@ -146,10 +145,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Decision latency (capture to decision): p50 {latency['p50']:.0f} ms, "
         f"p95 {latency['p95']:.0f} ms. Every event, scored: `report.json`.",
         "",
-        "![aligned faces (never sent), then their epoch-1 and epoch-2 scrambles](faces.png)",
-        "",
-        "Top row: aligned faces, which never leave the enrollment station or the camera. "
-        "Middle: what leaves the camera under key epoch 1. Bottom: the same faces under epoch 2.",
+        LOCAL_FIGURE_NOTE,
         "",
     ]
     return "\n".join(lines)

@@ -15,6 +15,14 @@ from trainer.studies.privacy import figures as drawing
 from trainer.studies.privacy.evaluation import Figures
 from trainer.studies.privacy.goals import check
 
+# samples.png and inversion.png show faces of the evaluation's people (LFW's in the published
+# report): the Markdown links them, embeds none, and the repository keeps neither.
+LOCAL_ONLY = (
+    "written beside this report by `rllfpr eval privacy`, for local inspection only: it shows "
+    "faces of the evaluated dataset's people (LFW in the published report), so it is not kept in "
+    "the repository (docs/licensing.md)"
+)
+
 # The paper's LFW numbers (Huang et al. 2024, Tables 1-5), for side-by-side columns.
 PAPER: dict[str, dict[str, Any]] = {
     "original": {"accuracy": 99.98, "corr": (0.9923, 0.9916, 0.9829)},
@@ -306,7 +314,7 @@ def _attacks(result: dict[str, Any]) -> list[str]:
         "people who are not victims, then reconstructs the victims' test faces scrambled with "
         "key A. Identity leakage = rank-1 of the plain-face recognizer (original-face gallery of "
         f"the victims) on the reconstructions; chance {_pct(plain['chance'])}. Figure: "
-        "[inversion.png](privacy/inversion.png).",
+        f"[inversion.png](privacy/inversion.png), {LOCAL_ONLY}.",
         "",
         *_table(["attack", "PSNR (dB)", "SSIM", "identity leakage, rank-1 (95 % CI)"], rows),
         "",
@@ -385,7 +393,8 @@ def render(result: dict[str, Any]) -> str:
         "[privacy-sn-variants.md](privacy-sn-variants.md) "
         "(`python -m trainer.studies.privacy.sn_variants CONFIG`).",
         "",
-        "![samples](privacy/samples.png)",
+        "Each method's output beside the original faces: [samples.png](privacy/samples.png), "
+        f"{LOCAL_ONLY}.",
         "",
         *_setup(result),
         *_goals(result),
