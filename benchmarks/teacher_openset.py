@@ -26,7 +26,7 @@ from trainer.config import ExperimentConfig
 from trainer.corpus import describe_faces
 from trainer.data import dataset_root, list_identities, read_people_file
 from trainer.experiment import load_view1_for
-from trainer.studies.openset import FPIR_POINTS, MAX_PHOTOS, _evaluation_faces
+from trainer.studies.openset import FPIR_POINTS, MAX_PHOTOS, evaluation_faces
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     settings = load_settings(None)
     config = ExperimentConfig.from_yaml(args.experiment)
     space = load_view1_for(config, settings.data, settings.cache).target_space
-    faces = _evaluation_faces(config, settings)
+    faces = evaluation_faces(config, settings)
     lfw = dataset_root(config.data.dataset, settings.data)
     everyone = list_identities(lfw)
     people = read_people_file(lfw / "peopleDevTest.txt")

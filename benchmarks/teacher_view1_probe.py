@@ -12,13 +12,16 @@ two is what training does not generalize.
 
 Issue 22: a few minutes where ``rllfpr eval accuracy`` (CFP and 18 test-time copies of every
 face) takes most of an hour on two busy cores; the models must be trained already
-(``rllfpr train``), else they are trained here.
+(``rllfpr train``), else they are trained here (with ``loss.distill_weight``, the original-face
+student first: the scrambled one is distilled from it). The output also records each model's
+training seconds and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +31,15 @@ import torch
 
 from rllfpr.config import load_settings
 from rllfpr.openset import fnir_at_fpir, searches_of, split_people
-from trainer.benchmarks import _lfw_identities
+from trainer.benchmarks import lfw_identities
 from trainer.config import ExperimentConfig
 from trainer.corpus import describe_faces
 from trainer.evaluate import verification
 from trainer.experiment import load_view1_for, make_key
-from trainer.studies.openset import FPIR_POINTS, _evaluation_faces
+from trainer.studies.openset import FPIR_POINTS, evaluation_faces
 from trainer.targets import rotated
 from trainer.train import FaceView, TrainResult, embed, train
-from trainer.verification import pair_scores
+from trainer.verification import View1Data, pair_scores
 
 SAMPLE = 3000
 
@@ -50,7 +53,7 @@ def _misfit(embeddings: np.ndarray, targets: np.ndarray) -> float:
 
 
 def _fit_sets(
-    config: ExperimentConfig, view1: Any, sample: np.ndarray, data_root: Path, cache: Path
+    config: ExperimentConfig, view1: View1Data, sample: np.ndarray, data_root: Path, cache: Path
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(rows of the test pairs' faces that have a teacher descriptor, their targets, the
     training sample's targets), turned by key A's ``Q_e`` as the students were trained;
@@ -62,7 +65,7 @@ def _fit_sets(
     sources = view1.pair_faces.sources
     wanted = {pair.first for pair in view1.test_pairs} | {p.second for p in view1.test_pairs}
     rows = np.array([i for i, source in enumerate(sources) if source in wanted])
-    lfw, identities = _lfw_identities(config, data_root, view1.pair_faces)
+    lfw, identities = lfw_identities(config, data_root, view1.pair_faces)
     descriptors = describe_faces([sources[i] for i in rows], lfw, identities, cache)
     has = ~np.isnan(descriptors).any(axis=1)
     targets = rotated(view1.target_space(descriptors[has]), seed)
@@ -86,20 +89,29 @@ def main() -> None:
     view1 = load_view1_for(config, settings.data, settings.cache)
     key = make_key(config, config.key_seeds[0], view1.train.faces)
     run_dir, cpu = args.runs / config.name, torch.device("cpu")
+    load_before = os.getloadavg()
     models: dict[str, tuple[TrainResult, FaceView]] = {}
-    if "original" in args.views:
-        models["original"] = (
-            train(config, view1.train, "original", None, run_dir / "original"),
-            FaceView("original", None, cpu),
-        )
+    distill = bool(config.loss.distill_weight)
+    original: TrainResult | None = None
+    if "original" in args.views or ("scrambled" in args.views and distill):
+        original = train(config, view1.train, "original", None, run_dir / "original")
+        if "original" in args.views:
+            models["original"] = (original, FaceView("original", None, cpu))
     if "scrambled" in args.views:
         models["scrambled"] = (
-            train(config, view1.train, "scrambled", key, run_dir / "scrambled-key-a"),
+            train(
+                config,
+                view1.train,
+                "scrambled",
+                key,
+                run_dir / "scrambled-key-a",
+                teacher=original.recognizer if original is not None and distill else None,
+            ),
             FaceView("scrambled", key, cpu),
         )
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(view1.train), SAMPLE, replace=False))
-    faces = _evaluation_faces(config, settings)
+    faces = evaluation_faces(config, settings)
     test = split_people(faces.labels, 0)["test"]
     result: dict[str, Any] = {
         "protocol": __doc__,
@@ -112,7 +124,10 @@ def main() -> None:
         mean = training.mean(0)
         probes = embed(model.recognizer, view, faces.faces)
         pairs = embed(model.recognizer, view, view1.pair_faces.faces)
-        row: dict[str, Any] = {"mean_embedding_norm": float(np.linalg.norm(mean))}
+        row: dict[str, Any] = {
+            "training_seconds": round(model.seconds, 1),
+            "mean_embedding_norm": float(np.linalg.norm(mean)),
+        }
         if fit is not None:
             unseen, targets_unseen, targets_training = fit
             row["target_fit_1_minus_cos"] = {
@@ -134,6 +149,7 @@ def main() -> None:
         result[name] = row
         print(name, json.dumps(row), flush=True)
     result["seconds"] = round(time.time() - started, 1)
+    result["load_average_1_5_15"] = {"start": load_before, "end": os.getloadavg()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
 

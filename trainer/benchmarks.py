@@ -50,7 +50,11 @@ def teacher_embeddings(descriptors: np.ndarray, space: TargetSpace | None) -> di
     return result
 
 
-def _lfw_identities(config: ExperimentConfig, data_root: Path, faces: AlignedFaces) -> Any:
+def lfw_identities(
+    config: ExperimentConfig, data_root: Path, faces: AlignedFaces
+) -> tuple[Path, dict[str, list[Path]]]:
+    """The dataset's folder and the photo files of every person among ``faces`` (what the
+    teacher's cache is keyed by)."""
     lfw = dataset_root(config.data.dataset, data_root)
     everyone = list_identities(lfw)
     return lfw, {name: everyone[name] for name in faces.names}
@@ -82,7 +86,7 @@ def benchmarks(
     if tta is not None:
         result["tta_copies"] = tta.model_dump() | {"views": tta.views}
     if use_teacher:  # the ceiling on View 1's pairs
-        lfw, identities = _lfw_identities(config, data_root, view1.pair_faces)
+        lfw, identities = lfw_identities(config, data_root, view1.pair_faces)
         descriptors = describe_faces(view1.pair_faces.sources, lfw, identities, cache)
         scores: dict[str, Any] = {}
         for name, rows in teacher_embeddings(descriptors, view1.target_space).items():

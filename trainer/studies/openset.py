@@ -61,7 +61,9 @@ def _evaluate(embeddings: np.ndarray, halves: dict[str, Half], target_fpir: floa
     }
 
 
-def _evaluation_faces(config: ExperimentConfig, settings: Settings) -> AlignedFaces:
+def evaluation_faces(config: ExperimentConfig, settings: Settings) -> AlignedFaces:
+    """The open-set study's faces: the photos (at most ``MAX_PHOTOS`` each) of
+    ``peopleDevTest.txt``'s people, never seen in training, aligned as the experiment's."""
     spec = config.data
     lfw = Path(spec.dataset) if Path(spec.dataset).is_dir() else settings.data / spec.dataset
     everyone = list_identities(lfw)
@@ -93,7 +95,7 @@ def run_study(
     scrambled = train(
         config, view1.train, "scrambled", key, run_dir / "scrambled-key-a", teacher=teacher
     )
-    faces = _evaluation_faces(config, settings)
+    faces = evaluation_faces(config, settings)
     halves = split_people(faces.labels, seed)
     results: dict[str, Any] = {}
     calibrations: dict[str, OpenSetCalibration] = {}
