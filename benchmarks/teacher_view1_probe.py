@@ -8,7 +8,11 @@ faces and on the faces of the test pairs (people never seen in training): the ga
 two is what training does not generalize.
 
     python benchmarks/teacher_view1_probe.py configs/teacher/view1-compact-64.yaml \
-        [--views original scrambled] [--output docs/results/teacher/view1-probe.json]
+        [--views original scrambled] [--tracks] [--output docs/results/teacher/view1-probe.json]
+
+``--tracks`` also scores View 1 with each pair face embedded as the normalized mean over the
+config's test-time copies (``tta``: moved and mirrored, each scrambled on its own), what a
+video track of one person gives.
 
 Issue 22: a few minutes where ``rllfpr eval accuracy`` (CFP and 18 test-time copies of every
 face) takes most of an hour on two busy cores; the models must be trained already
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--views", nargs="+", choices=["original", "scrambled"], default=["original", "scrambled"]
     )
+    parser.add_argument("--tracks", action="store_true", help="Also View 1 as tracks (tta).")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/results/teacher/view1-probe.json")
     )
@@ -116,7 +121,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "protocol": __doc__,
         "command": f"python benchmarks/teacher_view1_probe.py {args.experiment} "
-        f"--views {' '.join(args.views)} --output {args.output}",
+        f"--views {' '.join(args.views)}{' --tracks' if args.tracks else ''} "
+        f"--output {args.output}",
     }
     fit = _fit_sets(config, view1, sample, settings.data, settings.cache)
     for name, (model, view) in models.items():
@@ -145,6 +151,15 @@ def main() -> None:
                 "view1": verification(test_scores, test_same, train_scores, train_same),
                 "openset_test_fnir_at_fpir": fnir_at_fpir(searches_of(p, test), FPIR_POINTS),
                 "mean_cosine_random_faces": float(cosines[~np.eye(400, dtype=bool)].mean()),
+            }
+        if args.tracks:
+            tracks = embed(model.recognizer, view, view1.pair_faces.faces, tta=config.tta)
+            sources = view1.pair_faces.sources
+            train_scores, train_same = pair_scores(tracks, sources, view1.train_pairs)
+            test_scores, test_same = pair_scores(tracks, sources, view1.test_pairs)
+            row["tracks"] = {
+                "copies": config.tta.views,
+                "view1": verification(test_scores, test_same, train_scores, train_same),
             }
         result[name] = row
         print(name, json.dumps(row), flush=True)
