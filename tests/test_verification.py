@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.evaluate import cross_validated_accuracy, verification, wilson_interval
+from trainer.evaluate import (
+    cross_validated_accuracy,
+    cross_validated_correct,
+    paired_comparison,
+    verification,
+    wilson_interval,
+)
 from trainer.verification import Pair, pair_scores, read_pairs
 
 
@@ -61,6 +67,48 @@ def test_cross_validated_threshold_never_sees_its_own_fold() -> None:
     same = np.array([True] * 20 + [False] * 20)
     scores = np.concatenate([np.tile([0.9, 0.0], 10), np.full(20, 0.3)])
     assert cross_validated_accuracy(scores, same) == pytest.approx(30 / 40)
+    # exactly the ten low same-person pairs are the ones judged wrong
+    right = cross_validated_correct(scores, same)
+    assert np.flatnonzero(~right).tolist() == list(range(1, 20, 2))
+
+
+def _two_models(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    same = np.array([True] * 500 + [False] * 500)
+    noise = rng.normal(0, 1, (2, 1000))
+    strong = np.where(same, 1.5, 0.0) + noise[0]  # separates the kinds by 1.5 sd
+    weak = np.where(same, 0.3, 0.0) + noise[1]  # by 0.3 sd
+    return strong, weak, same
+
+
+def test_paired_comparison_finds_a_real_difference_and_its_sign() -> None:
+    strong, weak, same = _two_models(np.random.default_rng(0))
+    result = paired_comparison(strong, weak, same, resamples=300)
+    low, high = result["accuracy_difference_ci95"]
+    assert 0 < low < result["accuracy_difference"] < high
+    assert result["accuracy_difference"] == pytest.approx(
+        cross_validated_accuracy(strong, same) - cross_validated_accuracy(weak, same)
+    )
+    assert result["roc_auc_difference_ci95"][0] > 0
+    assert result["only_first_right"] > result["only_second_right"]
+    assert result["mcnemar_p"] < 1e-6
+    reverse = paired_comparison(weak, strong, same, resamples=300)
+    assert reverse["accuracy_difference"] == pytest.approx(-result["accuracy_difference"])
+    assert reverse["mcnemar_p"] == pytest.approx(result["mcnemar_p"])
+
+
+def test_paired_comparison_of_a_model_with_itself_is_exactly_nothing() -> None:
+    strong, _, same = _two_models(np.random.default_rng(1))
+    result = paired_comparison(strong, strong.copy(), same, resamples=100)
+    assert result["accuracy_difference_ci95"] == (0.0, 0.0)
+    assert result["roc_auc_difference_ci95"] == (0.0, 0.0)
+    assert (result["only_first_right"], result["only_second_right"]) == (0, 0)
+    assert result["mcnemar_p"] == 1.0
+
+
+def test_paired_comparison_refuses_scores_of_other_pairs() -> None:
+    strong, weak, same = _two_models(np.random.default_rng(2))
+    with pytest.raises(ValueError, match="differ"):
+        paired_comparison(strong, weak[:-1], same)
 
 
 def test_pair_scores_are_cosines_of_the_pair() -> None:

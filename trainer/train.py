@@ -176,6 +176,11 @@ def _stages(config: ExperimentConfig, view: View) -> list[tuple[View, int]]:
     return stages
 
 
+def total_epochs(config: ExperimentConfig, view: View) -> int:
+    """Epochs a finished ``view`` model of ``config`` has trained, pretraining included."""
+    return sum(epochs for _, epochs in _stages(config, view))
+
+
 # What an original-face model does not depend on: it may be shared by experiments that
 # differ only in these (the design study trains one per recipe, not one per SN variant).
 _SCRAMBLED_ONLY = {"name": None, "scrambler": None, "key_seeds": None}
@@ -541,7 +546,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(config, view, len(data.names), run_dir, teacher, initial, rotation_seed)
     run.resume()
-    epoch_index, total = 0, sum(epochs for _, epochs in _stages(config, view))
+    epoch_index, total = 0, total_epochs(config, view)
     overall = progress_of(
         total=total,
         initial=run.epochs_done,
