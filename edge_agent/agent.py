@@ -271,7 +271,10 @@ class Agent:
                 return
             with self.metrics.timed("scramble"):
                 pixels = key.backend.scramble(np.stack([c.aligned.face for c in candidates]))
-        self._spool(candidates, key, pixels)
+            # Spooled while the key is held: a revocation waits for this, then drops the
+            # epoch's spooled faces; spooled after it, they would be published under a
+            # revoked key.
+            self._spool(candidates, key, pixels)
 
     def _detect_now(self, frame: Frame) -> bool:
         """A scene's first frame, then every ``detect_every``-th (decided before detecting)."""

@@ -149,7 +149,9 @@ def test_a_format_1_header_rebuilds_the_key_on_real_faces(data_root: Path) -> No
     signing, fleet = Ed25519PrivateKey.generate(), FleetKey.generate()
     legacy = seal_format_1(key, epoch=5, scope="site-a", signing_key=signing, fleet_key=fleet)
     [correlation], _ = best_rebuild(harvest([legacy]), CONFIG, public, [key], victims)
-    assert correlation > 0.5
+    # each run draws its own production key: over 12 draws r ranged 0.505-0.631 and one CI
+    # run drew 0.499, so the bound sits below that spread and far above format 2's 0.1
+    assert correlation > 0.4
     [correlation], tried = best_rebuild(harvest([sealed_key(key)]), CONFIG, public, [key], victims)
     assert tried >= 1  # the bundle id, key ids: numbers big enough to be seeds, tried as seeds
     assert correlation < 0.1
