@@ -109,6 +109,8 @@ def test_paired_comparison_refuses_scores_of_other_pairs() -> None:
     strong, weak, same = _two_models(np.random.default_rng(2))
     with pytest.raises(ValueError, match="differ"):
         paired_comparison(strong, weak[:-1], same)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_comparison(strong, weak, same, resamples=0)
 
 
 def test_pair_scores_are_cosines_of_the_pair() -> None:

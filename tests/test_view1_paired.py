@@ -39,7 +39,7 @@ def test_only_a_finished_run_of_the_same_config_is_compared(tmp_path: Path) -> N
         finished_student(config, "scrambled", tmp_path)
     other = config.model_copy(update={"seed": config.seed + 1})
     _save(checkpoint, other, config.optim.epochs)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="different experiment"):
         finished_student(config, "scrambled", tmp_path)
     saved = _save(checkpoint, config, config.optim.epochs)
     loaded = finished_student(config, "scrambled", tmp_path)

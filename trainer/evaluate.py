@@ -174,6 +174,8 @@ def paired_comparison(
     pairs resampled, one resample for both models; each pair's 10-fold verdict kept as judged
     on all the pairs), and McNemar's exact two-sided test on the pairs only one model judges
     right."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, not {resamples}")
     if first.shape != second.shape or first.shape != same.shape:
         raise ValueError(f"scores {first.shape} / {second.shape} and labels {same.shape} differ")
     right = cross_validated_correct(first, same), cross_validated_correct(second, same)

@@ -202,7 +202,7 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     return result
 
 
-def _check_same_experiment(
+def check_same_experiment(
     saved: dict[str, Any], config: ExperimentConfig, view: View, path: Path
 ) -> None:
     """Resuming may extend the schedule (more epochs), nothing else."""
@@ -340,7 +340,7 @@ class _Run:
         if not self.checkpoint_path.exists():
             return
         checkpoint = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        _check_same_experiment(checkpoint["config"], self.config, self.view, self.checkpoint_path)
+        check_same_experiment(checkpoint["config"], self.config, self.view, self.checkpoint_path)
         if checkpoint.get("rotation_seed") != self.rotation_seed:
             raise ValueError(f"{self.checkpoint_path} regressed targets of another Q_e seed")
         self.recognizer.load_state_dict(checkpoint["recognizer"])
