@@ -18,6 +18,7 @@ import math
 from typing import TypedDict
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 
@@ -190,7 +191,6 @@ def paired_comparison(
     only_first = int((right[0] & ~right[1]).sum())
     only_second = int((right[1] & ~right[0]).sum())
     discordant = only_first + only_second
-    tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
     aucs = float(roc_auc_score(same, first)), float(roc_auc_score(same, second))
 
     def interval(values: list[float]) -> tuple[float, float]:
@@ -206,7 +206,7 @@ def paired_comparison(
         "roc_auc_difference_ci95": interval(auc),
         "only_first_right": only_first,
         "only_second_right": only_second,
-        "mcnemar_p": min(1.0, 2 * tail / 2**discordant) if discordant else 1.0,
+        "mcnemar_p": float(binomtest(only_first, discordant).pvalue) if discordant else 1.0,
         "resamples": len(accuracy),
         "pairs": len(same),
     }
