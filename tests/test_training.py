@@ -271,7 +271,7 @@ def test_brightness_and_contrast_are_one_affine_map_of_each_face_within_bounds()
     assert bright.max() <= 1.0  # stays a valid image
 
 
-@pytest.mark.parametrize("backbone", ["compact", "resnet18", "densenet121"])
+@pytest.mark.parametrize("backbone", ["compact", "compact_residual", "resnet18", "densenet121"])
 def test_backbones_give_unit_embeddings(backbone: str) -> None:
     recognizer = Recognizer(
         RecognizerConfig(backbone=backbone, input_size=32, embedding_dim=16)
@@ -400,7 +400,7 @@ def test_later_fields_at_their_default_leave_an_experiment_s_identity_unchanged(
     assert identity(own.model_dump(mode="json"))["key_b_init"] == "own"
 
 
-@pytest.mark.parametrize("backbone", ["compact", "resnet18", "densenet121"])
+@pytest.mark.parametrize("backbone", ["compact", "compact_residual", "resnet18", "densenet121"])
 def test_reconstruction_reads_the_trunk_at_a_quarter_of_the_input_side(backbone: str) -> None:
     recognizer = Recognizer(RecognizerConfig(backbone=backbone, input_size=64))
     stage, channels = reconstruction_tap(recognizer)

@@ -1,7 +1,8 @@
 """Recognizers that embed (scrambled or original) one-channel faces into 512-d vectors.
 
 Backbones from torchvision, trained from scratch (no pretrained weights can be fetched here):
-ResNet-50 (the paper's), ResNet-18 (CPU scale), DenseNet-121 (the paper's alternative).
+ResNet-50 (the paper's), ResNet-18 (CPU scale), DenseNet-121 (the paper's alternative); and two
+small ones that two CPU cores can train: ``compact`` and ``compact_residual``.
 
 ``stem="full_resolution"`` replaces the ImageNet stem (7x7 stride-2 conv + max-pool) with a
 3x3 stride-1 conv and no pool, as face recognizers (ArcFace "IR" nets) do; it matters more
@@ -24,10 +25,13 @@ from torchvision import models
 class RecognizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backbone: Literal["compact", "resnet18", "resnet50", "densenet121"] = Field(
+    backbone: Literal["compact", "compact_residual", "resnet18", "resnet50", "densenet121"] = Field(
         "resnet18",
-        description="torchvision backbone, randomly initialized, or `compact`: two stride-1 "
-        "3x3 convs then two 4x4 stride-4 convs (a CPU-scale model that keeps positions).",
+        description="torchvision backbone, randomly initialized; or `compact`: two "
+        "stride-1 3x3 convs (32 channels) then two 4x4 stride-4 convs (64, 128), a CPU-scale "
+        "model that keeps positions; or `compact_residual`: the same stride-1 convs, then "
+        "4x4 stride-4 convs to 64 and 256 channels, each followed by two residual blocks "
+        "of 3x3 convs (3.3 M parameters against 0.44 M, 1.5 times the training time).",
     )
     stem: Literal["imagenet", "full_resolution"] = Field(
         "full_resolution", description="Stride-2 ImageNet stem, or stride-1 3x3 conv."
@@ -40,23 +44,45 @@ class RecognizerConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the embedding.")
 
 
-def _compact() -> tuple[nn.Module, int]:
-    def block(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
-        padding = 1 if kernel == 3 else 0
-        return [
-            nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.PReLU(cout),
-        ]
+def _block(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
+    """Conv (3x3 padded, or 4x4 unpadded), BN, PReLU."""
+    padding = 1 if kernel == 3 else 0
+    return [
+        nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
+    ]
 
-    layers = block(1, 32, 3, 1) + block(32, 32, 3, 1) + block(32, 64, 4, 4) + block(64, 128, 4, 4)
-    return nn.Sequential(*layers), 128
+
+class _Residual(nn.Module):
+    """x + (3x3 conv, BN, PReLU, 3x3 conv, BN)(x), then PReLU: same side, same channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            *_block(channels, channels, 3, 1),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.activation = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x + self.branch(x))
+
+
+def _compact(residual: bool) -> tuple[nn.Module, int]:
+    stem = _block(1, 32, 3, 1) + _block(32, 32, 3, 1)
+    if not residual:
+        return nn.Sequential(*stem, *_block(32, 64, 4, 4), *_block(64, 128, 4, 4)), 128
+    layers = [*stem, *_block(32, 64, 4, 4), _Residual(64), _Residual(64)]
+    layers += [*_block(64, 256, 4, 4), _Residual(256), _Residual(256)]
+    return nn.Sequential(*layers), 256
 
 
 def _trunk(config: RecognizerConfig) -> tuple[nn.Module, int]:
     """The backbone without its classifier, for one-channel input; returns (module, channels)."""
-    if config.backbone == "compact":
-        return _compact()
+    if config.backbone in ("compact", "compact_residual"):
+        return _compact(residual=config.backbone == "compact_residual")
     if config.backbone == "densenet121":
         densenet = models.densenet121(weights=None)
         features = densenet.features
