@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.agent import Agent
 from edge_agent.backends import TorchBackend
 from edge_agent.keys import AgentKeys
 from edge_agent.metrics import AgentMetrics
+from edge_agent.sources import Frame
 from rllfpr.keys.material import KeyMaterialError
+from rllfpr.local_services import free_port
 from rllfpr.models.scrambler import ScramblerNetwork
-from rllfpr.wire.messages import KeyState
-from tests.support.agent import SMALL_SN, KeyFactory, self_learned
+from rllfpr.wire.messages import KeyState, utc_now
+from tests.support.agent import (
+    SMALL_SN,
+    KeyFactory,
+    agent_settings,
+    lfw_images,
+    link_folder,
+    read_rgb,
+    self_learned,
+    shared_detector,
+)
 from tests.support.mqtt import wait_until
 from trainer.studies.privacy.attacks.key_rebuild import seal_format_1
 
@@ -25,6 +38,15 @@ FACES = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uin
 @functools.cache
 def network(seed: int) -> ScramblerNetwork:
     return self_learned(SMALL_SN, seed, FACES)
+
+
+def handled(metrics: AgentMetrics) -> float:
+    """Key messages applied or refused so far."""
+    return sum(
+        metrics.value("key_messages", kind=kind, outcome=outcome)
+        for kind in ("bundle", "announcement", "revocation", "unknown")
+        for outcome in ("applied", "refused")
+    )
 
 
 class Harness:
@@ -54,11 +76,7 @@ class Harness:
         wait_until(lambda: self.applied_or_refused() >= before + len(payloads))
 
     def applied_or_refused(self) -> float:
-        return sum(
-            self.metrics.value("key_messages", kind=kind, outcome=outcome)
-            for kind in ("bundle", "announcement", "revocation", "unknown")
-            for outcome in ("applied", "refused")
-        )
+        return handled(self.metrics)
 
     def refused(self, kind: str) -> float:
         return self.metrics.value("key_messages", kind=kind, outcome="refused")
@@ -240,3 +258,44 @@ def test_a_format_1_bundle_is_refused_unless_accepted_for_the_upgrade(
     assert "format-1 bundle, whose seed is public" in caplog.text
     assert str(production.seed) not in caplog.text
     upgrading.keys.close()
+
+
+def test_a_revocation_during_scrambling_drops_the_batch_it_interrupted(
+    factory: KeyFactory, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation arrives while a batch is being scrambled and the agent is made to
+    linger before spooling it, long enough for an unguarded revocation to complete first. The
+    batch must end up dropped with its epoch, not spooled under the revoked key afterwards
+    (spooling it after the key was released, as the agent once did, fails here)."""
+    settings = agent_settings(free_port(), factory.settings(tmp_path / "keys"), tmp_path)
+    photo = lfw_images(data_root, 1, start=60)
+    camera = link_folder(photo, tmp_path / "camera")
+    agent = Agent(settings, str(camera), detector=shared_detector())  # no broker: not started
+    agent.keys.start()
+    try:
+        sealed = factory.bundle(network(1), epoch=1)
+        agent.keys.submit(sealed)
+        agent.keys.submit(factory.announcement(sealed))
+        wait_until(lambda: handled(agent.metrics) >= 2)
+        assert agent.keys.current() is not None
+        spooled: list[int] = []
+        put = agent.spool.put
+
+        def put_late(topic: str, payload: bytes, expires_at: float, key_epoch: int) -> None:
+            if not spooled:  # the revocation gets its chance before the batch is spooled
+                agent.keys.submit(factory.revocation(1))
+                deadline = time.monotonic() + 1.0
+                while handled(agent.metrics) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            spooled.append(key_epoch)
+            put(topic, payload, expires_at, key_epoch)
+
+        monkeypatch.setattr(agent.spool, "put", put_late)
+        agent.process([Frame(read_rgb(photo[0]), 0, 0, utc_now(), "one face")])
+        assert spooled == [1]  # a face was scrambled with epoch 1 and handed to the spool
+        wait_until(lambda: handled(agent.metrics) >= 3)
+        assert agent.keys.current() is None
+        assert agent.spool.depth == 0  # dropped with its epoch: nothing left to publish
+        assert agent.spool.dropped() == {"revoked": 1}
+    finally:
+        agent.close(flush_timeout_s=0)
