@@ -1,5 +1,6 @@
-"""Every experiment, privacy, rotation and study config in ``configs/`` validates: the commands
-the result documents give for reproducing a table must not fail on a renamed or removed field."""
+"""Every experiment, privacy, rotation and study config in ``configs/`` (and the teacher probes'
+in ``configs/teacher/``) validates: the commands the result documents give for reproducing a
+table must not fail on a renamed or removed field."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from trainer.studies.privacy.config import PrivacyConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "teacher").glob("*.yaml")),
+    ids=lambda p: str(p.relative_to(CONFIGS)),
+)
 def test_experiment_privacy_and_rotation_configs_validate(path: Path) -> None:
     loader: type[ExperimentConfig | PrivacyConfig | RotationConfig] = ExperimentConfig
     if path.name.startswith("privacy-"):
