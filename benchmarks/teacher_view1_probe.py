@@ -17,8 +17,11 @@ video track of one person gives.
 Issue 22: a few minutes where ``rllfpr eval accuracy`` (CFP and 18 test-time copies of every
 face) takes most of an hour on two busy cores; the models must be trained already
 (``rllfpr train``), else they are trained here (with ``loss.distill_weight``, the original-face
-student first: the scrambled one is distilled from it). The output also records each model's
-training seconds and the load average before and after.
+student first: the scrambled one is distilled from it). ``--distill-from`` names another
+experiment whose (trained) original-face student the scrambled one is distilled from instead:
+a run that resumes another's checkpoints with a longer schedule keeps the teacher its first
+epochs had. The output also records each model's training seconds and the load average before
+and after.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ def main() -> None:
     )
     parser.add_argument("--tracks", action="store_true", help="Also View 1 as tracks (tta).")
     parser.add_argument(
+        "--distill-from",
+        type=Path,
+        help="Distil the scrambled student from this experiment's original-face student.",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("docs/results/teacher/view1-probe.json")
     )
     args = parser.parse_args()
@@ -96,12 +104,18 @@ def main() -> None:
     run_dir, cpu = args.runs / config.name, torch.device("cpu")
     load_before = os.getloadavg()
     models: dict[str, tuple[TrainResult, FaceView]] = {}
-    distill = bool(config.loss.distill_weight)
+    distill = bool(config.loss.distill_weight) and "scrambled" in args.views
+    source = ExperimentConfig.from_yaml(args.distill_from) if args.distill_from else config
+    if source.data != config.data:
+        raise SystemExit(f"{args.distill_from} trains on other faces than {args.experiment}")
     original: TrainResult | None = None
-    if "original" in args.views or ("scrambled" in args.views and distill):
+    if "original" in args.views or (distill and source is config):
         original = train(config, view1.train, "original", None, run_dir / "original")
         if "original" in args.views:
             models["original"] = (original, FaceView("original", None, cpu))
+    teacher = original
+    if distill and source is not config:
+        teacher = train(source, view1.train, "original", None, args.runs / source.name / "original")
     if "scrambled" in args.views:
         models["scrambled"] = (
             train(
@@ -110,7 +124,7 @@ def main() -> None:
                 "scrambled",
                 key,
                 run_dir / "scrambled-key-a",
-                teacher=original.recognizer if original is not None and distill else None,
+                teacher=teacher.recognizer if teacher is not None and distill else None,
             ),
             FaceView("scrambled", key, cpu),
         )
@@ -122,7 +136,9 @@ def main() -> None:
         "protocol": __doc__,
         "command": f"python benchmarks/teacher_view1_probe.py {args.experiment} "
         f"--views {' '.join(args.views)}{' --tracks' if args.tracks else ''} "
-        f"--output {args.output}",
+        + (f"--distill-from {args.distill_from} " if args.distill_from else "")
+        + f"--output {args.output}",
+        "scrambled_distilled_from": source.name if distill else None,
     }
     fit = _fit_sets(config, view1, sample, settings.data, settings.cache)
     for name, (model, view) in models.items():
