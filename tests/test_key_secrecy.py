@@ -58,6 +58,11 @@ from trainer.studies.privacy.attacks.key_rebuild import (
 )
 
 SIDE = 64
+# The best |r| of numbers that are no seed of the key is chance, and it grows with the numbers
+# tried: a CI run of the deployment test below drew 0.106 over 151 numbers and two random keys.
+# A rebuilt key gives 0.5-0.63 (the format-1 test), so a bound of 0.2 is far above chance and far
+# below a rebuild.
+CHANCE_BOUND = 0.2
 # The deployed SN's shape (input low-pass included) with narrower layers, for speed.
 CONFIG = ScramblerConfig(widths=(8, 16, 16, 16, 16), input_size=SIDE, input_blur=1.2)
 VICTIMS = 128  # people whose faces the key scrambles (LFW, in name order)
@@ -142,7 +147,7 @@ def one_thread() -> Iterator[None]:
 def test_a_format_1_header_rebuilds_the_key_on_real_faces(data_root: Path) -> None:
     """The measurement of issue 21 at test scale: the seed of a format-1 header plus BatchNorm
     statistics self-learned on other people's faces give wire pixels strongly correlated with
-    the real key's; the same search on a format-2 bundle finds nothing (|r| < 0.1)."""
+    the real key's; the same search on a format-2 bundle finds nothing (|r| at chance)."""
     victims = real_faces(data_root, VICTIMS, 0, SIDE)
     public = real_faces(data_root, 16, 300, SIDE)  # other people, as the attacker has them
     key = screened_key(data_root)
@@ -150,11 +155,11 @@ def test_a_format_1_header_rebuilds_the_key_on_real_faces(data_root: Path) -> No
     legacy = seal_format_1(key, epoch=5, scope="site-a", signing_key=signing, fleet_key=fleet)
     [correlation], _ = best_rebuild(harvest([legacy]), CONFIG, public, [key], victims)
     # each run draws its own production key: over 12 draws r ranged 0.505-0.631 and one CI
-    # run drew 0.499, so the bound sits below that spread and far above format 2's 0.1
+    # run drew 0.499, so the bound sits below that spread and far above format 2's chance bound
     assert correlation > 0.4
     [correlation], tried = best_rebuild(harvest([sealed_key(key)]), CONFIG, public, [key], victims)
     assert tried >= 1  # the bundle id, key ids: numbers big enough to be seeds, tried as seeds
-    assert correlation < 0.1
+    assert correlation < CHANCE_BOUND
 
 
 def test_decrypted_key_material_stays_out_of_reprs_and_errors() -> None:
@@ -257,7 +262,8 @@ def test_nothing_a_party_without_the_fleet_key_sees_rebuilds_a_key(
     read (every MQTT message, live and retained; the model store, the Redis data, every log
     line, the metrics and the HTTP API of the recognizer host) holds no byte of either key and
     no number that rebuilds one: every number found, tried as a seed with every architecture
-    found and the public one, gives |r| < 0.1 against the real keys' wire pixels."""
+    found and the public one, gives |r| at chance (``CHANCE_BOUND``) against the real keys' wire
+    pixels."""
     caplog.set_level(logging.DEBUG)
     factory = KeyFactory(tmp_path / "trainer")
     site = f"s{uuid.uuid4().hex[:8]}"
@@ -418,4 +424,4 @@ def test_nothing_a_party_without_the_fleet_key_sees_rebuilds_a_key(
         assert not rebuilds_a_kernel(visible, CONFIG, network), f"key {epoch}"
     correlations, tried = best_rebuild(visible, CONFIG, public, list(keys.values()), victims)
     assert tried >= 20, tried
-    assert max(correlations) < 0.1, (correlations, tried)
+    assert max(correlations) < CHANCE_BOUND, (correlations, tried)
