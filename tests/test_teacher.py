@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import runpy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 from trainer.config import ExperimentConfig
+from trainer.corpus import describe_faces, fill_teacher_cache
 from trainer.data import AlignedFaces, Aligner, list_identities, list_unlabeled
 from trainer.targets import TargetSpace, orthogonal_map, rotated
 from trainer.teacher import DIM, FaceTeacher, TeacherError
@@ -227,6 +230,52 @@ def test_a_broken_image_gives_a_clear_error(tmp_path: Path, teacher: FaceTeacher
     assert not found
     assert len(failures) == 2
     assert "no face found" in failures[1]
+
+
+def test_worker_processes_fill_the_cache_with_what_one_process_computes(
+    data_root: Path, tmp_path: Path
+) -> None:
+    people = {"Colin_Powell": (1, 2, 3), "Gloria_Macapagal_Arroyo": (1, 2), "Aaron_Eckhart": (1,)}
+    root = tmp_path / "people"
+    for name, numbers in people.items():
+        (root / name).mkdir(parents=True)
+        for number in numbers:
+            shutil.copy(_lfw(data_root, name, number), root / name)
+    (root / "Aaron_Eckhart" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    identities = list_identities(root)
+    sources = [f"{name}/{path.name}" for name, paths in identities.items() for path in paths]
+    parallel, serial = tmp_path / "parallel", tmp_path / "serial"
+
+    filled = fill_teacher_cache(root, identities, parallel, workers=2, photos_per_worker=1)
+    assert filled == {"photos_not_cached": 7, "workers": 2}
+    entries = [np.load(path) for path in parallel.rglob("*.npy")]
+    assert sorted(len(entry) for entry in entries) == [0] + [DIM] * 6  # broken.jpg: no face
+    again = fill_teacher_cache(root, identities, parallel, workers=2, photos_per_worker=1)
+    assert again == {"photos_not_cached": 0, "workers": 0}
+
+    from_workers = describe_faces(sources, root, identities, parallel, workers=1)
+    in_process = describe_faces(sources, root, identities, serial, workers=1)
+    assert np.isnan(from_workers[sources.index("Aaron_Eckhart/broken.jpg")]).all()
+    np.testing.assert_array_equal(from_workers, in_process)  # NaN rows compare equal too
+    assert (~np.isnan(from_workers).any(axis=1)).sum() == 6
+    with pytest.raises(ValueError, match="workers"):
+        fill_teacher_cache(root, identities, parallel, workers=-1)
+
+
+def test_the_cache_fill_benchmark_compares_both_runs_on_the_same_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_cache_fill.py"
+    output = tmp_path / "fill.json"
+    argv = [str(script), "--photos", "3", "--workers", "2", "--output", str(output)]
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(output.read_text())
+    assert (result["photos"], result["without_face"], result["same_descriptors"]) == (3, 0, True)
+    assert result["workers"]["processes"] == 0  # 3 photos: not worth a worker's start-up
+    assert result["speedup"] > 0
+    assert result["one_process"]["photos_per_s"] > 0 < result["workers"]["photos_per_s"]
+    assert "| one process (baseline) | 1 |" in output.with_suffix(".md").read_text()
 
 
 def test_one_detection_serves_every_size_and_nested_or_flat_folders(

@@ -455,6 +455,16 @@ def test_original_face_models_ignore_the_scrambled_only_losses() -> None:
     assert comparable_config(plain, "scrambled") != comparable_config(helped, "scrambled")
 
 
+def test_the_teacher_s_worker_count_is_not_part_of_the_experiment() -> None:
+    one, many, whitened = (
+        ExperimentConfig.model_validate({**TINY, "teacher": teacher}).model_dump(mode="json")
+        for teacher in ({"workers": 1}, {"workers": 8}, {"workers": 1, "whiten": 0.5})
+    )
+    for view in ("original", "scrambled"):
+        assert comparable_config(one, view) == comparable_config(many, view)
+        assert comparable_config(one, view) != comparable_config(whitened, view)
+
+
 def test_an_experiment_says_its_face_side_once() -> None:
     base = {key: value for key, value in TINY.items() if key != "recognizer"}
     config = ExperimentConfig.model_validate(base | {"recognizer": {"backbone": "compact"}})

@@ -184,6 +184,14 @@ class TeacherConfig(Strict):
         "corpus' mean; whiten w multiplies them by C^(-w/2) (C: their covariance; 1 whitens "
         "fully) before renormalizing (trainer.targets.TargetSpace).",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that describe the photos the teacher's cache lacks (MTCNN's "
+        "detection and dlib's descriptor), each a share of the identities, one per 100 photos "
+        "at most; 0: one per CPU core this process may run on. The descriptors do not depend "
+        "on it.",
+    )
     rotation_seeds: tuple[int, int] | None = Field(
         (1001, 1002),
         description="Seeds of the secret orthogonal maps Q_e of key A's and key B's targets "

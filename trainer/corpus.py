@@ -5,6 +5,9 @@ shared by all of them, so the teacher describes exactly the face the student see
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,14 @@ from trainer.data import (
 )
 from trainer.progress import progress as progress_of
 from trainer.targets import TargetSpace
-from trainer.teacher import DIM, FaceTeacher, TeacherError
+from trainer.teacher import DIM, FaceTeacher, TeacherError, is_cached
 
 log = logging.getLogger(__name__)
+
+# A worker process spends seconds loading torch, MTCNN and dlib before its first photo (about
+# 10 photos/s per core once running): a worker is started per this many photos to describe,
+# fewer stay in the calling process.
+PHOTOS_PER_WORKER = 100
 
 
 def prepare(
@@ -64,6 +72,65 @@ def prepare(
     return counts
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _prepare_share(
+    root: Path, share: dict[str, list[Path]], cache: Path, pad: float, name: str | None
+) -> list[str]:
+    """One worker's part of ``fill_teacher_cache``: its identities' detections and descriptors
+    (one torch thread, so the workers do not oversubscribe the cores); the failures."""
+    import torch
+
+    torch.set_num_threads(1)
+    counts = prepare(root, share, cache, (), FaceTeacher(cache, pad), pad, name, progress=False)
+    return list(counts["failures"])
+
+
+def fill_teacher_cache(
+    root: Path,
+    identities: dict[str, list[Path]],
+    cache: Path,
+    pad: float = 0.0,
+    name: str | None = None,
+    workers: int = 0,
+    photos_per_worker: int = PHOTOS_PER_WORKER,
+) -> dict[str, int]:
+    """Describe the photos of ``identities`` the teacher's cache lacks in parallel: up to
+    ``workers`` processes (0: one per available core, ``available_cores``), each running
+    ``prepare`` (MTCNN's detection and dlib's descriptor, both cached) on its share of the
+    identities; at most one worker per ``photos_per_worker`` photos to describe. With one
+    worker or none, nothing runs here: ``describe_faces`` describes them in this process.
+    The descriptors do not depend on the number of workers. Returns the photos that were not
+    cached and the workers started; a photo the teacher cannot read is logged and left for
+    ``describe_faces`` to report."""
+    if workers < 0:
+        raise ValueError(f"workers is 0 (one per core) or more, got {workers}")
+    missing = {
+        group: paths
+        for group, paths in identities.items()
+        if any(not is_cached(cache, pad, path) for path in paths)
+    }
+    photos = sum(len(paths) for paths in missing.values())
+    started = min(workers or available_cores(), len(missing), photos // photos_per_worker)
+    if started < 2:
+        return {"photos_not_cached": photos, "workers": 0}
+    groups = sorted(missing)
+    shares = [{group: missing[group] for group in groups[i::started]} for i in range(started)]
+    log.info("describing %d photos in %d processes", photos, started)
+    context = multiprocessing.get_context("spawn")  # no forked torch or dlib state
+    with ProcessPoolExecutor(started, mp_context=context) as pool:
+        jobs = [pool.submit(_prepare_share, root, share, cache, pad, name) for share in shares]
+        for job in jobs:
+            for failure in job.result():
+                log.warning("%s", failure)
+    return {"photos_not_cached": photos, "workers": started}
+
+
 def describe_faces(
     sources: list[str],
     root: Path,
@@ -71,24 +138,30 @@ def describe_faces(
     cache: Path,
     pad: float = 0.0,
     name: str | None = None,
+    workers: int = 0,
 ) -> np.ndarray:
     """(N, 128) teacher descriptors of the photos ``sources`` (``<identity>/<key>`` of
-    ``identities`` of ``root``, as ``AlignedFaces.sources``), from the cache where ``prepare``
-    filled it; NaN rows where the teacher has none."""
-    teacher = FaceTeacher(cache, pad)
-    detector = Aligner(root, cache, 112, "mtcnn", pad, name)  # only its cached detections
+    ``identities`` of ``root``, as ``AlignedFaces.sources``), from the cache, which
+    ``fill_teacher_cache`` first fills in ``workers`` processes (0: one per available core)
+    where many photos are missing; NaN rows where the teacher has none."""
     wanted = set(sources)
-    found: dict[str, np.ndarray | None] = {}
+    chosen: dict[str, dict[Path, str]] = {}
     for group, paths in identities.items():
         keys = {path: image_key(root, group, path) for path in paths}
-        paths = [path for path in paths if f"{group}/{keys[path]}" in wanted]
-        if not paths:
-            continue
-        detections = detector.central_faces(group, paths)
-        for path in paths:
-            source = f"{group}/{keys[path]}"
+        keys = {path: key for path, key in keys.items() if f"{group}/{key}" in wanted}
+        if keys:
+            chosen[group] = keys
+    selected = {group: list(keys) for group, keys in chosen.items()}
+    fill_teacher_cache(root, selected, cache, pad, name, workers)
+    teacher = FaceTeacher(cache, pad)
+    detector = Aligner(root, cache, 112, "mtcnn", pad, name)  # only its cached detections
+    found: dict[str, np.ndarray | None] = {}
+    for group, keys in chosen.items():
+        detections = detector.central_faces(group, list(keys))
+        for path, key in keys.items():
+            source = f"{group}/{key}"
             try:
-                found[source] = teacher.describe(path, detections[keys[path]])
+                found[source] = teacher.describe(path, detections[key])
             except TeacherError as error:
                 log.warning("%s", error)
                 found[source] = None
@@ -153,9 +226,11 @@ def training_corpus(
     left out and counted); the target space is fitted on the whole corpus."""
     spec = config.data
     parts: list[tuple[AlignedFaces, bool, np.ndarray | None]] = []
-    use_teacher = bool(config.teacher.weight)
+    use_teacher, workers = bool(config.teacher.weight), config.teacher.workers
     main_descriptors = (
-        describe_faces(main.sources, main_root, main_identities, cache) if use_teacher else None
+        describe_faces(main.sources, main_root, main_identities, cache, workers=workers)
+        if use_teacher
+        else None
     )
     parts.append((main, True, main_descriptors))
     for folder in spec.extra_folders:
@@ -166,7 +241,9 @@ def training_corpus(
         aligner = Aligner(root, cache, spec.size, spec.alignment, folder.pad, folder.cache_name)
         faces = aligner.load(identities)
         descriptors = (
-            describe_faces(faces.sources, root, identities, cache, folder.pad, folder.cache_name)
+            describe_faces(
+                faces.sources, root, identities, cache, folder.pad, folder.cache_name, workers
+            )
             if use_teacher
             else None
         )

@@ -213,7 +213,9 @@ def teacher_descriptors(
     spec = experiment.data
     root = dataset_root(spec.dataset, data_root)
     identities = list_identities(root, spec.min_images, spec.max_images, spec.max_identities)
-    return describe_faces(corpus.sources, root, identities, cache)
+    return describe_faces(
+        corpus.sources, root, identities, cache, workers=experiment.teacher.workers
+    )
 
 
 class Report(BaseModel):

@@ -76,6 +76,25 @@ def content_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def cache_folder(cache: Path, pad: float = 0.0) -> Path:
+    """Where the descriptors of photos detected with border ``pad`` are cached."""
+    return cache / "teacher" / f"{TEACHER_PIPELINE}-pad{pad:g}"
+
+
+def cache_entry(cache: Path, pad: float, key: str) -> Path:
+    """The cache file of the photo whose content hash is ``key``."""
+    return cache_folder(cache, pad) / key[:2] / f"{key}.npy"
+
+
+def is_cached(cache: Path, pad: float, path: Path) -> bool:
+    """Whether the teacher's answer for the photo at ``path`` (a descriptor or "no face") is in
+    the cache; a file that cannot be read counts as not cached (describing it reports why)."""
+    try:
+        return cache_entry(cache, pad, content_hash(path)).exists()
+    except OSError:
+        return False
+
+
 def read_photo(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB, or a TeacherError that names the file."""
     try:
@@ -100,8 +119,7 @@ class FaceTeacher:
         self._descriptor = dlib.face_recognition_model_v1(str(descriptor))
         self._detector: FaceDetector | None = None
         self.pad = pad
-        tag = f"{TEACHER_PIPELINE}-pad{pad:g}"
-        self.cache_dir = cache / "teacher" / tag if cache is not None else None
+        self.cache = cache
 
     def describe_face(self, image: np.ndarray, face: Detection) -> np.ndarray:
         """The descriptor (128 float32) of ``face`` in ``image`` (HxWx3 uint8 RGB)."""
@@ -160,7 +178,7 @@ class FaceTeacher:
         return found, failures
 
     def _path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.npy"
+        return None if self.cache is None else cache_entry(self.cache, self.pad, key)
 
     def _cached(self, key: str) -> np.ndarray | None:
         path = self._path(key)

@@ -194,6 +194,9 @@ def comparable_config(document: dict[str, Any], view: View) -> dict[str, Any]:
     # name labels the run; key_b_init only picks the key-B model's seed, which it records
     result = {**document, "optim": optim, "device": None, "tta": None, "name": None}
     result.pop("key_b_init", None)
+    # how many processes described the photos changes no target
+    teacher = {k: v for k, v in document.get("teacher", {}).items() if k != "workers"}
+    result["teacher"] = teacher
     if view == "original":
         optim.pop("pretrain_epochs", None)
         loss = {k: v for k, v in document["loss"].items() if k not in _SCRAMBLED_LOSSES}
