@@ -1,8 +1,9 @@
 """Two trained View 1 students compared pair by pair on the same 1,000 test pairs of LFW View 1
-(pairsDevTest, people never seen in training): each one's 10-fold accuracy and ROC AUC, the
-differences (first minus second) with paired bootstrap 95 % intervals, and McNemar's exact test
-on the pairs only one of them judges right (``trainer.evaluate.paired_comparison``). Two
-students' separate Wilson intervals overlap long before a difference on the same pairs is
+(pairsDevTest, people never seen in training): each one's 10-fold accuracy, ROC AUC and
+true-accept rate at 1 % false accepts, the differences (first minus second) with paired
+bootstrap 95 % intervals, and McNemar's exact test on the pairs only one of them judges right
+(``trainer.evaluate.paired_comparison``). Two students' separate Wilson intervals overlap long
+before a difference on the same pairs is
 within noise; this says which.
 
     python benchmarks/view1_paired.py FIRST.yaml SECOND.yaml [--view scrambled] [--tracks] \

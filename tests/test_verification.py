@@ -9,6 +9,7 @@ from trainer.evaluate import (
     cross_validated_accuracy,
     cross_validated_correct,
     paired_comparison,
+    tar_at_far,
     verification,
     wilson_interval,
 )
@@ -89,6 +90,8 @@ def test_paired_comparison_finds_a_real_difference_and_its_sign() -> None:
         cross_validated_accuracy(strong, same) - cross_validated_accuracy(weak, same)
     )
     assert result["roc_auc_difference_ci95"][0] > 0
+    assert result["tar_at_far_1e-2_difference_ci95"][0] > 0
+    assert result["tar_at_far_1e-2"][0] == pytest.approx(tar_at_far(strong, same, 1e-2))
     assert result["only_first_right"] > result["only_second_right"]
     assert result["mcnemar_p"] < 1e-6
     reverse = paired_comparison(weak, strong, same, resamples=300)
@@ -101,6 +104,7 @@ def test_paired_comparison_of_a_model_with_itself_is_exactly_nothing() -> None:
     result = paired_comparison(strong, strong.copy(), same, resamples=100)
     assert result["accuracy_difference_ci95"] == (0.0, 0.0)
     assert result["roc_auc_difference_ci95"] == (0.0, 0.0)
+    assert result["tar_at_far_1e-2_difference_ci95"] == (0.0, 0.0)
     assert (result["only_first_right"], result["only_second_right"]) == (0, 0)
     assert result["mcnemar_p"] == 1.0
 

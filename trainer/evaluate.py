@@ -108,7 +108,6 @@ def verification(
     threshold is wrong for people it never saw. The cross-validated accuracy (LFW's standard
     way: each tenth of the pairs judged at the threshold best on the other nine) is free of it."""
     threshold = best_threshold(threshold_scores, threshold_same)
-    false_accept, true_accept, _ = roc_curve(same, scores)
     folded = cross_validated_accuracy(scores, same)
     return {
         "accuracy": float(((scores >= threshold) == same).mean()),
@@ -116,8 +115,8 @@ def verification(
         "accuracy_10fold": folded,
         "accuracy_10fold_ci95": list(wilson_interval(round(folded * len(same)), len(same))),
         "roc_auc": float(roc_auc_score(same, scores)),
-        "tar_at_far_1e-2": float(np.interp(1e-2, false_accept, true_accept)),
-        "tar_at_far_1e-3": float(np.interp(1e-3, false_accept, true_accept)),
+        "tar_at_far_1e-2": tar_at_far(scores, same, 1e-2),
+        "tar_at_far_1e-3": tar_at_far(scores, same, 1e-3),
         "pairs": len(same),
     }
 
@@ -153,45 +152,60 @@ def cross_validated_accuracy(scores: np.ndarray, same: np.ndarray, folds: int = 
     return float(cross_validated_correct(scores, same, folds).mean())
 
 
-class PairedComparison(TypedDict):
-    accuracy_10fold: tuple[float, float]
-    accuracy_difference: float
-    accuracy_difference_ci95: tuple[float, float]
-    roc_auc: tuple[float, float]
-    roc_auc_difference: float
-    roc_auc_difference_ci95: tuple[float, float]
-    only_first_right: int
-    only_second_right: int
-    mcnemar_p: float
-    resamples: int
-    pairs: int
+PairedComparison = TypedDict(
+    "PairedComparison",
+    {
+        "accuracy_10fold": tuple[float, float],
+        "accuracy_difference": float,
+        "accuracy_difference_ci95": tuple[float, float],
+        "roc_auc": tuple[float, float],
+        "roc_auc_difference": float,
+        "roc_auc_difference_ci95": tuple[float, float],
+        "tar_at_far_1e-2": tuple[float, float],
+        "tar_at_far_1e-2_difference": float,
+        "tar_at_far_1e-2_difference_ci95": tuple[float, float],
+        "only_first_right": int,
+        "only_second_right": int,
+        "mcnemar_p": float,
+        "resamples": int,
+        "pairs": int,
+    },
+)
+
+
+def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float = 1e-2) -> float:
+    """True-accept rate at false-accept rate ``far`` (the ROC curve interpolated)."""
+    false_accept, true_accept, _ = roc_curve(same, scores)
+    return float(np.interp(far, false_accept, true_accept))
 
 
 def paired_comparison(
     first: np.ndarray, second: np.ndarray, same: np.ndarray, resamples: int = 2000, seed: int = 0
 ) -> PairedComparison:
     """Two models' scores of the same pairs, compared pair by pair: each one's 10-fold accuracy
-    and ROC AUC, the differences (first minus second) with paired bootstrap 95 % intervals (the
-    pairs resampled, one resample for both models; each pair's 10-fold verdict kept as judged
-    on all the pairs), and McNemar's exact two-sided test on the pairs only one model judges
-    right."""
+    ROC AUC and true-accept rate at 1 % false accepts (where open-set search operates), the
+    differences (first minus second) with paired bootstrap 95 % intervals (the pairs resampled,
+    one resample for both models; each pair's 10-fold verdict kept as judged on all the pairs),
+    and McNemar's exact two-sided test on the pairs only one model judges right."""
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, not {resamples}")
     if first.shape != second.shape or first.shape != same.shape:
         raise ValueError(f"scores {first.shape} / {second.shape} and labels {same.shape} differ")
     right = cross_validated_correct(first, same), cross_validated_correct(second, same)
     rng = np.random.default_rng(seed)
-    accuracy, auc = [], []
+    accuracy, auc, tar = [], [], []
     for _ in range(resamples):
         idx = rng.integers(0, len(same), len(same))
         if same[idx].all() or not same[idx].any():
             continue
         accuracy.append(right[0][idx].mean() - right[1][idx].mean())
         auc.append(roc_auc_score(same[idx], first[idx]) - roc_auc_score(same[idx], second[idx]))
+        tar.append(tar_at_far(first[idx], same[idx]) - tar_at_far(second[idx], same[idx]))
     only_first = int((right[0] & ~right[1]).sum())
     only_second = int((right[1] & ~right[0]).sum())
     discordant = only_first + only_second
     aucs = float(roc_auc_score(same, first)), float(roc_auc_score(same, second))
+    tars = tar_at_far(first, same), tar_at_far(second, same)
 
     def interval(values: list[float]) -> tuple[float, float]:
         low, high = np.percentile(values, [2.5, 97.5])
@@ -204,6 +218,9 @@ def paired_comparison(
         "roc_auc": aucs,
         "roc_auc_difference": aucs[0] - aucs[1],
         "roc_auc_difference_ci95": interval(auc),
+        "tar_at_far_1e-2": tars,
+        "tar_at_far_1e-2_difference": tars[0] - tars[1],
+        "tar_at_far_1e-2_difference_ci95": interval(tar),
         "only_first_right": only_first,
         "only_second_right": only_second,
         "mcnemar_p": float(binomtest(only_first, discordant).pvalue) if discordant else 1.0,
