@@ -3,8 +3,7 @@
 true-accept rate at 1 % false accepts, the differences (first minus second) with paired
 bootstrap 95 % intervals, and McNemar's exact test on the pairs only one of them judges right
 (``trainer.evaluate.paired_comparison``). Two students' separate Wilson intervals overlap long
-before a difference on the same pairs is
-within noise; this says which.
+before a difference on the same pairs is within noise; this says which.
 
     python benchmarks/view1_paired.py FIRST.yaml SECOND.yaml [--view scrambled] [--tracks] \
         [--output docs/results/teacher/view1-paired.json]
