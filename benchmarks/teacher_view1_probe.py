@@ -1,11 +1,11 @@
 """The trained View 1 students of an experiment, scored without test-time copies: LFW View 1
 (10-fold on pairsDevTest, threshold transferred from pairsDevTrain) and open-set FNIR at FPIR
 (the calibrate study's split, seed 0), each as trained and with the student's embeddings
-centered on its own mean over 3,000 training faces (a fixed vector, as the teacher's targets
-are centered), plus the mean cosine of 400 random unseen faces; and how well the student fits
-its targets (``Q_e``-turned teacher descriptors, mean ``1 - cos``) on those 3,000 training
-faces and on the faces of the test pairs (people never seen in training): the gap between the
-two is what training does not generalize.
+centered on its own mean over 3,000 training faces (all of them where there are fewer; a fixed
+vector, as the teacher's targets are centered), plus the mean cosine of 400 random unseen faces;
+and how well the student fits its targets (``Q_e``-turned teacher descriptors, mean ``1 - cos``)
+on those training faces and on the faces of the test pairs (people never seen in training): the
+gap between the two is what training does not generalize.
 
     python benchmarks/teacher_view1_probe.py configs/teacher/view1-compact-64.yaml \
         [--views original scrambled] [--tracks] [--output docs/results/teacher/view1-probe.json]
@@ -129,7 +129,7 @@ def main() -> None:
             FaceView("scrambled", key, cpu),
         )
     rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(view1.train), SAMPLE, replace=False))
+    sample = np.sort(rng.choice(len(view1.train), min(SAMPLE, len(view1.train)), replace=False))
     faces = evaluation_faces(config, settings)
     test = split_people(faces.labels, 0)["test"]
     result: dict[str, Any] = {
