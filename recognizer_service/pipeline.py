@@ -44,7 +44,18 @@ from rllfpr.wire.messages import Candidate, FaceHeader, RecognitionEvent, utc_no
 
 log = logging.getLogger(__name__)
 
-REDIS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Redis away, loading, or a cluster in failover: the same request succeeds later. A cluster
+# answers CLUSTERDOWN (ClusterDownError; MasterDownError is one) while a replica takes over a
+# dead primary's slots, TRYAGAIN while a slot migrates, and redis-py raises SlotNotCoveredError
+# while its slot map lacks a node; a pipeline does not retry these itself.
+REDIS_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 class TransientError(RuntimeError):

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import torch
 
 from recognizer_service.decision import Observation, decide, observe
 from recognizer_service.gallery import Hit
+from recognizer_service.pipeline import TransientError, redis_errors_are_transient
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.store import (
     ModelStore,
@@ -187,3 +189,30 @@ def test_a_trainer_checkpoint_is_published_with_its_recognizer(tmp_path: Path) -
     images = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(store.load("fleet", 4).recognizer(images), recognizer(images))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+        redis.TimeoutError("Timeout reading from socket"),
+        redis.BusyLoadingError("Redis is loading the dataset in memory"),
+        # a Redis Cluster while a replica takes over a killed primary (seen in CI: the face was
+        # rejected as an internal error and lost), or while a slot migrates
+        redis.exceptions.ClusterDownError("The cluster is down"),
+        redis.exceptions.MasterDownError("Link with MASTER is down"),
+        redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"),
+        redis.exceptions.SlotNotCoveredError("Slot 42 is not covered by the cluster"),
+    ],
+)
+def test_redis_away_or_in_failover_is_transient(error: Exception) -> None:
+    with pytest.raises(TransientError) as caught, redis_errors_are_transient():
+        raise error
+    assert caught.value.component == "redis"
+    assert caught.value.__cause__ is error
+
+
+def test_a_redis_error_that_retrying_cannot_fix_is_not_transient() -> None:
+    wrong_type = redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+    with pytest.raises(redis.ResponseError), redis_errors_are_transient():
+        raise wrong_type
