@@ -1,15 +1,19 @@
-"""What a trainer's first run spends on the face teacher: describing photos the teacher's cache
-lacks (MTCNN's central face, then dlib's 5-point shape and 128-d descriptor), in one process
-(the baseline) and in worker processes (``trainer.corpus.fill_teacher_cache``), each into its
-own empty cache, in the same run on the same photos.
+"""What a trainer's first run spends filling its caches, in one process (the baseline) and in
+worker processes, each into its own empty cache, in the same run on the same photos:
 
-    python benchmarks/teacher_cache_fill.py [--photos 600] [--workers 0] \
-        [--output docs/results/teacher-cache-fill.json]
+- ``--stage teacher``: describing photos the teacher's cache lacks (MTCNN's central face, then
+  dlib's 5-point shape and 128-d descriptor; ``trainer.corpus.fill_teacher_cache``);
+- ``--stage alignment``: aligning photos (MTCNN's central face, then the 5-point warp to
+  ``--size`` px; ``trainer.data.Aligner.load``, whose detection runs in workers).
+
+    python benchmarks/teacher_cache_fill.py [--stage teacher] [--photos 600] [--workers 0] \
+        [--size 64] [--output docs/results/teacher-cache-fill.json]
 
 The photos: the first LFW people (by name) until ``--photos`` photos. Both runs must give the
-same descriptors (checked, else the script fails). ``--workers 0``: one per available core.
-Reported: photos per second of each, their ratio, the hardware and the load average before,
-between and after; a Markdown table beside the JSON.
+same descriptors or aligned faces (checked, else the script fails). ``--workers 0``: one per
+available core. Reported: photos per second of each, their ratio, the hardware and the load
+average before, between and after; a Markdown table beside the JSON (default output:
+``docs/results/teacher-cache-fill.json``, ``docs/results/alignment-fill.json``).
 """
 
 from __future__ import annotations
@@ -25,14 +29,26 @@ from typing import Any
 import numpy as np
 
 from rllfpr.config import load_settings
-from trainer.corpus import (
+from trainer.corpus import describe_faces, fill_teacher_cache
+from trainer.data import (
     PHOTOS_PER_WORKER,
+    Aligner,
     available_cores,
-    describe_faces,
-    fill_teacher_cache,
+    image_key,
+    list_identities,
 )
-from trainer.data import image_key, list_identities
 from trainer.hardware import cpu_name
+
+OUTPUTS = {
+    "teacher": Path("docs/results/teacher-cache-fill.json"),
+    "alignment": Path("docs/results/alignment-fill.json"),
+}
+TITLES = {
+    "teacher": "The face teacher's first run: describing uncached photos in worker processes",
+    "alignment": "A corpus' first alignment: MTCNN on uncached photos in worker processes",
+}
+FUNCTIONS = {"teacher": "`fill_teacher_cache`", "alignment": "`Aligner.load`"}
+WORKER_START = {"teacher": "torch, MTCNN and dlib", "alignment": "torch and MTCNN"}
 
 
 def _photos(lfw: Path, count: int) -> dict[str, list[Path]]:
@@ -48,80 +64,106 @@ def _photos(lfw: Path, count: int) -> dict[str, list[Path]]:
 
 def _describe(
     lfw: Path, identities: dict[str, list[Path]], cache: Path, workers: int
-) -> tuple[np.ndarray, float, dict[str, int]]:
+) -> tuple[np.ndarray, float, int]:
+    """The teacher's descriptors (NaN rows: no face), seconds, workers started."""
     sources = [f"{name}/{image_key(lfw, name, p)}" for name, ps in identities.items() for p in ps]
     started = time.perf_counter()
     filled = fill_teacher_cache(lfw, identities, cache, workers=workers)
     descriptors = describe_faces(sources, lfw, identities, cache, workers=1)
-    return descriptors, time.perf_counter() - started, filled
+    return descriptors, time.perf_counter() - started, filled["workers"]
+
+
+def _align(
+    lfw: Path, identities: dict[str, list[Path]], cache: Path, workers: int, size: int
+) -> tuple[np.ndarray, float, int]:
+    """The aligned faces (photos without a face left out), seconds, workers started."""
+    aligner = Aligner(lfw, cache, size, "mtcnn")
+    started = time.perf_counter()
+    processes = aligner.detect_in_workers(identities, workers)
+    faces = aligner.load(identities, progress=False, workers=1)
+    return faces.faces, time.perf_counter() - started, processes
+
+
+def _without_face(stage: str, result: np.ndarray, photos: int) -> int:
+    return int(np.isnan(result).any(axis=1).sum()) if stage == "teacher" else photos - len(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=sorted(OUTPUTS), default="teacher")
     parser.add_argument("--photos", type=int, default=600)
     parser.add_argument("--workers", type=int, default=0, help="0: one per available core.")
-    parser.add_argument("--output", type=Path, default=Path("docs/results/teacher-cache-fill.json"))
+    parser.add_argument("--size", type=int, default=64, help="Aligned side (--stage alignment).")
+    parser.add_argument("--output", type=Path, help="Default: per stage, under docs/results/.")
     args = parser.parse_args()
+    output: Path = args.output or OUTPUTS[args.stage]
     lfw = load_settings(None).data / "lfw"
     identities = _photos(lfw, args.photos)
     photos = sum(len(paths) for paths in identities.values())
+
+    def fill(cache: Path, workers: int) -> tuple[np.ndarray, float, int]:
+        if args.stage == "teacher":
+            return _describe(lfw, identities, cache, workers)
+        return _align(lfw, identities, cache, workers, args.size)
+
     loads = [os.getloadavg()]
     with tempfile.TemporaryDirectory() as folder:
-        serial, serial_s, _ = _describe(lfw, identities, Path(folder) / "one", 1)
+        serial, serial_s, _ = fill(Path(folder) / "one", 1)
         loads.append(os.getloadavg())
-        parallel, parallel_s, filled = _describe(
-            lfw, identities, Path(folder) / "workers", args.workers
-        )
+        parallel, parallel_s, processes = fill(Path(folder) / "workers", args.workers)
         loads.append(os.getloadavg())
     if not np.array_equal(serial, parallel, equal_nan=True):
-        raise SystemExit("the worker processes gave other descriptors than one process")
+        raise SystemExit(f"the worker processes gave another {args.stage} than one process")
+    size = f" --size {args.size}" if args.stage == "alignment" else ""
     result: dict[str, Any] = {
         "protocol": __doc__,
-        "command": "python benchmarks/teacher_cache_fill.py "
-        f"--photos {args.photos} --workers {args.workers} --output {args.output}",
+        "command": f"python benchmarks/teacher_cache_fill.py --stage {args.stage} "
+        f"--photos {args.photos} --workers {args.workers}{size} --output {output}",
+        "stage": args.stage,
         "hardware": f"{cpu_name()}, {os.cpu_count()} cores, {available_cores()} available",
         "photos": photos,
         "people": len(identities),
-        "without_face": int(np.isnan(serial).any(axis=1).sum()),
+        "without_face": _without_face(args.stage, serial, photos),
         "one_process": {"seconds": round(serial_s, 1), "photos_per_s": round(photos / serial_s, 2)},
         "workers": {
-            "processes": filled["workers"],
+            "processes": processes,
             "seconds": round(parallel_s, 1),
             "photos_per_s": round(photos / parallel_s, 2),
         },
         "speedup": round(serial_s / parallel_s, 2),
-        "same_descriptors": True,
+        "same_result": True,
         "load_average_1_5_15": {
             moment: [round(x, 2) for x in load]
             for moment, load in zip(("before", "between", "after"), loads, strict=True)
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     one, many = result["one_process"], result["workers"]
     before, after = (" / ".join(f"{x:.2f}" for x in load) for load in (loads[0], loads[2]))
+    what = "descriptors" if args.stage == "teacher" else f"aligned {args.size} px faces"
     table = "\n".join(
         [
-            "# The face teacher's first run: describing uncached photos in worker processes",
+            f"# {TITLES[args.stage]}",
             "",
             f"`{result['command']}` on {result['hardware']}; load average (1 / 5 / 15 min)",
             f"{before} before, {after} after. {photos} LFW photos of {len(identities)} people",
             "(the first by name), each run into its own empty cache; both runs give the same",
-            f"descriptors ({result['without_face']} photos without a face).",
+            f"{what} ({result['without_face']} photos without a face).",
             "",
             "| run | processes | seconds | photos / s |",
             "|---|---|---|---|",
             f"| one process (baseline) | 1 | {one['seconds']} | {one['photos_per_s']} |",
-            f"| `fill_teacher_cache` | {many['processes']} | {many['seconds']} "
+            f"| {FUNCTIONS[args.stage]} | {many['processes']} | {many['seconds']} "
             f"| {many['photos_per_s']} |",
             "",
-            f"Speed-up: **{result['speedup']}x**. A worker first loads torch, MTCNN and dlib",
-            f"(seconds), so `trainer.corpus` starts one per {PHOTOS_PER_WORKER} photos to",
-            "describe at most.",
+            f"Speed-up: **{result['speedup']}x**. A worker first loads {WORKER_START[args.stage]}",
+            f"(seconds), so the trainer starts one per {PHOTOS_PER_WORKER} photos to process at",
+            "most.",
             "",
         ]
     )
-    args.output.with_suffix(".md").write_text(table)
+    output.with_suffix(".md").write_text(table)
     print(table)
 
 

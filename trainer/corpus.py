@@ -4,10 +4,8 @@ shared by all of them, so the teacher describes exactly the face the student see
 
 from __future__ import annotations
 
+import functools
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,12 @@ import numpy as np
 
 from trainer.config import ExperimentConfig
 from trainer.data import (
+    PHOTOS_PER_WORKER,
     AlignedFaces,
     Aligner,
     dataset_root,
     image_key,
+    in_worker_processes,
     list_identities,
     list_unlabeled,
 )
@@ -28,11 +28,6 @@ from trainer.targets import TargetSpace
 from trainer.teacher import DIM, FaceTeacher, TeacherError, is_cached
 
 log = logging.getLogger(__name__)
-
-# A worker process spends seconds loading torch, MTCNN and dlib before its first photo (about
-# 10 photos/s per core once running): a worker is started per this many photos to describe,
-# fewer stay in the calling process.
-PHOTOS_PER_WORKER = 100
 
 
 def prepare(
@@ -72,15 +67,8 @@ def prepare(
     return counts
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, e.g. under ``taskset``)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _prepare_share(
-    root: Path, share: dict[str, list[Path]], cache: Path, pad: float, name: str | None
+    root: Path, cache: Path, pad: float, name: str | None, share: dict[str, list[Path]]
 ) -> list[str]:
     """One worker's part of ``fill_teacher_cache``: its identities' detections and descriptors
     (one torch thread, so the workers do not oversubscribe the cores); the failures."""
@@ -101,34 +89,24 @@ def fill_teacher_cache(
     photos_per_worker: int = PHOTOS_PER_WORKER,
 ) -> dict[str, int]:
     """Describe the photos of ``identities`` the teacher's cache lacks in parallel: up to
-    ``workers`` processes (0: one per available core, ``available_cores``), each running
-    ``prepare`` (MTCNN's detection and dlib's descriptor, both cached) on its share of the
-    identities; at most one worker per ``photos_per_worker`` photos to describe. With one
+    ``workers`` processes (``trainer.data.in_worker_processes``; 0: one per available core),
+    each running ``prepare`` (MTCNN's detection and dlib's descriptor, both cached) on its
+    share of the identities; at most one worker per ``photos_per_worker`` photos. With one
     worker or none, nothing runs here: ``describe_faces`` describes them in this process.
     The descriptors do not depend on the number of workers. Returns the photos that were not
     cached and the workers started; a photo the teacher cannot read is logged and left for
     ``describe_faces`` to report."""
-    if workers < 0:
-        raise ValueError(f"workers is 0 (one per core) or more, got {workers}")
     missing = {
         group: paths
         for group, paths in identities.items()
         if any(not is_cached(cache, pad, path) for path in paths)
     }
+    task = functools.partial(_prepare_share, root, cache, pad, name)
+    failures = in_worker_processes(task, missing, workers, photos_per_worker)
+    for failure in (line for share in failures for line in share):
+        log.warning("%s", failure)
     photos = sum(len(paths) for paths in missing.values())
-    started = min(workers or available_cores(), len(missing), photos // photos_per_worker)
-    if started < 2:
-        return {"photos_not_cached": photos, "workers": 0}
-    groups = sorted(missing)
-    shares = [{group: missing[group] for group in groups[i::started]} for i in range(started)]
-    log.info("describing %d photos in %d processes", photos, started)
-    context = multiprocessing.get_context("spawn")  # no forked torch or dlib state
-    with ProcessPoolExecutor(started, mp_context=context) as pool:
-        jobs = [pool.submit(_prepare_share, root, share, cache, pad, name) for share in shares]
-        for job in jobs:
-            for failure in job.result():
-                log.warning("%s", failure)
-    return {"photos_not_cached": photos, "workers": started}
+    return {"photos_not_cached": photos, "workers": len(failures)}
 
 
 def describe_faces(

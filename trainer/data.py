@@ -7,14 +7,17 @@ listed in the cache, never dropped silently.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +30,44 @@ from trainer.progress import progress as progress_of
 log = logging.getLogger(__name__)
 AlignMethod = Literal["mtcnn", "resize"]
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
+T = TypeVar("T")
+
+# A worker process spends seconds loading torch and its face models before its first photo
+# (then MTCNN detects about 20 and the teacher describes about 10 photos/s per core): a worker
+# is started per this many photos to process, fewer stay in the calling process.
+PHOTOS_PER_WORKER = 100
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def in_worker_processes(
+    task: Callable[[dict[str, list[Path]]], T],
+    identities: dict[str, list[Path]],
+    workers: int = 0,
+    photos_per_worker: int = PHOTOS_PER_WORKER,
+) -> list[T]:
+    """``task`` run on shares of ``identities`` (identity or group -> photos), each share in
+    its own spawned process (no forked torch or dlib state; ``task`` must be picklable): up to
+    ``workers`` of them (0: one per available core), at most one per ``photos_per_worker``
+    photos and one per identity. Returns each share's result; an empty list when fewer than two
+    workers would start, and then nothing ran: the caller does the work itself."""
+    if workers < 0:
+        raise ValueError(f"workers is 0 (one per core) or more, got {workers}")
+    photos = sum(len(paths) for paths in identities.values())
+    started = min(workers or available_cores(), len(identities), photos // photos_per_worker)
+    if started < 2:
+        return []
+    groups = sorted(identities)
+    shares = [{group: identities[group] for group in groups[i::started]} for i in range(started)]
+    log.info("%d photos in %d processes", photos, started)
+    with ProcessPoolExecutor(started, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(task, share) for share in shares]
+        return [job.result() for job in jobs]
 
 
 def dataset_root(dataset: str, data_root: Path) -> Path:
@@ -158,15 +199,13 @@ class Aligner:
         """``pad``: a black border of this fraction of the image side added before MTCNN, for
         photos the face fills (UTKFace). ``name``: the dataset's cache folder (default: the
         root folder's name)."""
-        self.root = dataset_root
+        self.root, self.cache, self.name = dataset_root, cache, name or dataset_root.name
         self.size = size
         self.method = method
         self.pad = pad
         variant = f"{method}-{size}" + (f"-pad{pad:g}" if pad and method == "mtcnn" else "")
-        self.cache_dir = cache / "aligned" / (name or dataset_root.name) / variant
-        self.detections_dir = (
-            cache / "detections" / (name or dataset_root.name) / f"mtcnn-pad{pad:g}"
-        )
+        self.cache_dir = cache / "aligned" / self.name / variant
+        self.detections_dir = cache / "detections" / self.name / f"mtcnn-pad{pad:g}"
         self._detector: FaceDetector | None = None
 
     def central_faces(self, name: str, paths: list[Path]) -> dict[str, Detection | None]:
@@ -241,11 +280,53 @@ class Aligner:
 
     def uncached(self, identities: dict[str, list[Path]]) -> int:
         """How many of these images ``load`` would have to align (not in the cache yet)."""
-        missing = 0
+        return sum(len(paths) for paths in self._unaligned(identities).values())
+
+    def _unaligned(self, identities: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        """The images of each identity the aligned cache holds neither a face nor a failure of."""
+        missing: dict[str, list[Path]] = {}
         for name, images in identities.items():
-            known, failed = self._read_cache(name)
-            missing += sum(path.name not in known and path.name not in failed for path in images)
+            done = self._cached_keys(self.cache_dir / f"{name}.npz", "files", "failed")
+            left = [path for path in images if image_key(self.root, name, path) not in done]
+            if left:
+                missing[name] = left
         return missing
+
+    def undetected(self, identities: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        """The images ``load`` would have to run MTCNN on: neither aligned at this size nor
+        detected (for any size or the teacher) yet, per identity."""
+        missing: dict[str, list[Path]] = {}
+        for name, images in self._unaligned(identities).items():
+            done = self._cached_keys(self.detections_dir / f"{name}.npz", "files")
+            left = [path for path in images if image_key(self.root, name, path) not in done]
+            if left:
+                missing[name] = left
+        return missing
+
+    def detect_in_workers(
+        self,
+        identities: dict[str, list[Path]],
+        workers: int = 0,
+        photos_per_worker: int = PHOTOS_PER_WORKER,
+    ) -> int:
+        """Fill the detection cache for the images ``undetected`` in worker processes
+        (``in_worker_processes``: 0, one per available core; one per ``photos_per_worker``
+        images at most), so that ``load`` only warps; returns the workers started (0: too few
+        images, they are detected in this process as ``load`` aligns them). Detections do not
+        depend on the number of workers (each photo is detected on its own)."""
+        if self.method != "mtcnn":
+            return 0
+        task = functools.partial(_detect_share, self.root, self.cache, self.pad, self.name)
+        missing = self.undetected(identities)
+        return len(in_worker_processes(task, missing, workers, photos_per_worker))
+
+    @staticmethod
+    def _cached_keys(path: Path, *fields: str) -> set[str]:
+        """The image keys listed under ``fields`` of a cache file (its faces are not read)."""
+        if not path.exists():
+            return set()
+        with np.load(path, allow_pickle=False) as archive:
+            return {key for field_ in fields for key in archive[field_].tolist()}
 
     def _read_cache(self, name: str) -> tuple[dict[str, np.ndarray], set[str]]:
         cached = self.cache_dir / f"{name}.npz"
@@ -299,7 +380,14 @@ class Aligner:
                 failed.add(key)
         return aligned, failed
 
-    def load(self, identities: dict[str, list[Path]], progress: bool = True) -> AlignedFaces:
+    def load(
+        self, identities: dict[str, list[Path]], progress: bool = True, workers: int = 0
+    ) -> AlignedFaces:
+        """The aligned faces of ``identities`` (identity -> images), from the cache where it
+        has them; on a first run, MTCNN runs in ``workers`` processes (``detect_in_workers``;
+        0: one per available core) when there are enough images to detect, then this process
+        aligns them and fills the cache."""
+        self.detect_in_workers(identities, workers)
         all_faces: list[np.ndarray] = []
         labels: list[int] = []
         sources: list[str] = []
@@ -326,6 +414,19 @@ class Aligner:
         return AlignedFaces(
             np.concatenate(all_faces), np.array(labels, np.int64), names, sources, failures
         )
+
+
+def _detect_share(
+    root: Path, cache: Path, pad: float, name: str, share: dict[str, list[Path]]
+) -> int:
+    """One worker's part of ``Aligner.detect_in_workers``: MTCNN's central face of its
+    identities' images, into the detection cache (one torch thread, so that the workers do not
+    oversubscribe the cores); the images detected."""
+    import torch
+
+    torch.set_num_threads(1)
+    detector = Aligner(root, cache, 112, "mtcnn", pad, name)
+    return sum(len(detector.central_faces(group, paths)) for group, paths in share.items())
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
