@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trainer.data import Aligner, list_identities, split_per_identity
 
@@ -64,9 +65,14 @@ def test_worker_processes_detect_what_one_process_detects(data_root: Path, tmp_p
     assert parallel.uncached(identities) == 8  # detected, not aligned yet
     assert Aligner(root, tmp_path / "parallel", 32, "mtcnn").undetected(identities) == {}
     from_workers = parallel.load(identities, progress=False, workers=2)  # nothing left to detect
-    in_process = Aligner(root, tmp_path / "serial", 48, "mtcnn").load(
-        identities, progress=False, workers=1
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: more threads round MTCNN's floats otherwise
+    try:
+        in_process = Aligner(root, tmp_path / "serial", 48, "mtcnn").load(
+            identities, progress=False, workers=1
+        )
+    finally:
+        torch.set_num_threads(threads)
     np.testing.assert_array_equal(from_workers.faces, in_process.faces)
     assert from_workers.sources == in_process.sources
     assert len(from_workers) == 7
