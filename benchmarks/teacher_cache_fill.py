@@ -35,6 +35,7 @@ import torch
 from rllfpr.config import load_settings
 from trainer.corpus import describe_faces, fill_teacher_cache
 from trainer.data import (
+    DETECTIONS_PER_WORKER,
     PHOTOS_PER_WORKER,
     Aligner,
     available_cores,
@@ -53,6 +54,7 @@ TITLES = {
 }
 FUNCTIONS = {"teacher": "`fill_teacher_cache`", "alignment": "`Aligner.load`"}
 WORKER_START = {"teacher": "torch, MTCNN and dlib", "alignment": "torch and MTCNN"}
+PER_WORKER = {"teacher": PHOTOS_PER_WORKER, "alignment": DETECTIONS_PER_WORKER}
 
 
 def _photos(lfw: Path, count: int) -> dict[str, list[Path]]:
@@ -191,8 +193,8 @@ def main() -> None:
             f"| {many['photos_per_s']} |",
             "",
             f"Speed-up: **{result['speedup']}x**. A worker first loads {WORKER_START[args.stage]}",
-            f"(seconds), so the trainer starts one per {PHOTOS_PER_WORKER} photos to process at",
-            "most.",
+            f"(seconds), so the trainer starts one per {PER_WORKER[args.stage]} photos to process",
+            "at most.",
             "",
         ]
     )

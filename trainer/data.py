@@ -32,10 +32,13 @@ AlignMethod = Literal["mtcnn", "resize"]
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".gif", ".bmp", ""}
 T = TypeVar("T")
 
-# A worker process spends seconds loading torch and its face models before its first photo
-# (then MTCNN detects about 20 and the teacher describes about 10 photos/s per core): a worker
-# is started per this many photos to process, fewer stay in the calling process.
+# A worker process spends seconds loading torch and its face models before its first photo: a
+# worker is started per this many photos to process, fewer stay in the calling process. dlib
+# (the teacher) runs on one thread, so its workers pay from a few hundred photos on (1.6x on 600
+# with two cores); MTCNN already runs on torch's threads, so on two cores its workers pay only
+# on thousands (0.88x on 600 photos, 1.07x on 3,000: docs/results/alignment-fill.md).
 PHOTOS_PER_WORKER = 100
+DETECTIONS_PER_WORKER = 1000
 
 
 def available_cores() -> int:
@@ -307,7 +310,7 @@ class Aligner:
         self,
         identities: dict[str, list[Path]],
         workers: int = 0,
-        photos_per_worker: int = PHOTOS_PER_WORKER,
+        photos_per_worker: int = DETECTIONS_PER_WORKER,
     ) -> int:
         """Fill the detection cache for the images ``undetected`` in worker processes
         (``in_worker_processes``: 0, one per available core; one per ``photos_per_worker``
