@@ -36,7 +36,7 @@ T = TypeVar("T")
 # worker is started per this many photos to process, fewer stay in the calling process. dlib
 # (the teacher) runs on one thread, so its workers pay from a few hundred photos on (1.6x on 600
 # with two cores); MTCNN already runs on torch's threads, so on two cores its workers pay only
-# on thousands (0.88x on 600 photos, 1.07x on 3,000: docs/results/alignment-fill.md).
+# on thousands (0.88x on 600 photos, 1.1x on 3,000: docs/results/alignment-fill.md).
 PHOTOS_PER_WORKER = 100
 DETECTIONS_PER_WORKER = 1000
 
@@ -319,8 +319,11 @@ class Aligner:
         torch on one thread, and its detections are those of a one-thread process bit for bit,
         whatever the number of workers; torch on more threads rounds MTCNN's floats otherwise
         (measured on 120 LFW photos: 24 aligned faces differ, by one grey level at most)."""
-        if self.method != "mtcnn":
-            return 0
+        if workers < 0:
+            raise ValueError(f"workers is 0 (one per core) or more, got {workers}")
+        photos = sum(len(paths) for paths in identities.values())
+        if self.method != "mtcnn" or workers == 1 or photos < 2 * photos_per_worker:
+            return 0  # no worker could start: spare load() reading every cache's keys
         task = functools.partial(_detect_share, self.root, self.cache, self.pad, self.name)
         missing = self.undetected(identities)
         return len(in_worker_processes(task, missing, workers, photos_per_worker))
