@@ -9,13 +9,15 @@ ONNX Runtime figure comes with the torch figure measured in the same run. Measur
   ONNX Runtime, full 640x480 and downscaled to 320 wide, single frames and batches of 8, one
   and two threads; ONNX Runtime's idle threads spinning or sleeping next to a thread that
   decodes JPEG frames as the agent's reader does; alignment with the sharpness gate; the SN
-  in torch and in ONNX Runtime (batches of 1, 8 and 32; the default 112-pixel SN and the
-  64-pixel one of the CPU-scale training configs) and ONNX Runtime's session options and
-  chunk sizes; face-message encoding; spool writes;
+  in torch and in ONNX Runtime (batches of 1, 8 and 32; the deployed SN at the deployed 64 px
+  and at 112 px) and ONNX Runtime's session options and chunk sizes; face-message encoding;
+  spool writes;
 - end to end: the agent itself (``edge_agent.agent.Agent``) replaying the video as fast as it
-  can into a local Mosquitto, with a key published like the trainer does, for several
-  detection settings, with each detector backend; frames/s counts every frame read, faces/s
-  every face detected;
+  can into a local Mosquitto, with a key of the deployed SN (``DEPLOYED_SN`` at
+  ``DEPLOYED_FACE_SIZE``) published like the trainer does, for several detection settings,
+  with each detector backend; frames/s counts every frame read, faces/s every face detected;
+- the face's side: the agent at its defaults with the deployed SN at 64 px and at 112 px (its
+  low-pass scaled with the face), runs alternating, the median of each side and their ratio;
 - people walking past: a live 25 frames/s camera (frames are dropped when the agent falls
   behind) in which people cross the view one at a time, each in view for 1 to 6 frames; the
   share of them of whom at least one face was sent, detecting every frame or every 3rd or
@@ -67,7 +69,12 @@ from rllfpr.faces.mtcnn_runtime import OnnxRuntimeNetworks
 from rllfpr.faces.pixels import faces_to_sn_input, sharpness
 from rllfpr.keys import bundle, envelope, material
 from rllfpr.models.export import INPUT_NAME, export_onnx
-from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
+from rllfpr.models.scrambler import (
+    DEPLOYED_FACE_SIZE,
+    DEPLOYED_SN,
+    ScramblerConfig,
+    ScramblerNetwork,
+)
 from rllfpr.runtimes import ort_session_options
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import FaceHeader, KeyAnnouncement, KeyState, PixelFormat, utc_now
@@ -312,7 +319,7 @@ SN_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def bench_sn_options(faces: np.ndarray, network: ScramblerNetwork, seconds: float) -> Any:
-    """The 112-pixel SN on ONNX Runtime, 8 faces at a time: in calls of 1, 2, 4 or 8 faces
+    """The deployed SN on ONNX Runtime, 8 faces at a time: in calls of 1, 2, 4 or 8 faces
     with one and two threads, then session options with the backend's calls
     (``CPU_FACES_PER_CALL``)."""
     import onnxruntime as ort
@@ -396,9 +403,13 @@ def bench_encode_and_spool(faces: np.ndarray, seconds: float, workdir: Path) -> 
 
 # ----- end to end
 def publish_key(
-    endpoint: local_services.Endpoint, keydir: Path, network: ScramblerNetwork
+    endpoint: local_services.Endpoint,
+    keydir: Path,
+    network: ScramblerNetwork,
+    scope: str = "bench",
 ) -> KeySettings:
     """Key material for the agent and the retained bundle + activation, as the trainer does."""
+    keydir.mkdir(parents=True, exist_ok=True)
     signing_key = Ed25519PrivateKey.generate()
     fleet_key = material.FleetKey.generate()
     material.save_public_key(signing_key.public_key(), keydir / "signing.pub.pem")
@@ -406,7 +417,7 @@ def publish_key(
     state = network.key_state()
     sealed = bundle.seal(
         epoch=1,
-        scope="bench",
+        scope=scope,
         recognizer_id="bench",
         architecture=state["architecture"],
         state=state["state"],
@@ -414,7 +425,7 @@ def publish_key(
         fleet_key=fleet_key,
     )
     announcement = KeyAnnouncement(
-        scope="bench",
+        scope=scope,
         epoch=1,
         state=KeyState.ACTIVE,
         bundle_id=bundle.read_header(sealed).bundle_id,
@@ -424,8 +435,8 @@ def publish_key(
     client = mqtt.make_client(settings, "bench-trainer", client_id="bench-trainer")
     mqtt.connect(client, settings, clean_start=True)
     for topic, payload in (
-        (topics.key_bundle("bench", 1), sealed),
-        (topics.key_announcements("bench", 1), envelope.sign(announcement, signing_key)),
+        (topics.key_bundle(scope, 1), sealed),
+        (topics.key_announcements(scope, 1), envelope.sign(announcement, signing_key)),
     ):
         client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
     client.disconnect()
@@ -434,7 +445,7 @@ def publish_key(
         directory=keydir / "agent-keys",
         trusted_signers=[keydir / "signing.pub.pem"],
         fleet_key_file=keydir / "fleet.key",
-        scope="bench",
+        scope=scope,
     )
 
 
@@ -541,6 +552,94 @@ def run_agent(settings: Settings, source: Any) -> dict[str, Any]:
         "stage_ms_per_frame": {
             stage: round(1000 * (seconds or 0.0) / max(frames, 1), 2)
             for stage, seconds in stage_seconds.items()
+        },
+    }
+
+
+# ----- the face's side
+FACE_SIDES = (DEPLOYED_FACE_SIZE, 112)
+
+
+def side_sn(size: int) -> ScramblerConfig:
+    """The deployed SN at ``size`` px, its input low-pass scaled with the face (sigma in
+    pixels: 2.1 px at 112 px blurs as much of the face as the deployed 1.2 px at 64 px)."""
+    blur = round(DEPLOYED_SN.input_blur * size / DEPLOYED_FACE_SIZE, 1)
+    return DEPLOYED_SN.model_copy(update={"input_size": size, "input_blur": blur})
+
+
+def bench_face_side(
+    video: Path, workdir: Path, faces: np.ndarray, rounds: int, seconds: float, threads: int
+) -> dict[str, Any]:
+    """The agent at its defaults (``threads`` aside) with the deployed SN at 64 px and at
+    112 px: the runs alternate (64, 112, 64, 112, ...) so that a change of the machine's load
+    meets both sides; each side's median over ``rounds`` runs, and the SN alone at both."""
+    configs = {size: side_sn(size) for size in FACE_SIDES}
+    networks = {
+        size: make_network(config, faces_at(faces, size)) for size, config in configs.items()
+    }
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in FACE_SIDES}
+    with local_services.mosquitto() as endpoint:
+        keys = {
+            size: publish_key(endpoint, workdir / f"side-{size}", network, f"bench-{size}")
+            for size, network in networks.items()
+        }
+        for round_ in range(rounds):
+            for size in FACE_SIDES:
+                camera = f"side{size}-{round_}"
+                settings = agent_settings(
+                    endpoint,
+                    keys[size],
+                    workdir,
+                    camera,
+                    backend="onnxruntime",
+                    detector_backend="onnxruntime",
+                    threads=threads,
+                    **DEFAULT,
+                )
+                seen = Collector(endpoint, topics.faces("bench", camera))
+                threads = torch.get_num_threads()
+                run = run_agent(settings, video)
+                torch.set_num_threads(threads)
+                received = seen.close(run["faces_published"])
+                if not received or len(received) != run["faces_published"]:
+                    raise RuntimeError(
+                        f"{size} px: {run['faces_published']} faces published, "
+                        f"{len(received)} received"
+                    )
+                run["message_bytes"] = float(np.median(seen.sizes))
+                runs[size].append(run)
+                print(f"  {size} px, round {round_}: {runs[size][-1]}", file=sys.stderr)
+    sides: dict[str, Any] = {}
+    for size in FACE_SIDES:
+        median = {
+            key: float(np.median([run[key] for run in runs[size]]))
+            for key in ("frames_per_s", "frames_per_cpu_s", "faces_detected_per_s", "message_bytes")
+        }
+        stages = {
+            stage: float(np.median([run["stage_ms_per_frame"][stage] for run in runs[size]]))
+            for stage in runs[size][0]["stage_ms_per_frame"]
+        }
+        sides[str(size)] = {
+            "sn": configs[size].model_dump(mode="json"),
+            "median": median,
+            "stage_ms_per_frame": stages,
+            "faces_published": [run["faces_published"] for run in runs[size]],
+            "runs": runs[size],
+            "sn_alone": bench_scrambler(faces_at(faces, size), networks[size], seconds, "cpu"),
+        }
+    small, large = (sides[str(size)] for size in FACE_SIDES)
+    return {
+        "settings": {
+            "backend": "onnxruntime",
+            "detector_backend": "onnxruntime",
+            "threads": threads,
+            **DEFAULT,
+        },
+        "rounds": rounds,
+        "sides": sides,
+        "large_over_small": {
+            key: round(large["median"][key] / small["median"][key], 3)
+            for key in ("frames_per_s", "frames_per_cpu_s")
         },
     }
 
@@ -662,17 +761,20 @@ class Collector:
 
     def __init__(self, endpoint: local_services.Endpoint, topic: str) -> None:
         self.headers: list[FaceHeader] = []
+        self.sizes: list[int] = []
         subscribed = threading.Event()
         settings = MqttSettings(host=endpoint.host, port=endpoint.port)
         self.client = mqtt.make_client(settings, "bench-collector", client_id=f"c-{topic[-12:]}")
-        self.client.on_message = lambda _c, _u, m: self.headers.append(
-            codec.decode(bytes(m.payload)).header
-        )
+        self.client.on_message = lambda _c, _u, m: self.received(bytes(m.payload))
         self.client.on_subscribe = lambda *_args: subscribed.set()
         mqtt.connect(self.client, settings, clean_start=True)
         self.client.subscribe(topic, qos=1)
         if not subscribed.wait(10):
             raise RuntimeError("the benchmark could not subscribe to the face messages")
+
+    def received(self, payload: bytes) -> None:
+        self.sizes.append(len(payload))
+        self.headers.append(codec.decode(payload).header)
 
     def close(self, expected: int) -> list[FaceHeader]:
         deadline = time.monotonic() + 10
@@ -707,8 +809,8 @@ def bench_gpu(frames: list[np.ndarray], faces: np.ndarray, seconds: float) -> di
 
 
 SN_CONFIGS = {
-    "default SN, 112 px": ScramblerConfig(),
-    "CPU-scale configs' SN, 64 px": ScramblerConfig(input_size=64),
+    f"deployed SN, {size} px (low-pass {side_sn(size).input_blur})": side_sn(size)
+    for size in FACE_SIDES
 }
 
 
@@ -745,7 +847,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     parts = set(args.parts)
     if "stages" in parts:
         print("stages", file=sys.stderr)
-        network = make_network(ScramblerConfig(), faces)
+        deployed = faces_at(faces, DEPLOYED_FACE_SIZE)
         document["stages"] = {
             "decode_frames_per_s": round(bench_decode(video, count), 1),
             "mtcnn": bench_mtcnn(frames, seconds),
@@ -760,10 +862,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 )
                 for name, c in SN_CONFIGS.items()
             },
-            "scrambler_onnxruntime": bench_sn_options(faces, network, seconds),
+            "scrambler_onnxruntime": bench_sn_options(
+                deployed, make_network(side_sn(DEPLOYED_FACE_SIZE), deployed), seconds
+            ),
             "encode_and_spool": bench_encode_and_spool(faces, seconds, workdir),
         }
-    network = make_network(ScramblerConfig(), faces)
+    network = make_network(side_sn(DEPLOYED_FACE_SIZE), faces_at(faces, DEPLOYED_FACE_SIZE))
+    document["sn"] = network.config.model_dump(mode="json")
+    if "face_side" in parts:
+        print("the face's side", file=sys.stderr)
+        document["face_side"] = bench_face_side(
+            video, workdir, faces, 1 if args.quick else args.rounds, seconds, args.agent_threads
+        )
     if "end_to_end" in parts:
         print("end to end", file=sys.stderr)
         names = list(END_TO_END) if not args.quick else [next(iter(END_TO_END))]
@@ -794,6 +904,8 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     if "end_to_end" in document:
         lines += end_to_end_table(document["end_to_end"])
+    if "face_side" in document:
+        lines += face_side_table(document["face_side"])
     if "walking_past" in document:
         lines += walking_past_table(document["walking_past"])
     if "stages" in document:
@@ -826,6 +938,35 @@ def end_to_end_table(runs: dict[str, Any]) -> list[str]:
             f"{fast['frames_per_cpu_s']} | {run['onnxruntime_over_torch_cpu']} | "
             f"{fast['faces_published']} | "
             f"{stages['detect']} | {stages['align']} | {stages['scramble']} |"
+        )
+    return [*lines, ""]
+
+
+def face_side_table(side: dict[str, Any]) -> list[str]:
+    small, large = (str(size) for size in FACE_SIDES)
+    lines = [
+        "## The face's side: 64 px against 112 px",
+        "",
+        f"The agent at its defaults ({side['settings']}), with a key of the deployed SN at "
+        f"{small} px and one at {large} px (its input low-pass scaled with the face); the runs "
+        f"alternate, {side['rounds']} per side; medians. Ratio {large} / {small} px: "
+        f"**{side['large_over_small']['frames_per_s']}** of the frames per second, "
+        f"{side['large_over_small']['frames_per_cpu_s']} of the frames per CPU-second.",
+        "",
+        "| face side | SN low-pass | frames/s | frames per CPU-second | faces/s | published "
+        "per run | bytes per face message | ms/frame: detect | align | scramble | encode | "
+        "SN alone, ONNX Runtime, faces/s: batch 1 | batch 8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, row in side["sides"].items():
+        median, stages, alone = row["median"], row["stage_ms_per_frame"], row["sn_alone"]
+        lines.append(
+            f"| {size} px | {row['sn']['input_blur']} | {median['frames_per_s']} | "
+            f"{median['frames_per_cpu_s']} | {median['faces_detected_per_s']} | "
+            f"{', '.join(str(n) for n in row['faces_published'])} | "
+            f"{median['message_bytes']:.0f} | {stages['detect']} | "
+            f"{stages['align']} | {stages['scramble']} | {stages['encode']} | "
+            f"{alone['batch_1']['onnxruntime']} | {alone['batch_8']['onnxruntime']} |"
         )
     return [*lines, ""]
 
@@ -906,7 +1047,7 @@ def stage_tables(stages: dict[str, Any]) -> list[str]:
     options = stages["scrambler_onnxruntime"]
     lines += [
         "",
-        "The default SN on ONNX Runtime, 8 faces at a time: split into calls of 1 to 8 faces, "
+        "The deployed SN on ONNX Runtime, 8 faces at a time: split into calls of 1 to 8 faces, "
         "then session options with the backend's calls of "
         f"{options.get('faces_per_call', CPU_FACES_PER_CALL)}.",
         "",
@@ -953,7 +1094,7 @@ NOTE = (
     "`detect_every`, `min_face_size` and batching. torch's OpenMP threads busy-wait, so on "
     "two cores that other processes also use, two threads can be slower than one."
 )
-PARTS = ("stages", "end_to_end", "passers")
+PARTS = ("stages", "end_to_end", "passers", "face_side")
 
 
 def main() -> None:
@@ -965,6 +1106,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=3.0, help="per stage measurement")
     parser.add_argument("--passers", type=int, default=12, help="people per time in view")
+    parser.add_argument("--rounds", type=int, default=3, help="agent runs per face side")
+    parser.add_argument(
+        "--agent-threads",
+        type=int,
+        default=0,
+        help="the face-side agents' CPU threads (0: the agent's default, all cores)",
+    )
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
