@@ -71,9 +71,9 @@ from rllfpr.keys import bundle, envelope, material
 from rllfpr.models.export import INPUT_NAME, export_onnx
 from rllfpr.models.scrambler import (
     DEPLOYED_FACE_SIZE,
-    DEPLOYED_SN,
     ScramblerConfig,
     ScramblerNetwork,
+    deployed_sn,
 )
 from rllfpr.runtimes import ort_session_options
 from rllfpr.wire import codec, topics
@@ -560,20 +560,13 @@ def run_agent(settings: Settings, source: Any) -> dict[str, Any]:
 FACE_SIDES = (DEPLOYED_FACE_SIZE, 112)
 
 
-def side_sn(size: int) -> ScramblerConfig:
-    """The deployed SN at ``size`` px, its input low-pass scaled with the face (sigma in
-    pixels: 2.1 px at 112 px blurs as much of the face as the deployed 1.2 px at 64 px)."""
-    blur = round(DEPLOYED_SN.input_blur * size / DEPLOYED_FACE_SIZE, 1)
-    return DEPLOYED_SN.model_copy(update={"input_size": size, "input_blur": blur})
-
-
 def bench_face_side(
     video: Path, workdir: Path, faces: np.ndarray, rounds: int, seconds: float, threads: int
 ) -> dict[str, Any]:
     """The agent at its defaults (``threads`` aside) with the deployed SN at 64 px and at
     112 px: the runs alternate (64, 112, 64, 112, ...) so that a change of the machine's load
     meets both sides; each side's median over ``rounds`` runs, and the SN alone at both."""
-    configs = {size: side_sn(size) for size in FACE_SIDES}
+    configs = {size: deployed_sn(size) for size in FACE_SIDES}
     networks = {
         size: make_network(config, faces_at(faces, size)) for size, config in configs.items()
     }
@@ -809,7 +802,7 @@ def bench_gpu(frames: list[np.ndarray], faces: np.ndarray, seconds: float) -> di
 
 
 SN_CONFIGS = {
-    f"deployed SN, {size} px (low-pass {side_sn(size).input_blur})": side_sn(size)
+    f"deployed SN, {size} px (low-pass {deployed_sn(size).input_blur})": deployed_sn(size)
     for size in FACE_SIDES
 }
 
@@ -863,11 +856,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for name, c in SN_CONFIGS.items()
             },
             "scrambler_onnxruntime": bench_sn_options(
-                deployed, make_network(side_sn(DEPLOYED_FACE_SIZE), deployed), seconds
+                deployed, make_network(deployed_sn(DEPLOYED_FACE_SIZE), deployed), seconds
             ),
             "encode_and_spool": bench_encode_and_spool(faces, seconds, workdir),
         }
-    network = make_network(side_sn(DEPLOYED_FACE_SIZE), faces_at(faces, DEPLOYED_FACE_SIZE))
+    network = make_network(deployed_sn(DEPLOYED_FACE_SIZE), faces_at(faces, DEPLOYED_FACE_SIZE))
     document["sn"] = network.config.model_dump(mode="json")
     if "face_side" in parts:
         print("the face's side", file=sys.stderr)

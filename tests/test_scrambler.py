@@ -8,14 +8,18 @@ import onnxruntime
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from torch.nn import functional
 
 from rllfpr.keys import bundle, material
 from rllfpr.models.export import export_onnx, unsupported_operators
 from rllfpr.models.scrambler import (
+    DEPLOYED_FACE_SIZE,
+    DEPLOYED_SN,
     BinomialBlur,
     ScramblerConfig,
     ScramblerNetwork,
+    deployed_sn,
     from_pixels,
     pool_with_mask,
     random_key_seed,
@@ -236,6 +240,19 @@ def test_input_blur_is_a_gaussian_low_pass_before_the_same_network() -> None:
     scale = float(expected.abs().max())  # no BN self-learning here: tolerances relative to it
     assert torch.allclose(blurred(faces), expected, rtol=0, atol=1e-5 * scale)
     assert not torch.allclose(plain(faces), expected, rtol=0, atol=1e-2 * scale)
+
+
+def test_the_deployed_sns_low_pass_blurs_the_same_share_of_the_face_at_every_side() -> None:
+    assert deployed_sn() == deployed_sn(DEPLOYED_FACE_SIZE)
+    assert (deployed_sn().input_size, deployed_sn().input_blur) == (64, DEPLOYED_SN.input_blur)
+    assert (deployed_sn(112).input_size, deployed_sn(112).input_blur) == (112, 2.1)
+    assert deployed_sn(32).input_blur == 0.6
+    unchanged = {"input_size", "input_blur"}  # every other field is the deployed SN's
+    assert deployed_sn(112).model_dump(exclude=unchanged) == DEPLOYED_SN.model_dump(
+        exclude=unchanged
+    )
+    with pytest.raises(ValidationError, match="input_size"):
+        deployed_sn(8)
 
 
 def test_pool_blur_smooths_the_features_each_max_pool_sees_and_keeps_the_key() -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rllfpr.faces.pixels import faces_to_sn_input, scramble
-from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN, ScramblerNetwork
+from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, ScramblerNetwork, deployed_sn
 from trainer import sn_picture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_a_scramble_row_is_what_the_sn_of_its_seed_gives(
     assert TRAINING <= sn_picture.TRAINING_BATCH  # one self-learning batch, here as there
     faces = sn_picture.shown_faces()
     training = sn_picture.synthetic_faces(TRAINING, sn_picture.TRAINING_SEED)
-    config = DEPLOYED_SN.model_copy(update={"input_size": DEPLOYED_FACE_SIZE})
+    config = deployed_sn()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the command ran (OMP_NUM_THREADS=1)
     try:

@@ -39,9 +39,9 @@ from rllfpr.faces.align import template
 from rllfpr.faces.pixels import faces_to_sn_input, scramble
 from rllfpr.models.scrambler import (
     DEPLOYED_FACE_SIZE,
-    DEPLOYED_SN,
     ScramblerConfig,
     ScramblerNetwork,
+    deployed_sn,
 )
 
 FACES: Final = 6  # faces shown in each row
@@ -276,7 +276,7 @@ def training_faces(count: int = TRAINING_FACES) -> np.ndarray:
 
 def picture_config() -> ScramblerConfig:
     """The deployed SN at the deployed face side."""
-    return DEPLOYED_SN.model_copy(update={"input_size": DEPLOYED_FACE_SIZE})
+    return deployed_sn()
 
 
 def self_learned_sn(seed: int, faces: np.ndarray) -> ScramblerNetwork:

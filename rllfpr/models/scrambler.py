@@ -104,6 +104,16 @@ DEPLOYED_SN: Final = ScramblerConfig(input_blur=1.2)
 DEPLOYED_FACE_SIZE: Final = 64
 
 
+def deployed_sn(face_size: int = DEPLOYED_FACE_SIZE) -> ScramblerConfig:
+    """The deployed SN for faces of ``face_size`` px. The low-pass's sigma is in pixels, so it
+    scales with the face and blurs the same share of it at every side (rounded to 0.1 px):
+    1.2 px at 64 px, 2.1 px at 112 px."""
+    blur = round(DEPLOYED_SN.input_blur * face_size / DEPLOYED_FACE_SIZE, 1)
+    return ScramblerConfig.model_validate(
+        DEPLOYED_SN.model_dump() | {"input_size": face_size, "input_blur": blur}
+    )
+
+
 def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
