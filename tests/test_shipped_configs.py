@@ -43,12 +43,12 @@ def test_study_configs_validate_with_every_variant(path: Path) -> None:
 def test_the_rotation_the_demo_and_the_privacy_report_use_the_one_deployed_sn() -> None:
     """Issue 21: the demo's bundles said `input_blur: 0.0` while the privacy goals were
     measured with the deployed low-pass. Each names `scrambler: deployed` now, and the key it
-    draws (what its bundles seal) is DEPLOYED_SN at 64 px."""
+    draws (what its bundles seal) is DEPLOYED_SN at 64 px; at 112 px, deployed_sn(112)."""
     import numpy as np
     from pydantic import ValidationError
 
     from demo.run import ROTATION
-    from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN
+    from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN, deployed_sn
     from trainer.experiment import make_key
 
     root = CONFIGS.parent
@@ -66,7 +66,17 @@ def test_the_rotation_the_demo_and_the_privacy_report_use_the_one_deployed_sn() 
         architecture = sealed["architecture"]["scrambler"]
         assert architecture["input_blur"] == DEPLOYED_SN.input_blur == 1.2, name
         assert architecture["input_size"] == DEPLOYED_FACE_SIZE, name
-    with pytest.raises(ValidationError, match="chosen for 64 px faces"):
-        ExperimentConfig.model_validate(
-            {"name": "x", "data": {"size": 112}, "scrambler": "deployed"}
-        )
+    # at 112 px, the other side whose privacy report met every goal, the low-pass follows the
+    # face: the key sealed is deployed_sn(112)
+    at_112 = ExperimentConfig.model_validate(
+        {"name": "x", "data": {"size": 112}, "scrambler": "deployed", "device": "cpu"}
+    )
+    faces = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    architecture = make_key(at_112, 1, faces).key_state()["architecture"]["scrambler"]
+    assert architecture == deployed_sn(112).model_dump(mode="json")
+    assert (architecture["input_size"], architecture["input_blur"]) == (112, 2.1)
+    for size in (48, 96, 128):  # sides whose privacy nobody measured
+        with pytest.raises(ValidationError, match="privacy is measured at 64 and 112 px faces"):
+            ExperimentConfig.model_validate(
+                {"name": "x", "data": {"size": size}, "scrambler": "deployed"}
+            )

@@ -9,7 +9,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rllfpr.models.recognizer import RecognizerConfig
-from rllfpr.models.scrambler import DEPLOYED_FACE_SIZE, DEPLOYED_SN, ScramblerConfig
+from rllfpr.models.scrambler import (
+    DEPLOYABLE_FACE_SIZES,
+    DEPLOYED_SN,
+    ScramblerConfig,
+    deployed_sn,
+)
 
 
 class Strict(BaseModel):
@@ -225,8 +230,9 @@ class ExperimentConfig(Strict):
     scrambler: ScramblerConfig = Field(
         default_factory=ScramblerConfig,
         description="SN architecture; `deployed` is the SN deployments use "
-        "(`rllfpr.models.scrambler.DEPLOYED_SN`), which needs `data.size: 64`. The SN's input "
-        "size always follows `data.size`.",
+        "(`rllfpr.models.scrambler.deployed_sn`: its input low-pass follows the face's side), "
+        "for `data.size` 64 or 112 (`DEPLOYABLE_FACE_SIZES`). The SN's input size always "
+        "follows `data.size`.",
     )
     recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -260,12 +266,15 @@ class ExperimentConfig(Strict):
         if not isinstance(data, dict) or data.get("scrambler") != "deployed":
             return data
         size = (data.get("data") or {}).get("size", DataConfig.model_fields["size"].default)
-        if size != DEPLOYED_FACE_SIZE:
+        if size not in DEPLOYABLE_FACE_SIZES:
+            sides = " and ".join(str(side) for side in DEPLOYABLE_FACE_SIZES)
             raise ValueError(
-                f"the deployed SN's input low-pass was chosen for {DEPLOYED_FACE_SIZE} px faces; "
-                f"data.size is {size}: use it, or give the scrambler's fields"
+                f"the deployed SN's privacy is measured at {sides} px faces; data.size is "
+                f"{size}: use one of them, or give the scrambler's fields"
             )
-        return data | {"scrambler": DEPLOYED_SN.model_dump(mode="json")}
+        # the input low-pass follows the face's side; `input_size` is data.size's (not read)
+        blur = deployed_sn(size).input_blur
+        return data | {"scrambler": DEPLOYED_SN.model_dump(mode="json") | {"input_blur": blur}}
 
     @model_validator(mode="before")
     @classmethod

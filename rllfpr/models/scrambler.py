@@ -98,10 +98,15 @@ class ScramblerConfig(BaseModel):
 # `scrambler: deployed`): the paper's five levels with widths 16-32-64-64-64, one conv per
 # level, N(0, 1) kernels, and a Gaussian low-pass of sigma 1.2 px on the face before the first
 # conv, chosen on 64 px faces (docs/results/design-study.md, fourth round; every privacy goal
-# of docs/results/privacy.md met). ``input_size`` follows the faces; the low-pass was chosen for
-# DEPLOYED_FACE_SIZE and an experiment that asks for the deployed SN must use that size.
+# of docs/results/privacy.md met). ``input_size`` follows the faces, and so does the low-pass:
+# ``deployed_sn(side)`` is this SN for faces of that side, at the sides in DEPLOYABLE_FACE_SIZES.
 DEPLOYED_SN: Final = ScramblerConfig(input_blur=1.2)
 DEPLOYED_FACE_SIZE: Final = 64
+
+
+# The face sides at which the privacy report met every goal with ``deployed_sn(side)``:
+# docs/results/privacy.md (64 px) and docs/results/privacy-112.json (112 px).
+DEPLOYABLE_FACE_SIZES: Final = (DEPLOYED_FACE_SIZE, 112)
 
 
 def deployed_sn(face_size: int = DEPLOYED_FACE_SIZE) -> ScramblerConfig:
