@@ -590,9 +590,9 @@ def bench_face_side(
                     **DEFAULT,
                 )
                 seen = Collector(endpoint, topics.faces("bench", camera))
-                threads = torch.get_num_threads()
+                torch_threads = torch.get_num_threads()  # the agent sets its own
                 run = run_agent(settings, video)
-                torch.set_num_threads(threads)
+                torch.set_num_threads(torch_threads)
                 received = seen.close(run["faces_published"])
                 if not received or len(received) != run["faces_published"]:
                     raise RuntimeError(
