@@ -570,6 +570,12 @@ def bench_face_side(
     networks = {
         size: make_network(config, faces_at(faces, size)) for size, config in configs.items()
     }
+    options = {
+        "backend": "onnxruntime",
+        "detector_backend": "onnxruntime",
+        "threads": threads,
+        **DEFAULT,
+    }
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in FACE_SIDES}
     with local_services.mosquitto() as endpoint:
         keys = {
@@ -579,16 +585,7 @@ def bench_face_side(
         for round_ in range(rounds):
             for size in FACE_SIDES:
                 camera = f"side{size}-{round_}"
-                settings = agent_settings(
-                    endpoint,
-                    keys[size],
-                    workdir,
-                    camera,
-                    backend="onnxruntime",
-                    detector_backend="onnxruntime",
-                    threads=threads,
-                    **DEFAULT,
-                )
+                settings = agent_settings(endpoint, keys[size], workdir, camera, **options)
                 seen = Collector(endpoint, topics.faces("bench", camera))
                 torch_threads = torch.get_num_threads()  # the agent sets its own
                 run = run_agent(settings, video)
@@ -622,12 +619,7 @@ def bench_face_side(
         }
     small, large = (sides[str(size)] for size in FACE_SIDES)
     return {
-        "settings": {
-            "backend": "onnxruntime",
-            "detector_backend": "onnxruntime",
-            "threads": threads,
-            **DEFAULT,
-        },
+        "settings": options,
         "rounds": rounds,
         "sides": sides,
         "large_over_small": {
@@ -838,9 +830,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         document["gpu"] = bench_gpu(frames, faces, seconds)
         return document
     parts = set(args.parts)
+    deployed = faces_at(faces, DEPLOYED_FACE_SIZE)
+    network = make_network(deployed_sn(DEPLOYED_FACE_SIZE), deployed)
+    document["sn"] = network.config.model_dump(mode="json")
     if "stages" in parts:
         print("stages", file=sys.stderr)
-        deployed = faces_at(faces, DEPLOYED_FACE_SIZE)
         document["stages"] = {
             "decode_frames_per_s": round(bench_decode(video, count), 1),
             "mtcnn": bench_mtcnn(frames, seconds),
@@ -855,13 +849,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 )
                 for name, c in SN_CONFIGS.items()
             },
-            "scrambler_onnxruntime": bench_sn_options(
-                deployed, make_network(deployed_sn(DEPLOYED_FACE_SIZE), deployed), seconds
-            ),
+            "scrambler_onnxruntime": bench_sn_options(deployed, network, seconds),
             "encode_and_spool": bench_encode_and_spool(faces, seconds, workdir),
         }
-    network = make_network(deployed_sn(DEPLOYED_FACE_SIZE), faces_at(faces, DEPLOYED_FACE_SIZE))
-    document["sn"] = network.config.model_dump(mode="json")
     if "face_side" in parts:
         print("the face's side", file=sys.stderr)
         document["face_side"] = bench_face_side(
