@@ -72,7 +72,7 @@ from recognizer_service.gallery import Gallery, Template
 from rllfpr import local_services, mqtt
 from rllfpr.config import MqttSettings
 from rllfpr.keys import bundle, envelope, material
-from rllfpr.local_services import free_port
+from rllfpr.local_services import free_port, free_ports
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.scrambler import ScramblerConfig, ScramblerNetwork
 from rllfpr.models.store import ModelStore, OpenSetCalibration
@@ -453,8 +453,7 @@ class Soak:
     def __init__(self, arguments: argparse.Namespace, workdir: Path) -> None:
         self.args = arguments
         self.workdir = workdir
-        self.broker_port = free_port()
-        self.redis_port = free_port()
+        self.broker_port, self.redis_port = free_ports(2)
         self.processes: dict[str, Managed] = {}
         self.samples: list[dict[str, Any]] = []
         self.faults: list[Fault] = []

@@ -18,13 +18,24 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# A port that was free when picked can be bound by another process before the server binds it;
+# a start that loses that race is tried again on new ports, this many times in all.
+PORT_ATTEMPTS = 4
 
 
 class ServiceError(RuntimeError):
     """A local service could not be found or started."""
+
+
+class PortTakenError(ServiceError):
+    """The server exited because another process bound its port first."""
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,30 @@ class Endpoint:
     port: int
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports, free when picked: the probes are held open together,
+    so the kernel cannot hand out one port twice (closing a probe before picking the next can)."""
+    with contextlib.ExitStack() as stack:
+        probes = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def start_on_free_ports(count: int, start: Callable[[list[int]], T]) -> T:
+    """``start(ports)`` on ``count`` fresh free ports, again on new ones while a port is taken
+    before the server binds it (``PortTakenError``), at most ``PORT_ATTEMPTS`` times."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        with contextlib.suppress(PortTakenError):
+            return start(free_ports(count))
+    return start(free_ports(count))
 
 
 def _find_binary(env_var: str, name: str, fallbacks: tuple[str, ...] = ()) -> str:
@@ -53,9 +84,9 @@ def _wait_for_port(endpoint: Endpoint, process: subprocess.Popen[bytes], log: Pa
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceError(
-                f"service exited with {process.returncode}: {log.read_text()[-2000:]}"
-            )
+            output = log.read_text() if log.exists() else ""
+            error = PortTakenError if "Address already in use" in output else ServiceError
+            raise error(f"service exited with {process.returncode}: {output[-2000:]}")
         with (
             contextlib.suppress(OSError),
             socket.create_connection((endpoint.host, endpoint.port), timeout=0.2),
@@ -74,15 +105,29 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-@contextlib.contextmanager
-def _serving(arguments: list[str], port: int, log: Path) -> Iterator[Endpoint]:
-    """Start a server process, wait until it listens on ``port``, stop it afterwards."""
-    log.touch()
-    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+def _start(arguments: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until it listens on ``port`` (stopped if it does not).
+    ``log`` is emptied first and takes the server's standard error (where Mosquitto reports a
+    port it cannot bind) besides its own log lines: what it holds afterwards is this start's."""
+    log.write_text("")
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        endpoint = Endpoint("127.0.0.1", port)
-        _wait_for_port(endpoint, process, log)
-        yield endpoint
+        _wait_for_port(Endpoint("127.0.0.1", port), process, log)
+    except BaseException:
+        _stop(process)
+        raise
+    return process
+
+
+@contextlib.contextmanager
+def _serving(arguments: Callable[[int], list[str]], log: Path) -> Iterator[Endpoint]:
+    """Run the server ``arguments(port)`` on a free port, stop it afterwards."""
+    port, process = start_on_free_ports(
+        1, lambda ports: (ports[0], _start(arguments(ports[0]), ports[0], log))
+    )
+    try:
+        yield Endpoint("127.0.0.1", port)
     finally:
         _stop(process)
 
@@ -106,11 +151,14 @@ def mosquitto(extra_config: str = "") -> Iterator[Endpoint]:
     """Run a Mosquitto 2.x broker on a free port for the duration of the block."""
     binary = _find_binary("RLLFPR_MOSQUITTO", "mosquitto", ("/usr/sbin/mosquitto",))
     with tempfile.TemporaryDirectory(prefix="rllfpr-mosquitto-") as workdir:
-        port = free_port()
         log = Path(workdir) / "mosquitto.log"
         config = Path(workdir) / "mosquitto.conf"
-        config.write_text(MOSQUITTO_CONFIG.format(port=port, log=log) + extra_config)
-        with _serving([binary, "-c", str(config)], port, log) as endpoint:
+
+        def arguments(port: int) -> list[str]:
+            config.write_text(MOSQUITTO_CONFIG.format(port=port, log=log) + extra_config)
+            return [binary, "-c", str(config)]
+
+        with _serving(arguments, log) as endpoint:
             yield endpoint
 
 
@@ -168,13 +216,14 @@ def redis_server(password: str | None = None) -> Iterator[Endpoint]:
     """Run a Redis >= 8 server (vector sets) on a free port, without persistence."""
     binary = find_redis_server()
     with tempfile.TemporaryDirectory(prefix="rllfpr-redis-") as workdir:
-        port = free_port()
         log = Path(workdir) / "redis.log"
-        arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        arguments += ["--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
-        if password:
-            arguments += ["--requirepass", password]
-        with _serving(arguments, port, log) as endpoint:
+
+        def arguments(port: int) -> list[str]:
+            arguments = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            arguments += ["--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
+            return arguments + (["--requirepass", password] if password else [])
+
+        with _serving(arguments, log) as endpoint:
             yield endpoint
 
 
@@ -227,6 +276,11 @@ class RedisCluster:
         process = subprocess.Popen(self.arguments(port), stdout=subprocess.DEVNULL)
         self.processes[port] = process
         _wait_for_port(Endpoint("127.0.0.1", port), process, self.workdir / str(port) / "redis.log")
+
+    def stop(self) -> None:
+        """Stop every running node."""
+        for process in self.processes.values():
+            _stop(process)
 
     def kill(self, port: int) -> None:
         """SIGKILL one node (no shutdown, no save)."""
@@ -288,12 +342,25 @@ def redis_cluster(primaries: int = 3, replicas: int = 1) -> Iterator[RedisCluste
     binary = _find_binary("RLLFPR_REDIS_SERVER", "redis-server")
     if (major := redis_major_version(binary)) < 8:
         raise ServiceError(f"{binary} is Redis {major}; vector sets need Redis >= 8")
+    nodes = primaries * (1 + replicas)
     with tempfile.TemporaryDirectory(prefix="rllfpr-redis-cluster-") as workdir:
-        ports = [free_port() for _ in range(primaries * (1 + replicas))]
-        cluster = RedisCluster(binary, Path(workdir), ports, {p: free_port() for p in ports}, {})
+
+        def start_nodes(picked: list[int]) -> RedisCluster:
+            ports, bus_ports = picked[:nodes], picked[nodes:]
+            cluster = RedisCluster(
+                binary, Path(workdir), ports, dict(zip(ports, bus_ports, strict=True)), {}
+            )
+            try:
+                for port in ports:
+                    cluster.start_node(port)
+            except BaseException:
+                cluster.stop()
+                raise
+            return cluster
+
+        cluster = start_on_free_ports(2 * nodes, start_nodes)
+        ports = cluster.ports
         try:
-            for port in ports:
-                cluster.start_node(port)
             subprocess.run(
                 [
                     cluster.cli_binary,
@@ -311,5 +378,4 @@ def redis_cluster(primaries: int = 3, replicas: int = 1) -> Iterator[RedisCluste
             cluster.wait_healthy()
             yield cluster
         finally:
-            for process in cluster.processes.values():
-                _stop(process)
+            cluster.stop()
