@@ -9,8 +9,9 @@ before a difference on the same pairs is within noise; this says which.
         [--output docs/results/teacher/view1-paired.json]
 
 Each student is read from ``runs/<experiment name>/<original | scrambled-key-a>/checkpoint.pt``
-(as ``benchmarks/teacher_view1_probe.py`` or ``rllfpr train`` leave it); a run that has not
-finished, or that belongs to another experiment (the trainer's own resume check), is refused.
+(as ``benchmarks/teacher_view1_probe.py`` or ``rllfpr train`` leave it;
+``trainer.train.finished_student``); a run that has not finished, or that belongs to another
+experiment (the trainer's own resume check), is refused.
 The scrambled students see their own experiment's key A (its SN seed, BN statistics
 self-learned on its own training faces).
 ``--tracks`` embeds each pair face as the normalized mean over the experiment's test-time
@@ -28,30 +29,11 @@ import numpy as np
 import torch
 
 from rllfpr.config import load_settings
-from rllfpr.models.recognizer import Recognizer
-from rllfpr.models.store import load_checkpoint_recognizer
 from trainer.config import ExperimentConfig
 from trainer.evaluate import paired_comparison
 from trainer.experiment import load_view1_for, make_key
-from trainer.train import FaceView, View, check_same_experiment, embed, total_epochs
+from trainer.train import FaceView, View, embed, finished_student
 from trainer.verification import pair_scores
-
-
-def finished_student(config: ExperimentConfig, view: View, runs: Path) -> Recognizer:
-    """The trained recognizer of ``config``'s ``view`` run; ValueError if it is missing,
-    unfinished, or of another experiment."""
-    checkpoint = runs / config.name / ("original" if view == "original" else "scrambled-key-a")
-    checkpoint = checkpoint / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise ValueError(f"{checkpoint} is missing: train {config.name} first")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    check_same_experiment(saved["config"], config, view, checkpoint)  # as resuming checks it
-    if saved["epoch"] != total_epochs(config, view):
-        raise ValueError(
-            f"{checkpoint} has {saved['epoch']} of {total_epochs(config, view)} epochs: unfinished"
-        )
-    recognizer, _ = load_checkpoint_recognizer(checkpoint)
-    return recognizer
 
 
 def view1_test_scores(

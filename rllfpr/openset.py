@@ -55,8 +55,12 @@ def subject_scores(
     gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray, subjects: int
 ) -> np.ndarray:
     """(P, S) best cosine per subject; embeddings are L2-normalized rows."""
-    similarity = probes @ gallery.T
-    scores = np.full((len(probes), subjects), -1.0, dtype=np.float64)
+    return subject_maxima(probes @ gallery.T, gallery_labels, subjects)
+
+
+def subject_maxima(similarity: np.ndarray, gallery_labels: np.ndarray, subjects: int) -> np.ndarray:
+    """(P, S) best score per subject of a (P, templates) score matrix; -1 without templates."""
+    scores = np.full((len(similarity), subjects), -1.0, dtype=np.float64)
     for subject in range(subjects):
         columns = gallery_labels == subject
         if columns.any():

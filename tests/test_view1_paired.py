@@ -1,8 +1,8 @@
-"""benchmarks/view1_paired.py compares only finished students trained from the config named."""
+"""The View 1 benchmarks (view1_paired.py, score_norm.py) compare only finished students trained
+from the config named (``trainer.train.finished_student``)."""
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import pytest
@@ -10,9 +10,9 @@ import torch
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from trainer.config import ExperimentConfig
+from trainer.train import finished_student
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "view1_paired.py"
 CONFIG = ROOT / "configs" / "teacher" / "view1-compact-64-lfw-cosface01-aug-distill.yaml"
 
 
@@ -29,7 +29,6 @@ def _save(path: Path, config: ExperimentConfig, epoch: int) -> Recognizer:
 
 
 def test_only_a_finished_run_of_the_same_config_is_compared(tmp_path: Path) -> None:
-    finished_student = runpy.run_path(str(SCRIPT))["finished_student"]
     config = ExperimentConfig.from_yaml(CONFIG)
     checkpoint = tmp_path / config.name / "scrambled-key-a" / "checkpoint.pt"
     with pytest.raises(ValueError, match="missing"):

@@ -10,6 +10,10 @@ Closed-set identification (paper Table 1), per-identity held-out split:
 
 Revocability (cross-key): the same protocol with gallery and probes from different keys.
 Intervals: Wilson 95 % score interval of an accuracy over n probes.
+
+Cohort score normalization (S-norm): a cosine between two faces, less what each face scores
+against a cohort of other people's faces, in units of that spread, averaged over both faces;
+adaptive (AS-norm) with each face's ``top_k`` highest cohort scores only.
 """
 
 from __future__ import annotations
@@ -227,3 +231,30 @@ def paired_comparison(
         "resamples": len(accuracy),
         "pairs": len(same),
     }
+
+
+def cohort_statistics(
+    embeddings: np.ndarray, cohort: np.ndarray, top_k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each unit embedding's cosines to the unit ``cohort``
+    rows (people other than any compared), over its ``top_k`` highest only when given."""
+    if top_k is not None and not 2 <= top_k <= len(cohort):
+        raise ValueError(f"top_k must be 2..{len(cohort)} (the cohort's size), not {top_k}")
+    scores = embeddings @ cohort.T
+    if top_k is not None:
+        scores = -np.partition(-scores, top_k - 1, axis=1)[:, :top_k]
+    return scores.mean(axis=1), scores.std(axis=1)
+
+
+def s_normalized(
+    similarity: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    second: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """S-norm of a (F, S) cosine matrix between F first and S second faces, from each side's
+    ``cohort_statistics``: the mean of the two z-scores."""
+    (first_mean, first_std), (second_mean, second_std) = first, second
+    return 0.5 * (
+        (similarity - first_mean[:, None]) / first_std[:, None]
+        + (similarity - second_mean[None, :]) / second_std[None, :]
+    )

@@ -27,6 +27,7 @@ from torch.nn import functional
 from rllfpr.faces.pixels import grey, pick_device, recognizer_input, sn_input, to_unit
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.models.store import load_checkpoint_recognizer
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace, FaceReconstruction, copy_consistency, target_cosine
@@ -213,6 +214,24 @@ def check_same_experiment(
     saved = ExperimentConfig.model_validate(saved).model_dump(mode="json")  # fills new defaults
     if comparable_config(saved, view) != comparable_config(current, view):
         raise ValueError(f"{path} belongs to a different experiment; give this one another name")
+
+
+def finished_student(config: ExperimentConfig, view: View, runs: Path) -> Recognizer:
+    """The trained recognizer of ``config``'s ``view`` run under ``runs`` (as ``train`` leaves
+    it: ``<name>/<original | scrambled-key-a>/checkpoint.pt``); ValueError if it is missing,
+    unfinished, or of another experiment (the check resuming makes)."""
+    checkpoint = runs / config.name / ("original" if view == "original" else "scrambled-key-a")
+    checkpoint = checkpoint / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise ValueError(f"{checkpoint} is missing: train {config.name} first")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    check_same_experiment(saved["config"], config, view, checkpoint)
+    if saved["epoch"] != total_epochs(config, view):
+        raise ValueError(
+            f"{checkpoint} has {saved['epoch']} of {total_epochs(config, view)} epochs: unfinished"
+        )
+    recognizer, _ = load_checkpoint_recognizer(checkpoint)
+    return recognizer
 
 
 def reconstruction_tap(recognizer: Recognizer) -> tuple[nn.Module, int]:

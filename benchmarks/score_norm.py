@@ -1,0 +1,258 @@
+"""Cohort score normalization for trained View 1 students: each student's raw cosine scores
+against S-norm and adaptive S-norm (AS-norm: a face's ``top_k`` highest cohort scores only) on
+the same searches (``trainer.evaluate.cohort_statistics`` / ``s_normalized``). The cohort is
+3,000 of the student's own training faces (seed 0; LFW DevTrain people, never tested), embedded
+through the student's own view: what an epoch's trainer holds and could ship with its model.
+
+- LFW View 1 (pairsDevTest, people never seen in training): 10-fold accuracy, ROC AUC and TAR at
+  FAR 1 % of each normalization, compared with the raw scores pair by pair
+  (``trainer.evaluate.paired_comparison``: paired bootstrap intervals, McNemar's exact test).
+- Open set (the calibrate study's split, seed 0, people never seen in training):
+  FNIR at FPIR on the test half (a DET summary), and at the operating point calibrated on the
+  other half (no runner-up margin), each from raw and from normalized subject scores (a subject's
+  best template); for single faces and for tracks of 3 photos (a track's subject scores are the
+  mean of its faces', as the service decides). Normalized scores are z-units, not cosines; they
+  enter ``rllfpr.openset``, whose thresholds are cosines, squashed into (-1, 1) by
+  ``tanh(z / 10)`` after a track's mean: these rates depend only on the order of scores, which
+  the squash keeps.
+- ``--tracks``: View 1 again with each pair face embedded as the normalized mean of the config's
+  test-time copies (``tta``: moved and mirrored, each scrambled on its own), normalized against
+  the same single-face cohort.
+
+    python benchmarks/score_norm.py CONFIG.yaml:VIEW [CONFIG.yaml:VIEW ...] [--top-k 50 200] \\
+        [--tracks] [--output docs/results/teacher/score-norm.json]
+
+VIEW is ``original`` or ``scrambled``; each student is read from its finished run under
+``runs/`` (``trainer.train.finished_student``), a scrambled one seeing its
+experiment's key A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rllfpr.config import load_settings
+from rllfpr.models.recognizer import Recognizer
+from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.openset import (
+    Half,
+    Searches,
+    calibrate,
+    fnir_at_fpir,
+    rates,
+    split_people,
+    subject_maxima,
+)
+from trainer.config import ExperimentConfig
+from trainer.evaluate import (
+    cohort_statistics,
+    paired_comparison,
+    s_normalized,
+    verification,
+)
+from trainer.experiment import load_view1_for, make_key
+from trainer.studies.openset import FPIR_POINTS, evaluation_faces
+from trainer.train import FaceView, View, embed, finished_student
+from trainer.verification import View1Data
+
+COHORT = 3000
+SQUASH = 10.0
+
+Statistics = tuple[np.ndarray, np.ndarray]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _pair_rows(view1: View1Data, pairs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    index = {source: i for i, source in enumerate(view1.pair_faces.sources)}
+    first = np.array([index[pair.first] for pair in pairs])
+    second = np.array([index[pair.second] for pair in pairs])
+    return first, second, np.array([pair.same for pair in pairs])
+
+
+def _pair_scores(
+    embeddings: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    stats: Statistics | None,
+) -> np.ndarray:
+    first, second, _ = rows
+    raw = (embeddings[first] * embeddings[second]).sum(axis=1)
+    if stats is None:
+        return raw
+    mean, std = stats
+    return 0.5 * ((raw - mean[first]) / std[first] + (raw - mean[second]) / std[second])
+
+
+def _subject_scores(
+    probes: np.ndarray,
+    half: Half,
+    embeddings: np.ndarray,
+    cohort: np.ndarray | None,
+    top_k: int | None,
+) -> np.ndarray:
+    """(P, S) subject scores of probes in a half: raw cosines, or S-norm z-scores."""
+    gallery = embeddings[half.gallery]
+    similarity = probes @ gallery.T
+    if cohort is not None:
+        statistics = (
+            cohort_statistics(probes, cohort, top_k),
+            cohort_statistics(gallery, cohort, top_k),
+        )
+        similarity = s_normalized(similarity, *statistics)
+    return subject_maxima(similarity, half.gallery_labels, half.subjects)
+
+
+def _searches(
+    embeddings: np.ndarray, half: Half, cohort: np.ndarray | None, top_k: int | None
+) -> tuple[Searches, Searches]:
+    """Single-face searches, and track searches (3 photos of one person, each track scored by
+    the mean of its faces' subject scores, as the service decides a track). Z-scores are
+    squashed last, after a track's mean."""
+    squash = (lambda x: x) if cohort is None else (lambda x: np.tanh(x / SQUASH))
+    probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
+    scores = _subject_scores(probes, half, embeddings, cohort, top_k)
+    mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
+    tracks = [(faces, subject) for faces, subject in half.mated_tracks]
+    tracks += [(faces, -1) for faces in half.non_mated_tracks]
+    track_scores = [
+        _subject_scores(embeddings[faces], half, embeddings, cohort, top_k).mean(axis=0)
+        for faces, _ in tracks
+    ]
+    track_mates = np.array([subject for _, subject in tracks])
+    return (
+        Searches(squash(scores), mates),
+        Searches(squash(np.array(track_scores)), track_mates),
+    )
+
+
+def _open_set(
+    embeddings: np.ndarray, halves: dict[str, Half], cohort: np.ndarray | None, top_k: int | None
+) -> dict[str, Any]:
+    test, test_tracks = _searches(embeddings, halves["test"], cohort, top_k)
+    calibration, calibration_tracks = _searches(embeddings, halves["calibration"], cohort, top_k)
+    result: dict[str, Any] = dict(fnir_at_fpir(test, FPIR_POINTS))
+    tracks: dict[str, Any] = dict(fnir_at_fpir(test_tracks, FPIR_POINTS))
+    for target in (0.01, 0.1):
+        point = calibrate(calibration, target, margins=(0.0,))
+        result[f"calibrated_for_fpir_{target:g}"] = rates(test, point.threshold, 0.0)
+        point = calibrate(calibration_tracks, target, margins=(0.0,))
+        tracks[f"calibrated_for_fpir_{target:g}"] = rates(test_tracks, point.threshold, 0.0)
+    return result | {"tracks_of_3_photos": tracks}
+
+
+def _student(
+    spec: str, runs: Path, keys: dict[str, ScramblerNetwork]
+) -> tuple[ExperimentConfig, View1Data, Recognizer, FaceView]:
+    """The finished student ``CONFIG.yaml:VIEW`` names, its View 1 data and its view."""
+    path, _, name = spec.rpartition(":")
+    if name not in ("original", "scrambled"):
+        raise SystemExit(f"{spec}: name the view, CONFIG.yaml:original or CONFIG.yaml:scrambled")
+    view: View = "original" if name == "original" else "scrambled"
+    settings = load_settings(None)
+    config = ExperimentConfig.from_yaml(Path(path))
+    view1 = load_view1_for(config, settings.data, settings.cache)
+    recognizer = finished_student(config, view, runs)
+    key = None
+    if view == "scrambled":
+        # Experiments with the same SN, key seed and training faces share key A: fit it once.
+        same_key = [config.sn_config.model_dump(), config.key_seeds[0], config.data.model_dump()]
+        kind = json.dumps(same_key, sort_keys=True, default=str)
+        if kind not in keys:
+            keys[kind] = make_key(config, config.key_seeds[0], view1.train.faces)
+        key = keys[kind]
+    return config, view1, recognizer, FaceView(view, key, torch.device("cpu"))
+
+
+def _view1(
+    embeddings: np.ndarray, view1: View1Data, cohort: np.ndarray, top_k: int | None, resamples: int
+) -> dict[str, Any]:
+    """View 1 from raw cosines and from their normalization (``top_k`` None: S-norm over the
+    whole cohort), the latter compared with the former pair by pair."""
+    train_rows = _pair_rows(view1, view1.train_pairs)
+    test_rows = _pair_rows(view1, view1.test_pairs)
+    stats = cohort_statistics(embeddings, cohort, top_k)
+    raw = _pair_scores(embeddings, test_rows, None)
+    normalized = _pair_scores(embeddings, test_rows, stats)
+    train_normalized = _pair_scores(embeddings, train_rows, stats)
+    same, train_same = test_rows[2], train_rows[2]
+    return {
+        "raw": verification(raw, same, _pair_scores(embeddings, train_rows, None), train_same),
+        "normalized": verification(normalized, same, train_normalized, train_same),
+        "normalized_against_raw": paired_comparison(normalized, raw, same, resamples),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("students", nargs="+", help="CONFIG.yaml:VIEW, each a finished run")
+    parser.add_argument("--top-k", type=int, nargs="*", default=[50, 200])
+    parser.add_argument(
+        "--tracks", action="store_true", help="Also View 1 as tracks (the config's tta copies)."
+    )
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--output", type=Path, default=Path("docs/results/teacher/score-norm.json"))
+    args = parser.parse_args()
+    started, load_before = time.time(), os.getloadavg()
+    settings = load_settings(None)
+    keys: dict[str, ScramblerNetwork] = {}
+    result: dict[str, Any] = {
+        "protocol": __doc__,
+        "command": "python benchmarks/score_norm.py "
+        + " ".join(args.students)
+        + f" --top-k {' '.join(map(str, args.top_k))}"
+        + (" --tracks" if args.tracks else "")
+        + f" --output {args.output}",
+        "cohort_faces": COHORT,
+        "students": {},
+    }
+    for spec in args.students:
+        config, view1, recognizer, face_view = _student(spec, args.runs, keys)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(len(view1.train), min(COHORT, len(view1.train)), replace=False))
+        cohort = _unit(embed(recognizer, face_view, view1.train.faces[sample]))
+        pairs = _unit(embed(recognizer, face_view, view1.pair_faces.faces))
+        tracks = None
+        if args.tracks:  # the mean of each face's copies, normalized
+            tracks = _unit(embed(recognizer, face_view, view1.pair_faces.faces, tta=config.tta))
+        faces = evaluation_faces(config, settings)
+        probes = _unit(embed(recognizer, face_view, faces.faces))
+        halves = split_people(faces.labels, 0)
+        row: dict[str, Any] = {"raw": {"open_set": _open_set(probes, halves, None, None)}}
+        for top_k in [None, *args.top_k]:
+            name = "s_norm" if top_k is None else f"as_norm_top{top_k}"
+            row[name] = {
+                "view1": _view1(pairs, view1, cohort, top_k, args.resamples),
+                "open_set": _open_set(probes, halves, cohort, top_k),
+            }
+            if tracks is not None:
+                row[name]["view1_tracks"] = _view1(tracks, view1, cohort, top_k, args.resamples)
+                row[name]["view1_tracks"]["copies"] = config.tta.views
+        result["students"][spec] = row
+        summary = {
+            name: (
+                part["view1"]["raw"]["accuracy_10fold"],
+                part["view1"]["normalized"]["accuracy_10fold"],
+            )
+            for name, part in row.items()
+            if "view1" in part
+        }
+        print(spec, json.dumps(summary), flush=True)
+    result["seconds"] = round(time.time() - started, 1)
+    result["load_average_1_5_15"] = {"start": load_before, "end": os.getloadavg()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

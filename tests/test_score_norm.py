@@ -1,0 +1,75 @@
+"""benchmarks/score_norm.py scores its raw rows exactly as the open-set study and View 1 do, and
+its normalized rows as ``trainer.evaluate`` defines S-norm; only the order of scores matters to
+its open-set rates, so the squash into cosine range changes none of them."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rllfpr.openset import fnir_at_fpir, searches_of, split_people, track_searches
+from trainer.evaluate import cohort_statistics, s_normalized
+from trainer.studies.openset import FPIR_POINTS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "score_norm.py"
+
+
+@pytest.fixture(scope="module")
+def script() -> dict[str, Any]:
+    return runpy.run_path(str(SCRIPT))
+
+
+def _people(rng: np.random.Generator, people: int = 60, dim: int = 16) -> tuple[np.ndarray, ...]:
+    """Unit embeddings of ``people`` people with 1-6 photos each, clustered per person."""
+    centers = rng.standard_normal((people, dim))
+    labels = np.repeat(np.arange(people), rng.integers(1, 7, people))
+    faces = centers[labels] + 0.9 * rng.standard_normal((len(labels), dim))
+    return faces / np.linalg.norm(faces, axis=1, keepdims=True), labels
+
+
+def test_raw_open_set_rates_are_the_open_set_study_s(script: dict[str, Any]) -> None:
+    embeddings, labels = _people(np.random.default_rng(0))
+    halves = split_people(labels, 0)
+    result = script["_open_set"](embeddings, halves, None, None)
+    expected = fnir_at_fpir(searches_of(embeddings, halves["test"]), FPIR_POINTS)
+    assert {key: result[key] for key in expected} == expected
+    tracks = fnir_at_fpir(track_searches(embeddings, halves["test"]), FPIR_POINTS)
+    assert {key: result["tracks_of_3_photos"][key] for key in tracks} == tracks
+    for target in ("0.01", "0.1"):
+        rates = result[f"calibrated_for_fpir_{target}"]
+        assert rates["mated_searches"] == len(halves["test"].mated)
+        assert 0.0 <= rates["fnir"] <= 1.0
+
+
+def test_normalized_open_set_rates_depend_only_on_the_order_of_scores(
+    script: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    embeddings, labels = _people(rng)
+    cohort, _ = _people(rng, people=40)
+    halves = split_people(labels, 0)
+    squashed = script["_open_set"](embeddings, halves, cohort, 5)
+    open_set = script["_open_set"]
+    monkeypatch.setitem(open_set.__globals__, "SQUASH", 1000.0)  # another monotone map
+    assert open_set(embeddings, halves, cohort, 5) == squashed
+    assert squashed != script["_open_set"](embeddings, halves, None, None)
+
+
+def test_normalized_pair_scores_are_s_norm_of_the_pair(script: dict[str, Any]) -> None:
+    rng = np.random.default_rng(2)
+    embeddings, _ = _people(rng, people=10)
+    cohort, _ = _people(rng, people=30)
+    rows = (np.array([0, 3, 5]), np.array([1, 4, 2]), np.array([True, False, True]))
+    statistics = cohort_statistics(embeddings, cohort, None)
+    full = s_normalized(embeddings @ embeddings.T, statistics, statistics)
+    np.testing.assert_allclose(
+        script["_pair_scores"](embeddings, rows, statistics), full[rows[0], rows[1]]
+    )
+    np.testing.assert_allclose(
+        script["_pair_scores"](embeddings, rows, None),
+        (embeddings[rows[0]] * embeddings[rows[1]]).sum(axis=1),
+    )
