@@ -56,6 +56,7 @@ from trainer.evaluate import (
     cohort_statistics,
     paired_comparison,
     s_normalized,
+    s_normalized_pairs,
     verification,
 )
 from trainer.experiment import load_view1_for, make_key
@@ -90,7 +91,7 @@ def _pair_scores(
     if stats is None:
         return raw
     mean, std = stats
-    return 0.5 * ((raw - mean[first]) / std[first] + (raw - mean[second]) / std[second])
+    return s_normalized_pairs(raw, (mean[first], std[first]), (mean[second], std[second]))
 
 
 def _subject_scores(

@@ -254,7 +254,19 @@ def s_normalized(
     """S-norm of a (F, S) cosine matrix between F first and S second faces, from each side's
     ``cohort_statistics``: the mean of the two z-scores."""
     (first_mean, first_std), (second_mean, second_std) = first, second
-    return 0.5 * (
-        (similarity - first_mean[:, None]) / first_std[:, None]
-        + (similarity - second_mean[None, :]) / second_std[None, :]
+    return s_normalized_pairs(
+        similarity,
+        (first_mean[:, None], first_std[:, None]),
+        (second_mean[None, :], second_std[None, :]),
     )
+
+
+def s_normalized_pairs(
+    scores: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    second: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """S-norm of cosines whose two faces' ``cohort_statistics`` are given element by element
+    (or broadcast to the scores' shape): the mean of the two z-scores."""
+    (first_mean, first_std), (second_mean, second_std) = first, second
+    return 0.5 * ((scores - first_mean) / first_std + (scores - second_mean) / second_std)
