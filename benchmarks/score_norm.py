@@ -1,8 +1,8 @@
 """Cohort score normalization for trained View 1 students: each student's raw cosine scores
 against S-norm and adaptive S-norm (AS-norm: a face's ``top_k`` highest cohort scores only) on
-the same searches (``trainer.evaluate.cohort_statistics`` / ``s_normalized``). The cohort is
-3,000 of the student's own training faces (seed 0; LFW DevTrain people, never tested), embedded
-through the student's own view: what an epoch's trainer holds and could ship with its model.
+the same searches (``rllfpr.scorenorm``). The cohort is 3,000 of the student's own training
+faces (seed 0; LFW DevTrain people, never tested), embedded through the student's own view:
+what an epoch's trainer holds and ships with its model (``trainer.rotation``).
 
 - LFW View 1 (pairsDevTest, people never seen in training): 10-fold accuracy, ROC AUC and TAR at
   FAR 1 % of each normalization, compared with the raw scores pair by pair
@@ -11,10 +11,8 @@ through the student's own view: what an epoch's trainer holds and could ship wit
   FNIR at FPIR on the test half (a DET summary), and at the operating point calibrated on the
   other half (no runner-up margin), each from raw and from normalized subject scores (a subject's
   best template); for single faces and for tracks of 3 photos (a track's subject scores are the
-  mean of its faces', as the service decides). Normalized scores are z-units, not cosines; they
-  enter ``rllfpr.openset``, whose thresholds are cosines, squashed into (-1, 1) by
-  ``tanh(z / 10)`` after a track's mean: these rates depend only on the order of scores, which
-  the squash keeps.
+  mean of its faces', as the service decides). Scored by ``rllfpr.openset`` with the cohort, as
+  the rotation calibrates an epoch with ``score_norm`` and the service decides.
 - ``--tracks``: View 1 again with each pair face embedded as the normalized mean of the config's
   test-time copies (``tta``: moved and mirrored, each scrambled on its own), normalized against
   the same single-face cohort.
@@ -42,30 +40,25 @@ import torch
 from rllfpr.config import load_settings
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
+from rllfpr.models.store import ScoreKind
 from rllfpr.openset import (
     Half,
-    Searches,
     calibrate,
     fnir_at_fpir,
     rates,
+    searches_of,
     split_people,
-    subject_maxima,
+    track_searches,
 )
+from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized_pairs
 from trainer.config import ExperimentConfig
-from trainer.evaluate import (
-    cohort_statistics,
-    paired_comparison,
-    s_normalized,
-    s_normalized_pairs,
-    verification,
-)
+from trainer.evaluate import paired_comparison, verification
 from trainer.experiment import load_view1_for, make_key
 from trainer.studies.openset import FPIR_POINTS, evaluation_faces
 from trainer.train import FaceView, View, embed, finished_student
 from trainer.verification import View1Data
 
 COHORT = 3000
-SQUASH = 10.0
 
 Statistics = tuple[np.ndarray, np.ndarray]
 
@@ -94,59 +87,24 @@ def _pair_scores(
     return s_normalized_pairs(raw, (mean[first], std[first]), (mean[second], std[second]))
 
 
-def _subject_scores(
-    probes: np.ndarray,
-    half: Half,
-    embeddings: np.ndarray,
-    cohort: np.ndarray | None,
-    top_k: int | None,
-) -> np.ndarray:
-    """(P, S) subject scores of probes in a half: raw cosines, or S-norm z-scores."""
-    gallery = embeddings[half.gallery]
-    similarity = probes @ gallery.T
-    if cohort is not None:
-        statistics = (
-            cohort_statistics(probes, cohort, top_k),
-            cohort_statistics(gallery, cohort, top_k),
-        )
-        similarity = s_normalized(similarity, *statistics)
-    return subject_maxima(similarity, half.gallery_labels, half.subjects)
-
-
-def _searches(
-    embeddings: np.ndarray, half: Half, cohort: np.ndarray | None, top_k: int | None
-) -> tuple[Searches, Searches]:
-    """Single-face searches, and track searches (3 photos of one person, each track scored by
-    the mean of its faces' subject scores, as the service decides a track). Z-scores are
-    squashed last, after a track's mean."""
-    squash = (lambda x: x) if cohort is None else (lambda x: np.tanh(x / SQUASH))
-    probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
-    scores = _subject_scores(probes, half, embeddings, cohort, top_k)
-    mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
-    tracks = [(faces, subject) for faces, subject in half.mated_tracks]
-    tracks += [(faces, -1) for faces in half.non_mated_tracks]
-    track_scores = [
-        _subject_scores(embeddings[faces], half, embeddings, cohort, top_k).mean(axis=0)
-        for faces, _ in tracks
-    ]
-    track_mates = np.array([subject for _, subject in tracks])
-    return (
-        Searches(squash(scores), mates),
-        Searches(squash(np.array(track_scores)), track_mates),
-    )
-
-
 def _open_set(
-    embeddings: np.ndarray, halves: dict[str, Half], cohort: np.ndarray | None, top_k: int | None
+    embeddings: np.ndarray, halves: dict[str, Half], norm: CohortNorm | None
 ) -> dict[str, Any]:
-    test, test_tracks = _searches(embeddings, halves["test"], cohort, top_k)
-    calibration, calibration_tracks = _searches(embeddings, halves["calibration"], cohort, top_k)
-    result: dict[str, Any] = dict(fnir_at_fpir(test, FPIR_POINTS))
-    tracks: dict[str, Any] = dict(fnir_at_fpir(test_tracks, FPIR_POINTS))
+    """The open-set rows, scored as the rotation calibrates and the service decides: raw
+    cosines, or S-norm scores with ``norm`` (``rllfpr.openset`` with the epoch's cohort)."""
+    kind: ScoreKind = "cosine" if norm is None else "s_norm"
+    test, test_tracks = (
+        searches_of(embeddings, halves["test"], norm),
+        track_searches(embeddings, halves["test"], norm),
+    )
+    calibration = searches_of(embeddings, halves["calibration"], norm)
+    calibration_tracks = track_searches(embeddings, halves["calibration"], norm)
+    result: dict[str, Any] = dict(fnir_at_fpir(test, FPIR_POINTS, scores=kind))
+    tracks: dict[str, Any] = dict(fnir_at_fpir(test_tracks, FPIR_POINTS, scores=kind))
     for target in (0.01, 0.1):
-        point = calibrate(calibration, target, margins=(0.0,))
+        point = calibrate(calibration, target, margins=(0.0,), scores=kind)
         result[f"calibrated_for_fpir_{target:g}"] = rates(test, point.threshold, 0.0)
-        point = calibrate(calibration_tracks, target, margins=(0.0,))
+        point = calibrate(calibration_tracks, target, margins=(0.0,), scores=kind)
         tracks[f"calibrated_for_fpir_{target:g}"] = rates(test_tracks, point.threshold, 0.0)
     return result | {"tracks_of_3_photos": tracks}
 
@@ -229,12 +187,12 @@ def main() -> None:
         faces = evaluation_faces(config, settings)
         probes = _unit(embed(recognizer, face_view, faces.faces))
         halves = split_people(faces.labels, 0)
-        row: dict[str, Any] = {"raw": {"open_set": _open_set(probes, halves, None, None)}}
+        row: dict[str, Any] = {"raw": {"open_set": _open_set(probes, halves, None)}}
         for top_k in [None, *args.top_k]:
             name = "s_norm" if top_k is None else f"as_norm_top{top_k}"
             row[name] = {
                 "view1": _view1(pairs, view1, cohort, top_k, args.resamples),
-                "open_set": _open_set(probes, halves, cohort, top_k),
+                "open_set": _open_set(probes, halves, CohortNorm(cohort, top_k)),
             }
             if tracks is not None:
                 row[name]["view1_tracks"] = _view1(tracks, view1, cohort, top_k, args.resamples)

@@ -3,7 +3,9 @@
 Redis keys (``p`` is ``redis.key_prefix``; ``{...}`` is a Redis Cluster hash tag)::
 
     p:gallery:{scope:epoch:shard}           vector set; element "{subject}/{template id}",
-                                            attributes {"subject", "site", "enrolled_at"}
+                                            attributes {"subject", "site", "enrolled_at"}, and
+                                            "cohort_mean", "cohort_std" where the epoch's model
+                                            normalizes scores (``rllfpr.scorenorm``)
     p:templates:{scope:epoch}:{subject}     sorted set of "{shard}/{element}" by enrolment time
     p:subjects:{scope:epoch}                set of enrolled subjects
     p:galleries                             set of "{scope}:{epoch}" that hold templates
@@ -11,7 +13,8 @@ Redis keys (``p`` is ``redis.key_prefix``; ``{...}`` is a Redis Cluster hash tag
 The subject is part of the element name, so a search needs no attribute look-up. A template's
 shard is a hash of its id, so shards fill evenly; the per-subject index finds every template of
 a subject across shards for erasure and retention. A search asks every shard for its best
-``count`` templates (one pipelined round trip for a whole micro-batch) and merges them.
+``count`` templates (one pipelined round trip for a whole micro-batch) and merges them; where
+the epoch's scores are normalized, a second round trip reads the hits' cohort statistics.
 Enrolling the same template id twice stores it once (QoS 1 redelivery is harmless).
 
 One code path serves a single Redis and a Redis Cluster (``redis.cluster``): in a cluster each
@@ -30,7 +33,7 @@ import json
 import re
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeAlias
 
@@ -52,11 +55,15 @@ return 0
 """
 
 
+CohortStatistics: TypeAlias = tuple[float, float]  # a face's mean and std of cohort cosines
+
+
 @dataclass(frozen=True)
 class Hit:
     subject: str
     template_id: str
     score: float  # cosine similarity, -1..1
+    statistics: CohortStatistics | None = None  # the template's, when the search asked for them
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Template:
     vector: np.ndarray
     site: str
     enrolled_at: datetime
+    statistics: CohortStatistics | None = None  # with a normalizing epoch model
 
 
 @dataclass(frozen=True)
@@ -221,11 +229,13 @@ class Gallery:
     def _vadd(
         self, scope: str, epoch: int, shard: int, element: str, template: Template, subject: str
     ) -> list[Any]:
-        attributes = {
+        attributes: dict[str, Any] = {
             "subject": subject,
             "site": template.site,
             "enrolled_at": template.enrolled_at.isoformat(),
         }
+        if template.statistics is not None:
+            attributes["cohort_mean"], attributes["cohort_std"] = template.statistics
         arguments: list[Any] = [
             "VADD",
             self.set_key(scope, epoch, shard),
@@ -367,8 +377,16 @@ class Gallery:
                 pipe.vset().vcard(self.set_key(scope, epoch, shard))
             return sum(int(count or 0) for count in pipe.execute())
 
-    def search(self, scope: str, epoch: int, vectors: Iterable[np.ndarray]) -> list[list[Hit]]:
-        """Top templates of each probe over all shards, best first (one round trip)."""
+    def search(
+        self,
+        scope: str,
+        epoch: int,
+        vectors: Iterable[np.ndarray],
+        with_statistics: bool = False,
+    ) -> list[list[Hit]]:
+        """Top templates of each probe over all shards, best first (one round trip); with
+        ``with_statistics``, each hit carries its template's cohort statistics (None where the
+        template has none; a second round trip)."""
         probes = [np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in vectors]
         with self.client.pipeline(transaction=False) as pipe:
             for probe in probes:
@@ -390,7 +408,24 @@ class Gallery:
         for index in range(len(probes)):
             shard_replies = replies[index * self.shards : (index + 1) * self.shards]
             results.append(self._merge(shard_replies))
-        return results
+        return self._with_statistics(scope, epoch, results) if with_statistics else results
+
+    def _with_statistics(self, scope: str, epoch: int, results: list[list[Hit]]) -> list[list[Hit]]:
+        elements = sorted({(hit.subject, hit.template_id) for hits in results for hit in hits})
+        with self.client.pipeline(transaction=False) as pipe:
+            for subject, template_id in elements:
+                shard = shard_of(template_id, self.shards)
+                pipe.execute_command(
+                    "VGETATTR", self.set_key(scope, epoch, shard), f"{subject}/{template_id}"
+                )
+            found = dict(zip(elements, pipe.execute(), strict=True))
+        return [
+            [
+                replace(hit, statistics=_statistics(found[hit.subject, hit.template_id]))
+                for hit in hits
+            ]
+            for hits in results
+        ]
 
     def _merge(self, shard_replies: Sequence[Any]) -> list[Hit]:
         hits = []
@@ -415,6 +450,21 @@ class Gallery:
             {"template_id": member.split("/", 2)[2], **_as_dict(attributes)}
             for member, attributes in zip(members, found, strict=True)
         ]
+
+
+def _statistics(attributes: Any) -> CohortStatistics | None:
+    """A template's cohort statistics from its attributes; None when it has none (enrolled by
+    a raw-cosine model) or they are unusable."""
+    try:
+        found = _as_dict(attributes)
+    except ValueError:  # not JSON
+        return None
+    mean, std = found.get("cohort_mean"), found.get("cohort_std")
+    if not isinstance(mean, (int, float)) or not isinstance(std, (int, float)):
+        return None
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        return None
+    return float(mean), float(std)
 
 
 def _as_dict(attributes: Any) -> dict[str, Any]:

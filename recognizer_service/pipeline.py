@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from recognizer_service.audit import AuditLog
-from recognizer_service.decision import Decision, decide, observe
+from recognizer_service.decision import Decision, decide, normalize, observe
 from recognizer_service.epochs import EpochModels
 from recognizer_service.gallery import Enrollment, Gallery, Template
 from recognizer_service.metrics import Metrics
@@ -38,7 +38,7 @@ from recognizer_service.tracks import (
     Tracks,
 )
 from rllfpr.config import RecognizerSettings
-from rllfpr.models.store import LoadedModel
+from rllfpr.models.store import LoadedModel, ScoreKind
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import Candidate, FaceHeader, RecognitionEvent, utc_now
 
@@ -237,8 +237,12 @@ class BatchProcessor:
             groups[(face.header.key_scope, face.header.key_epoch)].append(index)
         results: list[Enrollment] = [None] * len(items)  # type: ignore[list-item]
         for (scope, epoch), indices in groups.items():
+            norm = items[indices[0]][0].model.norm
+            statistics = None
+            if norm is not None:  # kept with each template: its side of every S-norm score
+                statistics = norm.statistics(np.stack([items[i][1] for i in indices]))
             templates = []
-            for index in indices:
+            for position, index in enumerate(indices):
                 header, vector = items[index][0].header, items[index][1]
                 assert header.subject is not None
                 templates.append(
@@ -248,6 +252,9 @@ class BatchProcessor:
                         vector,
                         header.site,
                         header.captured_at,
+                        None
+                        if statistics is None
+                        else (float(statistics[0][position]), float(statistics[1][position])),
                     )
                 )
             for index, result in zip(
@@ -301,7 +308,15 @@ class BatchProcessor:
         observed: list[tuple[TrackId, FaceObservation]] = [None] * len(items)  # type: ignore[list-item]
         keep = 2 * self.settings.candidates
         for (scope, epoch), indices in groups.items():
-            hit_lists = self.gallery.search(scope, epoch, [items[i][1] for i in indices])
+            vectors = [items[i][1] for i in indices]
+            norm = items[indices[0]][0].model.norm
+            hit_lists = self.gallery.search(scope, epoch, vectors, with_statistics=norm is not None)
+            if norm is not None:
+                means, stds = norm.statistics(np.stack(vectors))
+                hit_lists = [
+                    normalize(hits, (float(mean), float(std)))
+                    for hits, mean, std in zip(hit_lists, means, stds, strict=True)
+                ]
             for index, hits in zip(indices, hit_lists, strict=True):
                 header = items[index][0].header
                 observed[index] = (
@@ -358,7 +373,11 @@ class BatchProcessor:
         return len(events)
 
     def _decide(self, round_: Round) -> RecognitionEvent | None:
-        usable = [f for f in round_.faces if self.models.get(f.key_scope, f.key_epoch)]
+        models = {
+            (f.key_scope, f.key_epoch): self.models.get(f.key_scope, f.key_epoch)
+            for f in round_.faces
+        }
+        usable = [f for f in round_.faces if models[f.key_scope, f.key_epoch]]
         if len(usable) < len(round_.faces):
             dropped = len(round_.faces) - len(usable)
             log.warning("round %s: %d faces of epochs no longer accepted", round_.event_id, dropped)
@@ -366,23 +385,20 @@ class BatchProcessor:
         if not usable:
             return None
         latest = max(usable, key=lambda f: f.captured_at)
-        model = self.models.get(latest.key_scope, latest.key_epoch)
+        model = models[latest.key_scope, latest.key_epoch]
         assert model is not None
+        # A track that spans a rotation: only faces scored in the latest epoch's unit count.
+        usable = [f for f in usable if models[f.key_scope, f.key_epoch].scores == model.scores]  # type: ignore[union-attr]
         calibration = model.info.calibration
-        threshold = (
-            self.settings.threshold
-            if self.settings.threshold is not None
-            else calibration.threshold
-        )
-        margin = (
-            self.settings.min_margin
-            if self.settings.min_margin is not None
-            else calibration.min_margin
-        )
+        threshold, margin = self.settings.threshold, self.settings.min_margin
+        if model.scores == "s_norm":
+            threshold, margin = self.settings.s_norm_threshold, self.settings.s_norm_min_margin
+        threshold = calibration.threshold if threshold is None else threshold
+        margin = calibration.min_margin if margin is None else margin
         decision = decide(
             [f.observation for f in usable], threshold, margin, self.settings.candidates
         )
-        return self._event(round_, usable, latest, decision)
+        return self._event(round_, usable, latest, decision, model.scores)
 
     def _event(
         self,
@@ -390,6 +406,7 @@ class BatchProcessor:
         faces: Sequence[FaceObservation],
         latest: FaceObservation,
         decision: Decision,
+        score_kind: ScoreKind,
     ) -> RecognitionEvent:
         decided_at = self.clock()
         latency = max(timedelta(0), decided_at - latest.captured_at)
@@ -400,6 +417,7 @@ class BatchProcessor:
             subject=decision.subject,
             score=round(decision.score, 6),
             margin=round(decision.margin, 6),
+            score_kind=score_kind,
             candidates=[Candidate(subject=s, score=score) for s, score in decision.candidates],
             site=track.site,
             camera=track.camera,

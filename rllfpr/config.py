@@ -448,10 +448,27 @@ class RecognizerSettings(Section):
         None,
         ge=-1,
         le=1,
-        description="Override of the calibrated open-set threshold (cosine) of every model.",
+        description="Override of the calibrated open-set threshold of every model that scores "
+        "raw cosines.",
     )
     min_margin: float | None = Field(
-        None, ge=0, le=2, description="Override of the calibrated best-minus-runner-up margin."
+        None,
+        ge=0,
+        le=2,
+        description="Override of the calibrated best-minus-runner-up margin of every model that "
+        "scores raw cosines.",
+    )
+    s_norm_threshold: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="Override of the calibrated open-set threshold of every model that scores "
+        "by S-norm (a cohort ships with it), in standard deviations.",
+    )
+    s_norm_min_margin: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Override of the calibrated margin of every model that scores by S-norm.",
     )
     consensus_faces: int = Field(
         3, ge=1, le=100, description="A track is decided after this many faces..."

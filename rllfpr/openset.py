@@ -21,6 +21,9 @@ enrolled, the rest (at most 8) are mated searches. Everyone else in the half, ev
 single-photo person included, is unknown, never enrolled: their photos (at most 3) are
 non-mated searches. Tracks: 3 photos of one person, scored by the mean of their subject
 scores (as the service decides a track), for people with enough photos.
+
+With a ``CohortNorm`` (``rllfpr.scorenorm``) every score is the S-norm of the cosine instead, as
+the service scores an epoch whose model ships a cohort.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rllfpr.models.store import OpenSetCalibration
+from rllfpr.models.store import OpenSetCalibration, ScoreKind
+from rllfpr.scorenorm import CohortNorm
 
 MAX_PROBES = 8
 MAX_UNKNOWN_PHOTOS = 3
 TRACK_FACES = 3
 DEFAULT_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15)
+# The margins tried for S-norm scores, in standard deviations: a cohort's cosines spread with a
+# standard deviation of about 0.05-0.1, so ten times the cosine grid spans the same range.
+S_NORM_MARGINS: tuple[float, ...] = tuple(10 * margin for margin in DEFAULT_MARGINS)
 _EPSILON = 1e-6
 
 
@@ -43,7 +50,7 @@ _EPSILON = 1e-6
 class Searches:
     """Subject-level scores of a batch of searches against one gallery."""
 
-    scores: np.ndarray  # (P, S): best cosine of each probe against each enrolled subject
+    scores: np.ndarray  # (P, S): best score of each probe against each enrolled subject
     mates: np.ndarray  # (P,): column of the probe's own subject, -1 for non-mated searches
 
     @property
@@ -52,10 +59,16 @@ class Searches:
 
 
 def subject_scores(
-    gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray, subjects: int
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    probes: np.ndarray,
+    subjects: int,
+    norm: CohortNorm | None = None,
 ) -> np.ndarray:
-    """(P, S) best cosine per subject; embeddings are L2-normalized rows."""
-    return subject_maxima(probes @ gallery.T, gallery_labels, subjects)
+    """(P, S) best cosine per subject, or best S-norm score with ``norm``; embeddings are
+    L2-normalized rows."""
+    similarity = probes @ gallery.T if norm is None else norm.matrix(probes, gallery)
+    return subject_maxima(similarity, gallery_labels, subjects)
 
 
 def subject_maxima(similarity: np.ndarray, gallery_labels: np.ndarray, subjects: int) -> np.ndarray:
@@ -95,34 +108,42 @@ def rates(searches: Searches, threshold: float, min_margin: float) -> dict[str, 
     }
 
 
-def threshold_for(searches: Searches, target_fpir: float, min_margin: float) -> float:
+def threshold_for(
+    searches: Searches, target_fpir: float, min_margin: float, scores: ScoreKind = "cosine"
+) -> float:
     """Lowest threshold whose FPIR on the non-mated searches is at most ``target_fpir``."""
     _, top, margin = _best_two(searches.scores[~searches.mated])
     candidates = np.sort(top[margin >= min_margin])[::-1]
     allowed = int(np.floor(target_fpir * len(top) + _EPSILON))
-    if allowed >= len(candidates):
-        return -1.0
-    return float(min(1.0, candidates[allowed] + _EPSILON))
+    if allowed >= len(candidates):  # every search may match: the lowest score there is
+        return float(min(-1.0, searches.scores.min(initial=-1.0)))
+    threshold = float(candidates[allowed] + _EPSILON)
+    return min(1.0, threshold) if scores == "cosine" else threshold
 
 
 def calibrate(
     searches: Searches,
     target_fpir: float,
-    margins: Sequence[float] = DEFAULT_MARGINS,
+    margins: Sequence[float] | None = None,
     protocol: str = "",
+    scores: ScoreKind = "cosine",
 ) -> OpenSetCalibration:
-    """The (threshold, margin) with the lowest FNIR at FPIR <= ``target_fpir``."""
+    """The (threshold, margin) with the lowest FNIR at FPIR <= ``target_fpir``; ``scores``
+    names the searches' unit (and the margins tried when ``margins`` is None)."""
     if not searches.mated.any() or searches.mated.all():
         raise ValueError("calibration needs both mated and non-mated searches")
+    if margins is None:
+        margins = DEFAULT_MARGINS if scores == "cosine" else S_NORM_MARGINS
     best: tuple[float, float, float] | None = None  # (fnir, margin, threshold)
     for min_margin in margins:
-        threshold = threshold_for(searches, target_fpir, min_margin)
+        threshold = threshold_for(searches, target_fpir, min_margin, scores)
         fnir = rates(searches, threshold, min_margin)["fnir"]
         if best is None or fnir < best[0] - _EPSILON:
             best = (fnir, min_margin, threshold)
     assert best is not None
     _, min_margin, threshold = best
     return OpenSetCalibration(
+        scores=scores,
         threshold=threshold,
         min_margin=min_margin,
         target_fpir=target_fpir,
@@ -132,12 +153,15 @@ def calibrate(
 
 
 def fnir_at_fpir(
-    searches: Searches, targets: Sequence[float], min_margin: float = 0.0
+    searches: Searches,
+    targets: Sequence[float],
+    min_margin: float = 0.0,
+    scores: ScoreKind = "cosine",
 ) -> dict[str, float]:
     """FNIR at the threshold giving each target FPIR on these same searches (a DET summary)."""
     return {
         f"fnir_at_fpir_{target:g}": rates(
-            searches, threshold_for(searches, target, min_margin), min_margin
+            searches, threshold_for(searches, target, min_margin, scores), min_margin
         )["fnir"]
         for target in targets
     }
@@ -195,21 +219,23 @@ def split_people(labels: np.ndarray, seed: int) -> dict[str, Half]:
     return {"calibration": _split_half(halves[0]), "test": _split_half(halves[1])}
 
 
-def searches_of(embeddings: np.ndarray, half: Half) -> Searches:
+def searches_of(embeddings: np.ndarray, half: Half, norm: CohortNorm | None = None) -> Searches:
     """Face-level searches of a half: its mated probes and its unknown people."""
     gallery = embeddings[half.gallery]
     probes = np.concatenate([embeddings[half.mated], embeddings[half.non_mated]])
     mates = np.concatenate([half.mated_labels, np.full(len(half.non_mated), -1)])
-    return Searches(subject_scores(gallery, half.gallery_labels, probes, half.subjects), mates)
+    return Searches(
+        subject_scores(gallery, half.gallery_labels, probes, half.subjects, norm), mates
+    )
 
 
-def track_searches(embeddings: np.ndarray, half: Half) -> Searches:
+def track_searches(embeddings: np.ndarray, half: Half, norm: CohortNorm | None = None) -> Searches:
     """Each track's subject scores: the mean of its faces' scores (the service's consensus)."""
     gallery = embeddings[half.gallery]
     tracks = [(faces, subject) for faces, subject in half.mated_tracks]
     tracks += [(faces, -1) for faces in half.non_mated_tracks]
     scores = [
-        subject_scores(gallery, half.gallery_labels, embeddings[faces], half.subjects).mean(0)
+        subject_scores(gallery, half.gallery_labels, embeddings[faces], half.subjects, norm).mean(0)
         for faces, _ in tracks
     ]
     return Searches(np.array(scores), np.array([subject for _, subject in tracks]))

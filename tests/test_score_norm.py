@@ -1,6 +1,6 @@
-"""benchmarks/score_norm.py scores its raw rows exactly as the open-set study and View 1 do, and
-its normalized rows as ``trainer.evaluate`` defines S-norm; only the order of scores matters to
-its open-set rates, so the squash into cosine range changes none of them."""
+"""benchmarks/score_norm.py scores its raw rows exactly as the open-set study and View 1 do, its
+normalized pairs as ``rllfpr.scorenorm`` defines S-norm, and its normalized open-set rows as the
+rotation calibrates an epoch with a cohort (``rllfpr.openset`` with a ``CohortNorm``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rllfpr.openset import fnir_at_fpir, searches_of, split_people, track_searches
-from trainer.evaluate import cohort_statistics, s_normalized
+from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized
 from trainer.studies.openset import FPIR_POINTS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "score_norm.py"
@@ -34,7 +34,7 @@ def _people(rng: np.random.Generator, people: int = 60, dim: int = 16) -> tuple[
 def test_raw_open_set_rates_are_the_open_set_study_s(script: dict[str, Any]) -> None:
     embeddings, labels = _people(np.random.default_rng(0))
     halves = split_people(labels, 0)
-    result = script["_open_set"](embeddings, halves, None, None)
+    result = script["_open_set"](embeddings, halves, None)
     expected = fnir_at_fpir(searches_of(embeddings, halves["test"]), FPIR_POINTS)
     assert {key: result[key] for key in expected} == expected
     tracks = fnir_at_fpir(track_searches(embeddings, halves["test"]), FPIR_POINTS)
@@ -45,18 +45,25 @@ def test_raw_open_set_rates_are_the_open_set_study_s(script: dict[str, Any]) -> 
         assert 0.0 <= rates["fnir"] <= 1.0
 
 
-def test_normalized_open_set_rates_depend_only_on_the_order_of_scores(
-    script: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def test_normalized_open_set_rates_are_those_of_searches_with_the_cohort(
+    script: dict[str, Any],
 ) -> None:
     rng = np.random.default_rng(1)
     embeddings, labels = _people(rng)
     cohort, _ = _people(rng, people=40)
     halves = split_people(labels, 0)
-    squashed = script["_open_set"](embeddings, halves, cohort, 5)
-    open_set = script["_open_set"]
-    monkeypatch.setitem(open_set.__globals__, "SQUASH", 1000.0)  # another monotone map
-    assert open_set(embeddings, halves, cohort, 5) == squashed
-    assert squashed != script["_open_set"](embeddings, halves, None, None)
+    norm = CohortNorm(cohort, 5)
+    result = script["_open_set"](embeddings, halves, norm)
+    searches = searches_of(embeddings, halves["test"], norm)
+    expected = fnir_at_fpir(searches, FPIR_POINTS, scores="s_norm")
+    assert {key: result[key] for key in expected} == expected
+    tracks = fnir_at_fpir(
+        track_searches(embeddings, halves["test"], norm), FPIR_POINTS, scores="s_norm"
+    )
+    assert {key: result["tracks_of_3_photos"][key] for key in tracks} == tracks
+    raw = searches_of(embeddings, halves["test"])
+    assert np.abs(searches.scores).max() > 1.5  # standard deviations, not cosines
+    assert not np.allclose(searches.scores, raw.scores)
 
 
 def test_normalized_pair_scores_are_s_norm_of_the_pair(script: dict[str, Any]) -> None:

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 from trainer.evaluate import (
-    cohort_statistics,
     cross_validated_accuracy,
     cross_validated_correct,
     paired_comparison,
-    s_normalized,
     tar_at_far,
     verification,
     wilson_interval,
@@ -141,42 +139,3 @@ def test_wilson_interval_brackets_the_rate() -> None:
     low, high = wilson_interval(93, 120)
     assert low < 93 / 120 < high
     assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_s_norm_ranks_a_genuine_pair_above_two_strangers_from_a_crowd(seed: int) -> None:
-    """Two strangers who both look like everyone (the cohort's crowd) have the higher cosine;
-    measured against the crowd, the genuine pair of an unusual face stands out instead."""
-    rng = np.random.default_rng(seed)
-    axes = np.eye(16)
-    crowd = _unit(axes[0] + 0.12 * rng.standard_normal((302, 16)))
-    cohort, strangers = crowd[:300], crowd[300:]
-    genuine = _unit(axes[1] + 0.25 * rng.standard_normal((2, 16)))
-    faces = np.concatenate([strangers, genuine])
-    assert strangers[0] @ strangers[1] > genuine[0] @ genuine[1]  # raw cosine: the wrong order
-    statistics = cohort_statistics(faces, cohort)
-    normalized = s_normalized(faces @ faces.T, statistics, statistics)
-    assert normalized[2, 3] > normalized[0, 1] + 1.0
-
-
-def test_s_norm_is_symmetric_and_adaptive_statistics_use_the_top_scores() -> None:
-    rng = np.random.default_rng(0)
-    first, second = _unit(rng.standard_normal((5, 8))), _unit(rng.standard_normal((7, 8)))
-    cohort = _unit(rng.standard_normal((40, 8)))
-    a, b = cohort_statistics(first, cohort), cohort_statistics(second, cohort)
-    np.testing.assert_allclose(
-        s_normalized(first @ second.T, a, b), s_normalized(second @ first.T, b, a).T
-    )
-    scores = first @ cohort.T
-    mean, std = cohort_statistics(first, cohort, top_k=3)
-    top = np.sort(scores, axis=1)[:, -3:]
-    np.testing.assert_allclose(mean, top.mean(axis=1))
-    np.testing.assert_allclose(std, top.std(axis=1))
-    assert (mean > scores.mean(axis=1)).all()
-    for wrong in (1, 41):
-        with pytest.raises(ValueError, match="top_k"):
-            cohort_statistics(first, cohort, top_k=wrong)

@@ -21,9 +21,13 @@ never the faces of enrolled people):
    TensorRT can parse; and, measured (a gate with ``aligned_linkage_limit``), what an attacker
    holding both epochs' galleries gains by aligning them without labels
    (``trainer.alignment``);
-4. the open-set operating point calibrated on corpus people held out of training entirely;
-5. the recognizer published to the model store, the bundle sealed (Ed25519 signature, AES-256-GCM
-   for the fleet key) with the recognizer's id, and kept with the gate report.
+4. with ``score_norm``, the epoch's cohort: training faces embedded by the new recognizer
+   through the new SN (``rllfpr.scorenorm``), so that scores are S-norm scores;
+5. the open-set operating point calibrated on corpus people held out of training entirely, in
+   the scores the service will use;
+6. the recognizer (and cohort) published to the model store, the bundle sealed (Ed25519
+   signature, AES-256-GCM for the fleet key) with the recognizer's id, and kept with the gate
+   report.
 
 Nothing is staged when a gate fails. Staging, activation and revocation are signed messages on
 retained topics (``docs/protocol.md``, "Key rotation").
@@ -43,7 +47,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rllfpr.faces.pixels import pick_device
 from rllfpr.files import write_private
@@ -54,6 +58,7 @@ from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork, random_key_seed
 from rllfpr.models.store import ModelStore, OpenSetCalibration
 from rllfpr.mqtt import MqttError
+from rllfpr.scorenorm import CohortNorm
 from rllfpr.wire import topics
 from rllfpr.wire.messages import KeyAnnouncement, KeyState, Revocation
 from trainer.config import ExperimentConfig
@@ -64,6 +69,32 @@ from trainer.metrics import majority_rate
 from trainer.train import FaceView, embed, train
 
 log = logging.getLogger(__name__)
+
+
+class ScoreNormConfig(BaseModel):
+    """Cohort score normalization of an epoch's scores (``rllfpr.scorenorm``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cohort_faces: int = Field(
+        3000,
+        ge=2,
+        description="Training faces of the corpus in the cohort (all of them when fewer), "
+        "embedded by the epoch's recognizer through the epoch's SN and shipped with the "
+        "recognizer: D float32 numbers each.",
+    )
+    top_k: int | None = Field(
+        50,
+        ge=2,
+        description="A face's statistics use its top_k highest cohort cosines (AS-norm); null: "
+        "the whole cohort (S-norm). At most cohort_faces.",
+    )
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> ScoreNormConfig:
+        if self.top_k is not None and self.top_k > self.cohort_faces:
+            raise ValueError(f"top_k {self.top_k} exceeds cohort_faces {self.cohort_faces}")
+        return self
 
 
 class RotationConfig(BaseModel):
@@ -133,6 +164,12 @@ class RotationConfig(BaseModel):
         "the aligned galleries identified against the previous epoch's templates, once an "
         "attacker has aligned the two epochs' galleries of the other corpus people without "
         "labels. null: measured and reported, not enforced.",
+    )
+    score_norm: ScoreNormConfig | None = Field(
+        None,
+        description="Cohort score normalization: each epoch ships a cohort with its recognizer, "
+        "and the service and the calibration score by S-norm instead of raw cosine. null: raw "
+        "cosine scores.",
     )
     target_fpir: float = Field(
         0.01, gt=0, lt=1, description="False-positive identification rate the threshold aims at."
@@ -274,6 +311,11 @@ class GateReport(Report):
 class OpenSetReport(Report):
     calibration: OpenSetCalibration
     other_half: dict[str, float] = Field(description="FNIR/FPIR on the other half of people.")
+    raw_cosine: OpenSetReport | None = Field(
+        None,
+        description="With score normalization: the same calibration and rates from raw "
+        "cosines, to see what normalizing gained for this epoch.",
+    )
 
 
 class EpochReport(Report):
@@ -396,22 +438,54 @@ def aligned_linkage(
 
 
 def calibrate_open_set(
-    config: RotationConfig, recognizer: Recognizer, key: ScramblerNetwork, people: AlignedFaces
-) -> tuple[OpenSetCalibration, dict[str, float]]:
-    """Threshold and margin from one half of the held-out people; rates on the other half."""
+    config: RotationConfig,
+    recognizer: Recognizer,
+    key: ScramblerNetwork,
+    people: AlignedFaces,
+    norm: CohortNorm | None = None,
+) -> OpenSetReport:
+    """Threshold and margin from one half of the held-out people, rates on the other half; in
+    S-norm scores with ``norm`` (and then in raw cosines beside them)."""
     from rllfpr.openset import calibrate, rates, searches_of, split_people
 
     view = FaceView("scrambled", key, pick_device(config.experiment.device))
     embeddings = embed(recognizer, view, people.faces)
     halves = split_people(people.labels, config.experiment.data.split_seed)
-    calibration = calibrate(
-        searches_of(embeddings, halves["calibration"]),
-        config.target_fpir,
-        protocol=f"{len(people.names)} corpus people never trained on, half of them; "
-        f"target FPIR {config.target_fpir}",
-    )
-    point = (calibration.threshold, calibration.min_margin)
-    return calibration, rates(searches_of(embeddings, halves["test"]), *point)
+
+    def operating_point(norm: CohortNorm | None) -> OpenSetReport:
+        calibration = calibrate(
+            searches_of(embeddings, halves["calibration"], norm),
+            config.target_fpir,
+            protocol=f"{len(people.names)} corpus people never trained on, half of them; "
+            f"target FPIR {config.target_fpir}",
+            scores="cosine" if norm is None else "s_norm",
+        )
+        point = (calibration.threshold, calibration.min_margin)
+        return OpenSetReport(
+            calibration=calibration,
+            other_half=rates(searches_of(embeddings, halves["test"], norm), *point),
+        )
+
+    report = operating_point(norm)
+    if norm is not None:
+        report.raw_cosine = operating_point(None)
+    return report
+
+
+def epoch_cohort(
+    config: RotationConfig, recognizer: Recognizer, key: ScramblerNetwork, fit: AlignedFaces
+) -> CohortNorm | None:
+    """The epoch's cohort (``config.score_norm``): a sample of its training faces (chosen with
+    the corpus' split seed) embedded by its recognizer through its SN; None without."""
+    spec = config.score_norm
+    if spec is None:
+        return None
+    rng = np.random.default_rng(config.experiment.data.split_seed)
+    size = min(spec.cohort_faces, len(fit))
+    sample = np.sort(rng.choice(len(fit), size, replace=False))
+    view = FaceView("scrambled", key, pick_device(config.experiment.device))
+    top_k = None if spec.top_k is None else min(spec.top_k, size)
+    return CohortNorm(embed(recognizer, view, fit.faces[sample]), top_k)
 
 
 def open_own_bundle(
@@ -540,11 +614,18 @@ class EpochBuilder:
         if not gates.passed:
             self._write_report(scope, epoch, report)
             raise GateError(f"epoch {epoch} failed its gates: {gates.checks.document()}")
-        calibration, test_rates = calibrate_open_set(
-            self.config, trained.recognizer, key, self.split.calibration
+        norm = epoch_cohort(self.config, trained.recognizer, key, self.split.fit)
+        report.open_set = calibrate_open_set(
+            self.config, trained.recognizer, key, self.split.calibration, norm
         )
-        report.open_set = OpenSetReport(calibration=calibration, other_half=test_rates)
-        info = self.store.publish(scope, epoch, trained.recognizer, calibration, source="rotation")
+        info = self.store.publish(
+            scope,
+            epoch,
+            trained.recognizer,
+            report.open_set.calibration,
+            source="rotation",
+            norm=norm,
+        )
         state = key.key_state()
         sealed = bundle.seal(
             epoch=epoch,

@@ -8,6 +8,8 @@ Layout, one immutable directory per epoch::
     {root}/{scope}/epoch-{epoch:08d}/
         model.json    StoredModel: ids, RecognizerConfig, calibration, SHA-256 of the weights
         weights.pt    the recognizer's state_dict (loaded with ``weights_only=True``)
+        cohort.npy    with score normalization only: the epoch's cohort, (C, D) float32
+                      (``rllfpr.scorenorm``; format 2)
     {root}/{scope}/epoch-{epoch:08d}.revoked   tombstone left when an epoch is revoked
 
 ``recognizer_id`` is derived from the weights and the configuration; the trainer seals it into
@@ -15,6 +17,8 @@ the key bundle header of the same epoch, so a host can check it holds the recogn
 an announced key. Publishing writes a temporary sibling directory and renames it: a reader sees
 a whole model or none. Re-publishing the same weights for an epoch is a no-op; different weights
 for a published epoch are refused (an epoch's recognizer never changes under running hosts).
+A model with a cohort is written as format 2, which a host of format 1 refuses to read: its
+calibration is in S-norm units, which raw cosines would misread.
 """
 
 from __future__ import annotations
@@ -28,15 +32,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
 import torch
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
+from rllfpr.scorenorm import CohortNorm
 from rllfpr.wire.messages import Epoch, TopicLevel, utc_now
 
 STORE_FORMAT_VERSION: Final = 1
+NORMALIZED_FORMAT_VERSION: Final = 2  # a model with a cohort (score normalization)
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
+COHORT_FILE = "cohort.npy"
+ScoreKind = Literal["cosine", "s_norm"]
 
 
 class ModelStoreError(ValueError):
@@ -47,13 +63,21 @@ class OpenSetCalibration(BaseModel):
     """Operating point of open-set identification, chosen on held-out people.
 
     A search is a match when its best subject's score is at least ``threshold`` and beats the
-    runner-up subject by at least ``min_margin``; anything else is reported as unknown.
+    runner-up subject by at least ``min_margin``; anything else is reported as unknown. Scores,
+    threshold and margin are in the unit ``scores`` names.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float = Field(ge=-1, le=1, description="Minimum cosine score of a match.")
-    min_margin: float = Field(0.0, ge=0, le=2, description="Minimum best minus runner-up.")
+    scores: ScoreKind = Field(
+        "cosine",
+        description="Unit of threshold and margin: cosine (-1..1), or s_norm: cohort-normalized "
+        "scores in standard deviations (rllfpr.scorenorm), which the model's cohort gives.",
+    )
+    threshold: float = Field(allow_inf_nan=False, description="Minimum score of a match.")
+    min_margin: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Minimum best minus runner-up."
+    )
     target_fpir: float | None = Field(
         None, ge=0, le=1, description="False-positive identification rate aimed for."
     )
@@ -63,13 +87,31 @@ class OpenSetCalibration(BaseModel):
     )
     protocol: str = Field("", description="How the calibration data were chosen.")
 
+    @model_validator(mode="after")
+    def _cosine_bounds(self) -> OpenSetCalibration:
+        if self.scores == "cosine" and not (-1 <= self.threshold <= 1 and self.min_margin <= 2):
+            raise ValueError("a cosine threshold lies in -1..1 and a cosine margin in 0..2")
+        return self
+
+
+class ScoreNorm(BaseModel):
+    """How a model normalizes its scores (``model.json``); the cohort itself is ``cohort.npy``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_k: int | None = Field(
+        description="Each face's statistics use its top_k highest cohort cosines; null: all."
+    )
+    cohort_size: int = Field(ge=2, description="Rows of the cohort.")
+    cohort_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of cohort.npy.")
+
 
 class StoredModel(BaseModel):
     """``model.json``: what a recognizer host needs besides the weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[1] = STORE_FORMAT_VERSION
+    format_version: Literal[1, 2] = STORE_FORMAT_VERSION
     scope: TopicLevel
     epoch: Epoch
     recognizer_id: str = Field(min_length=1, max_length=128)
@@ -78,12 +120,35 @@ class StoredModel(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: AwareDatetime = Field(default_factory=utc_now)
     source: str = Field("", description="Where the weights came from (run, checkpoint).")
+    score_norm: ScoreNorm | None = Field(
+        None, description="Cohort score normalization (format 2); null: raw cosine scores."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StoredModel:
+        normalized = self.score_norm is not None
+        if normalized != (self.format_version == NORMALIZED_FORMAT_VERSION):
+            raise ValueError("format 2 is exactly the format of a model with score_norm")
+        if normalized != (self.calibration.scores == "s_norm"):
+            raise ValueError("a model with a cohort is calibrated on s_norm scores, else cosine")
+        return self
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     info: StoredModel
     recognizer: Recognizer  # in eval mode, on the requested device
+    norm: CohortNorm | None = None  # the epoch's cohort, with info.score_norm
+
+    @property
+    def scores(self) -> ScoreKind:
+        return self.info.calibration.scores
+
+
+def _cohort_bytes(norm: CohortNorm) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(norm.cohort, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _serialize(recognizer: Recognizer) -> bytes:
@@ -116,39 +181,64 @@ class ModelStore:
         recognizer: Recognizer,
         calibration: OpenSetCalibration,
         source: str = "",
+        norm: CohortNorm | None = None,
     ) -> StoredModel:
-        """Store ``recognizer`` as the model of (scope, epoch); returns its metadata."""
+        """Store ``recognizer`` as the model of (scope, epoch), with ``norm``'s cohort when its
+        scores are normalized; returns its metadata."""
         if self.is_revoked(scope, epoch):
             raise ModelStoreError(f"epoch {epoch} of scope {scope} is revoked")
         weights = _serialize(recognizer)
-        info = StoredModel(
-            scope=scope,
-            epoch=epoch,
-            recognizer_id=recognizer_id_of(weights, recognizer.config),
-            recognizer=recognizer.config,
-            calibration=calibration,
-            weights_sha256=hashlib.sha256(weights).hexdigest(),
-            source=source,
-        )
+        cohort = None if norm is None else _cohort_bytes(norm)
+        score_norm = None
+        if norm is not None and cohort is not None:
+            if norm.dimension != recognizer.config.embedding_dim:
+                raise ModelStoreError(
+                    f"a {norm.dimension}-d cohort for a {recognizer.config.embedding_dim}-d "
+                    "recognizer"
+                )
+            score_norm = ScoreNorm(
+                top_k=norm.top_k,
+                cohort_size=len(norm.cohort),
+                cohort_sha256=hashlib.sha256(cohort).hexdigest(),
+            )
+        try:
+            info = StoredModel(
+                format_version=STORE_FORMAT_VERSION if norm is None else NORMALIZED_FORMAT_VERSION,
+                scope=scope,
+                epoch=epoch,
+                recognizer_id=recognizer_id_of(weights, recognizer.config),
+                recognizer=recognizer.config,
+                calibration=calibration,
+                weights_sha256=hashlib.sha256(weights).hexdigest(),
+                source=source,
+                score_norm=score_norm,
+            )
+        except ValidationError as error:
+            raise ModelStoreError(f"not a consistent model: {error}") from error
         target = self._directory(scope, epoch)
         if target.exists():
             existing = self.info(scope, epoch)
-            if existing.weights_sha256 != info.weights_sha256:
+            if (existing.weights_sha256, existing.score_norm) != (
+                info.weights_sha256,
+                info.score_norm,
+            ):
                 raise ModelStoreError(
                     f"{target} already holds recognizer {existing.recognizer_id}; an epoch's "
-                    "recognizer is immutable (train a new epoch instead)"
+                    "recognizer and cohort are immutable (train a new epoch instead)"
                 )
             return existing
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         (staging / WEIGHTS_FILE).write_bytes(weights)
+        if cohort is not None:
+            (staging / COHORT_FILE).write_bytes(cohort)
         (staging / MODEL_FILE).write_text(info.model_dump_json(indent=2) + "\n")
         os.chmod(staging, 0o755)
         try:
             staging.rename(target)
         except OSError:  # a concurrent publisher won the race
             shutil.rmtree(staging, ignore_errors=True)
-            return self.publish(scope, epoch, recognizer, calibration, source)
+            return self.publish(scope, epoch, recognizer, calibration, source, norm)
         return info
 
     def epochs(self, scope: str) -> list[int]:
@@ -195,14 +285,35 @@ class ModelStore:
         return info
 
     def load(self, scope: str, epoch: int, device: torch.device | str = "cpu") -> LoadedModel:
-        """The recognizer of (scope, epoch), its weights checked against ``model.json``."""
+        """The recognizer of (scope, epoch) and its cohort, checked against ``model.json``."""
         info = self.info(scope, epoch)
         weights = (self._directory(scope, epoch) / WEIGHTS_FILE).read_bytes()
         if hashlib.sha256(weights).hexdigest() != info.weights_sha256:
             raise ModelStoreError(f"weights of scope {scope} epoch {epoch} are corrupt")
         recognizer = Recognizer(info.recognizer)
         recognizer.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-        return LoadedModel(info, recognizer.to(device).eval())
+        norm = None
+        if info.score_norm is not None:
+            norm = self._load_cohort(scope, epoch, info)
+        return LoadedModel(info, recognizer.to(device).eval(), norm)
+
+    def _load_cohort(self, scope: str, epoch: int, info: StoredModel) -> CohortNorm:
+        spec = info.score_norm
+        assert spec is not None
+        path = self._directory(scope, epoch) / COHORT_FILE
+        data = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != spec.cohort_sha256:
+            raise ModelStoreError(f"cohort of scope {scope} epoch {epoch} is missing or corrupt")
+        cohort = np.load(io.BytesIO(data), allow_pickle=False)
+        expected = (spec.cohort_size, info.recognizer.embedding_dim)
+        if cohort.shape != expected:
+            raise ModelStoreError(
+                f"cohort of scope {scope} epoch {epoch} is {cohort.shape}, not {expected}"
+            )
+        try:
+            return CohortNorm(cohort, spec.top_k)
+        except ValueError as error:
+            raise ModelStoreError(f"cohort of scope {scope} epoch {epoch}: {error}") from error
 
     def revoke(self, scope: str, epoch: int, reason: str = "revoked") -> None:
         """Delete the epoch's weights and leave a tombstone so it is never loaded again."""

@@ -118,7 +118,7 @@ class FaceHeader(WireModel):
 
 class Candidate(WireModel):
     subject: str = Field(description="Enrolled subject id.")
-    score: float = Field(description="Cosine similarity of the probe to this subject.")
+    score: float = Field(description="Score of the probe against this subject (`score_kind`).")
 
 
 class RecognitionEvent(WireModel):
@@ -132,8 +132,14 @@ class RecognitionEvent(WireModel):
         description="`match` when the best subject clears the calibrated threshold and margin."
     )
     subject: str | None = Field(description="Matched subject id; null when unknown.")
-    score: float = Field(description="Similarity of the best candidate (cosine, -1..1).")
+    score: float = Field(description="Score of the best candidate, in `score_kind` units.")
     margin: float = Field(description="Best score minus runner-up score (subject level).")
+    score_kind: Literal["cosine", "s_norm"] = Field(
+        "cosine",
+        description="Unit of `score`, `margin` and the candidates' scores: `cosine` (-1..1), or "
+        "`s_norm` where the epoch's model normalizes scores against its cohort of strangers "
+        "(standard deviations: a stranger scores about 0, a mate well above).",
+    )
     candidates: list[Candidate] = Field(default_factory=list, description="Top-k, best first.")
     site: TopicLevel
     camera: TopicLevel
