@@ -126,6 +126,47 @@ def test_two_epochs_build_fine_tune_and_seal_opened_bundles(corpus: object, tmp_
     assert calibration.target_fpir == pytest.approx(0.01)
 
 
+def test_an_epoch_with_score_norm_ships_its_own_cohort_and_calibrates_in_s_norm(
+    corpus: object, tmp_path: Path
+) -> None:
+    from rllfpr.models.scrambler import ScramblerNetwork
+    from trainer.train import FaceView, embed
+
+    config = _config(score_norm={"cohort_faces": 20, "top_k": 5})
+    builder = _builder(corpus, tmp_path, config)
+    built = builder.build("fleet", 1, previous_key=None)
+    model = builder.store.load("fleet", 1)
+    assert model.norm is not None
+    assert model.norm.cohort.shape == (20, 16)
+    assert model.norm.top_k == 5
+    assert model.info.calibration.scores == "s_norm"
+    open_set = built.report.open_set
+    assert open_set is not None
+    assert open_set.calibration == model.info.calibration
+    assert open_set.raw_cosine is not None  # what normalizing gained, in the report
+    assert open_set.raw_cosine.calibration.scores == "cosine"
+    assert open_set.raw_cosine.raw_cosine is None
+    # the cohort is 20 of the epoch's training faces through the epoch's own SN and recognizer
+    opened = bundle.open_bundle(
+        built.bundle,
+        {material.signer_id(builder.signing_key.public_key()): builder.signing_key.public_key()},
+        {builder.fleet_key.key_id: builder.fleet_key},
+    )
+    key = ScramblerNetwork.from_key_state(opened.architecture, opened.state)
+    faces = builder.split.fit.faces
+    embedded = embed(model.recognizer, FaceView("scrambled", key, torch.device("cpu")), faces)
+    distances = 1 - model.norm.cohort @ embedded.T
+    assert np.allclose(distances.min(axis=1), 0, atol=1e-4)
+    assert len(set(distances.argmin(axis=1).tolist())) == 20
+
+
+def test_score_norm_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="top_k 60 exceeds cohort_faces 50"):
+        _config(score_norm={"cohort_faces": 50, "top_k": 60})
+    with pytest.raises(ValueError, match="cohort_size"):
+        _config(score_norm={"cohort_size": 50})
+
+
 def test_each_epoch_trains_its_teacher_and_recognizer_from_a_fresh_seed(
     corpus: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
