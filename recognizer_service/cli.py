@@ -81,9 +81,7 @@ def models(config: Path | None = ConfigOption) -> None:
 
     settings = settings_or_fail(config)
     store = ModelStore(settings.recognizer.model_store)
-    table = Table(
-        "scope", "epoch", "recognizer id", "backbone", "input", "scores", "threshold", "margin"
-    )
+    table = Table("scope", "epoch", "recognizer id", "backbone", "input", "threshold", "margin")
     for scope in settings.recognizer.scopes:
         for epoch in store.epochs(scope):
             info = store.info(scope, epoch)
@@ -93,8 +91,6 @@ def models(config: Path | None = ConfigOption) -> None:
                 info.recognizer_id,
                 info.recognizer.backbone,
                 f"{info.recognizer.input_size} px",
-                info.calibration.scores
-                + ("" if info.score_norm is None else f" ({info.score_norm.cohort_size} cohort)"),
                 f"{info.calibration.threshold:.4f}",
                 f"{info.calibration.min_margin:.3f}",
             )
