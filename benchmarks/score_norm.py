@@ -13,12 +13,15 @@ what an epoch's trainer holds and ships with its model (``trainer.rotation``).
   best template); for single faces and for tracks of 3 photos (a track's subject scores are the
   mean of its faces', as the service decides). Scored by ``rllfpr.openset`` with the cohort, as
   the rotation calibrates an epoch with ``score_norm`` and the service decides.
+- ``--sides``: the open set again with one face's z-score only, the probe's (Z-norm: a
+  threshold that adapts to each probe, no template statistics needed) or the template's
+  (T-norm), to see which side of S-norm carries its gain.
 - ``--tracks``: View 1 again with each pair face embedded as the normalized mean of the config's
   test-time copies (``tta``: moved and mirrored, each scrambled on its own), normalized against
   the same single-face cohort.
 
     python benchmarks/score_norm.py CONFIG.yaml:VIEW [CONFIG.yaml:VIEW ...] [--top-k 50 200] \\
-        [--tracks] [--output docs/results/teacher/score-norm.json]
+        [--sides] [--tracks] [--output docs/results/teacher/score-norm.json]
 
 VIEW is ``original`` or ``scrambled``; each student is read from its finished run under
 ``runs/`` (``trainer.train.finished_student``), a scrambled one seeing its
@@ -31,8 +34,9 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -109,6 +113,21 @@ def _open_set(
     return result | {"tracks_of_3_photos": tracks}
 
 
+@dataclass(frozen=True)
+class OneSide(CohortNorm):
+    """One face's z-score instead of S-norm's mean of two: the probe's or the template's."""
+
+    side: Literal["probe", "template"] = "probe"
+
+    def matrix(self, probes: np.ndarray, templates: np.ndarray) -> np.ndarray:
+        similarity = np.asarray(probes, np.float64) @ np.asarray(templates, np.float64).T
+        if self.side == "probe":
+            mean, std = self.statistics(probes)
+            return (similarity - mean[:, None]) / std[:, None]
+        mean, std = self.statistics(templates)
+        return (similarity - mean[None, :]) / std[None, :]
+
+
 def _student(
     spec: str, runs: Path, keys: dict[str, ScramblerNetwork]
 ) -> tuple[ExperimentConfig, View1Data, Recognizer, FaceView]:
@@ -158,6 +177,9 @@ def main() -> None:
     parser.add_argument(
         "--tracks", action="store_true", help="Also View 1 as tracks (the config's tta copies)."
     )
+    parser.add_argument(
+        "--sides", action="store_true", help="Also the open set with one side's z-score only."
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=Path("docs/results/teacher/score-norm.json"))
@@ -170,6 +192,7 @@ def main() -> None:
         "command": "python benchmarks/score_norm.py "
         + " ".join(args.students)
         + f" --top-k {' '.join(map(str, args.top_k))}"
+        + (" --sides" if args.sides else "")
         + (" --tracks" if args.tracks else "")
         + f" --output {args.output}",
         "cohort_faces": COHORT,
@@ -197,6 +220,10 @@ def main() -> None:
             if tracks is not None:
                 row[name]["view1_tracks"] = _view1(tracks, view1, cohort, top_k, args.resamples)
                 row[name]["view1_tracks"]["copies"] = config.tta.views
+            if args.sides:
+                for side in ("probe", "template"):
+                    norm = OneSide(cohort, top_k, side=side)
+                    row[name][f"open_set_{side}_side_only"] = _open_set(probes, halves, norm)
         result["students"][spec] = row
         summary = {
             name: (

@@ -80,3 +80,19 @@ def test_normalized_pair_scores_are_s_norm_of_the_pair(script: dict[str, Any]) -
         script["_pair_scores"](embeddings, rows, None),
         (embeddings[rows[0]] * embeddings[rows[1]]).sum(axis=1),
     )
+
+
+def test_one_side_rows_use_only_that_face_s_statistics(script: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    probes, _ = _people(rng, people=5)
+    templates, _ = _people(rng, people=7)
+    cohort, _ = _people(rng, people=30)
+    raw = probes @ templates.T
+    mean, std = cohort_statistics(probes, cohort, 4)
+    probe_side = script["OneSide"](cohort, 4, side="probe").matrix(probes, templates)
+    np.testing.assert_allclose(probe_side, (raw - mean[:, None]) / std[:, None], rtol=1e-4)
+    # the probe's side alone keeps each probe's ranking of templates: it moves its threshold
+    np.testing.assert_array_equal(np.argsort(-probe_side, axis=1), np.argsort(-raw, axis=1))
+    mean, std = cohort_statistics(templates, cohort, 4)
+    template_side = script["OneSide"](cohort, 4, side="template").matrix(probes, templates)
+    np.testing.assert_allclose(template_side, (raw - mean[None, :]) / std[None, :], rtol=1e-4)
