@@ -12,6 +12,9 @@
    one) behind a real Mosquitto and Redis; faces published with QoS 1 by one client that also
    receives the events: faces/s at saturation, publish-to-event latency p50 / p99 at
    saturation and at half that rate.
+   With ``--e2e-score-norm``, the same run twice, raw cosine then S-norm (the model ships a
+   cohort of 3,000 embeddings, AS-norm top 50; the gallery's templates carry their cohort
+   statistics), so the cost of score normalization is a ratio measured in one invocation.
 3. ``--embedding-only``: embedding throughput of the service's embedding path
    (``rllfpr.faces.pixels.embed_wire``: uint8 wire pixels in, unit embeddings out; bf16
    autocast on CUDA) for ResNet-50 at 112x112, batch 512, both stems. Meant for a GPU:
@@ -46,7 +49,7 @@ import redis
 import torch
 import yaml
 
-from recognizer_service.gallery import Gallery
+from recognizer_service.gallery import Gallery, Template
 from rllfpr import local_services, mqtt
 from rllfpr.config import (
     MqttSettings,
@@ -59,6 +62,7 @@ from rllfpr.faces.pixels import embed_wire, pick_device
 from rllfpr.local_services import Endpoint, free_port
 from rllfpr.models.recognizer import Recognizer, RecognizerConfig
 from rllfpr.models.store import ModelStore, OpenSetCalibration, load_checkpoint_recognizer
+from rllfpr.scorenorm import CohortNorm
 from rllfpr.wire import codec, topics
 from rllfpr.wire.messages import CropBox, FaceHeader, PixelFormat, RecognitionEvent, utc_now
 from trainer import hardware
@@ -69,6 +73,7 @@ PER_IDENTITY = 10
 CLUSTER_NOISE = 0.033  # per-coordinate noise: cosine ~0.8 between a template and its centre
 EFS: tuple[int | None, ...] = (None, 200, 500)  # None: the server's default
 E2E_SIDE = 64
+COHORT = 3000  # the rotation's default cohort_faces
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -265,6 +270,7 @@ class LoadClient:
         self.client.max_queued_messages_set(0)
         self.published: dict[str, float] = {}
         self.received: dict[str, float] = {}
+        self.score_kinds: set[str] = set()
         self._lock = threading.Lock()
         self.client.on_message = self._on_message
         subscribed = threading.Event()
@@ -277,6 +283,7 @@ class LoadClient:
         now = time.perf_counter()
         event = RecognitionEvent.model_validate_json(message.payload)
         with self._lock:
+            self.score_kinds.add(event.score_kind)
             for message_id in event.message_ids:
                 self.received.setdefault(str(message_id), now)
 
@@ -320,15 +327,23 @@ class LoadClient:
 
 @contextlib.contextmanager
 def recognizer_process(
-    broker: Endpoint, redis_endpoint: Endpoint, workdir: Path, gallery_size: int
+    broker: Endpoint,
+    redis_endpoint: Endpoint,
+    workdir: Path,
+    gallery_size: int,
+    score_norm: bool = False,
 ) -> Iterator[str]:
-    """``rllfpr recognizer run`` with a random compact 64 px recognizer and a filled gallery;
-    yields its metrics URL."""
+    """``rllfpr recognizer run`` with a random compact 64 px recognizer and a filled gallery
+    (with ``score_norm``: a cohort of ``COHORT`` random embeddings, AS-norm top 50); yields its
+    metrics URL."""
     torch.manual_seed(0)
     config = RecognizerConfig(backbone="compact", input_size=E2E_SIDE, embedding_dim=DIM)
-    ModelStore(workdir / "models").publish(
-        "fleet", 1, Recognizer(config), OpenSetCalibration(threshold=0.5)
-    )
+    norm = None
+    calibration = OpenSetCalibration(threshold=0.5)
+    if score_norm:
+        norm = CohortNorm(unit(np.random.default_rng(3).standard_normal((COHORT, DIM))), 50)
+        calibration = OpenSetCalibration(scores="s_norm", threshold=5.0)
+    ModelStore(workdir / "models").publish("fleet", 1, Recognizer(config), calibration, norm=norm)
     port = free_port()
     settings = Settings(
         mqtt=MqttSettings(host=broker.host, port=broker.port),
@@ -340,8 +355,16 @@ def recognizer_process(
     client = redis.Redis(host=redis_endpoint.host, port=redis_endpoint.port)
     gallery = Gallery(client)
     templates, labels, _ = synthetic(gallery_size, 1, seed=7)
+    rows = None if norm is None else np.stack(norm.statistics(templates), axis=1)
+    batch = []
     for index, (vector, label) in enumerate(zip(templates, labels, strict=True)):
-        gallery.enroll("fleet", 1, f"person-{label}", f"t{index}", vector, "bench", utc_now())
+        statistics = None if rows is None else (float(rows[index, 0]), float(rows[index, 1]))
+        batch.append(
+            Template(f"person-{label}", f"t{index}", vector, "bench", utc_now(), statistics)
+        )
+        if len(batch) == 500 or index == len(templates) - 1:
+            gallery.enroll_many("fleet", 1, batch)
+            batch = []
     document = settings.model_dump(mode="json")
     (workdir / "recognizer.yaml").write_text(yaml.safe_dump(document))
     command = [sys.executable, "-m", "rllfpr.cli", "recognizer", "run"]
@@ -381,12 +404,14 @@ def _scrape(url: str) -> dict[str, float]:
     return values
 
 
-def end_to_end(faces: int, gallery_size: int) -> dict[str, Any]:
+def end_to_end(faces: int, gallery_size: int, score_norm: bool = False) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory() as directory,
         local_services.mosquitto() as broker,
         local_services.redis_server() as redis_endpoint,
-        recognizer_process(broker, redis_endpoint, Path(directory), gallery_size) as metrics,
+        recognizer_process(
+            broker, redis_endpoint, Path(directory), gallery_size, score_norm
+        ) as metrics,
     ):
         client = LoadClient(broker)
         try:
@@ -395,12 +420,15 @@ def end_to_end(faces: int, gallery_size: int) -> dict[str, Any]:
             saturated = client.run(faces, None, seed=1)
             after = _scrape(metrics)
             paced = client.run(max(50, faces // 2), saturated["faces_per_s"] / 2, seed=2)
+            score_kinds = sorted(client.score_kinds)
         finally:
             client.close()
     batches = after["rllfpr_batch_size_count"] - before["rllfpr_batch_size_count"]
     return {
         "model": f"compact, {E2E_SIDE} px, {DIM}-d (random weights)",
         "gallery_templates": gallery_size,
+        "scores": f"S-norm, cohort {COHORT}, top 50" if score_norm else "raw cosine",
+        "events_score_kind": score_kinds,
         "settings": "max_batch 32, max_wait_ms 20, consensus_faces 1, Q8, EF 200",
         "saturated": saturated,
         "half_rate": paced,
@@ -465,6 +493,7 @@ def main() -> None:
     parser.add_argument("--e2e-gallery", type=int, default=10_000)
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--e2e-score-norm", action="store_true")
     parser.add_argument("--embedding-only", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--backbone", default="resnet50")
@@ -503,6 +532,15 @@ def main() -> None:
             )
         if not arguments.skip_e2e:
             result["end_to_end"] = end_to_end(arguments.e2e_faces, arguments.e2e_gallery)
+        if arguments.e2e_score_norm:  # the baseline is the run just above, same invocation
+            if arguments.skip_e2e:
+                raise SystemExit("--e2e-score-norm compares with the raw run: drop --skip-e2e")
+            normalized = end_to_end(arguments.e2e_faces, arguments.e2e_gallery, True)
+            raw = result["end_to_end"]["saturated"]["faces_per_s"]
+            normalized["faces_per_s_ratio_to_raw"] = round(
+                normalized["saturated"]["faces_per_s"] / raw, 3
+            )
+            result["end_to_end_score_norm"] = normalized
     result["load_average_1_5_15_min_at_end"] = [round(v, 2) for v in os.getloadavg()]
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -62,7 +62,7 @@ CohortStatistics: TypeAlias = tuple[float, float]  # a face's mean and std of co
 class Hit:
     subject: str
     template_id: str
-    score: float  # cosine similarity, -1..1
+    score: float  # cosine similarity, -1..1 (its S-norm once decision.normalize re-scored it)
     statistics: CohortStatistics | None = None  # the template's, when the search asked for them
 
 
