@@ -208,3 +208,26 @@ def test_hits_are_rescored_with_both_faces_statistics() -> None:
     # scores far below -1 are still kept per subject (no cosine floor in S-norm units)
     low = observe([Hit("dave", "t4", -4.0), Hit("dave", "t5", -3.0)], keep=5)
     assert low.scores == {"dave": -3.0}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ('{"subject": "a", "cohort_mean": 0.25, "cohort_std": 0.05}', (0.25, 0.05)),
+        (b'{"cohort_mean": 1, "cohort_std": 2}', (1.0, 2.0)),
+        ({"cohort_mean": 0.25, "cohort_std": 0.05}, (0.25, 0.05)),
+        ('{"subject": "a"}', None),  # enrolled by a raw-cosine model
+        ('{"cohort_mean": "0.2", "cohort_std": 0.05}', None),
+        ('{"cohort_mean": 0.2, "cohort_std": 0}', None),
+        ('{"cohort_mean": NaN, "cohort_std": 0.05}', None),
+        ("not json", None),
+        (b"\xff\xfe", None),
+        (None, None),  # the template was erased between search and read
+    ],
+)
+def test_a_template_s_stored_statistics_are_read_or_ignored_never_trusted_blindly(
+    attributes: object, expected: tuple[float, float] | None
+) -> None:
+    from recognizer_service.gallery import _statistics
+
+    assert _statistics(attributes) == expected
