@@ -235,6 +235,7 @@ def test_live_page_shows_events_with_the_scrambled_faces_they_were_decided_on(
     assert "alice" in html
     assert ">unknown<" in html
     assert re.search(r'<b id="unknown-total">1</b> unknown of <b id="events-total">2</b>', html)
+    assert "\u03c3" not in html.split("<tbody>")[1]  # cosine scores carry no unit mark (sigma)
     only_unknown = browser.get("/", params={"decision": "unknown", "camera": "door"}).text
     assert "alice" not in only_unknown.split("<tbody>")[1]
     event = next(e for e in feed.events.recent() if e.decision == "match")

@@ -117,6 +117,7 @@ def event_view(event: RecognitionEvent) -> dict[str, Any]:
         "subject": event.subject,
         "score": round(event.score, 3),
         "margin": round(event.margin, 3),
+        "score_kind": event.score_kind,
         "track_id": event.track_id,
         "key_epoch": event.key_epoch,
         "latency_ms": round(event.decision_latency_ms),

@@ -45,8 +45,9 @@ function eventRow(e) {
   cell(row, e.site);
   cell(row, e.camera);
   cell(row, e.decision === "match" ? e.subject : "unknown", "decision");
-  cell(row, e.score.toFixed(3));
-  cell(row, e.margin.toFixed(3));
+  const unit = e.score_kind === "s_norm" ? " σ" : "";  // S-norm: standard deviations
+  cell(row, e.score.toFixed(3) + unit);
+  cell(row, e.margin.toFixed(3) + unit);
   cell(row, String(e.track_id));
   cell(row, String(e.key_epoch));
   cell(row, e.latency_ms + " ms");
