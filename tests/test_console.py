@@ -435,3 +435,44 @@ def test_the_demo_serves_the_console_until_stopped(service: RecognizerService) -
     assert with_token(service.settings).recognizer.api_token != token  # a fresh one per run
     help_text = CliRunner().invoke(app, ["demo", "--help"]).output
     assert "--no-console" in help_text
+
+
+def test_live_rows_mark_s_norm_scores_with_their_unit() -> None:
+    from recognizer_service.console.web import event_view, templates
+    from rllfpr.wire.messages import RecognitionEvent, utc_now
+
+    def row(score_kind: str) -> str:
+        event = RecognitionEvent(
+            decision="match",
+            subject="alice",
+            score=4.25,
+            margin=1.5,
+            score_kind=score_kind,  # type: ignore[arg-type]
+            site="lobby",
+            camera="door",
+            agent="a1",
+            track_id=3,
+            message_ids=[uuid.uuid4()],
+            captured_at=utc_now(),
+            decision_latency_ms=12.0,
+            key_epoch=2,
+        )
+        view = event_view(event)
+        assert view["score_kind"] == score_kind
+        html = templates.get_template("live.html").render(
+            request_path="/",
+            csrf="",
+            logged_in=True,
+            version="test",
+            events=[view],
+            only={},
+            sites=[],
+            cameras=[],
+            counts=None,
+            unknown_shown=0,
+            face_retention_s=60,
+        )
+        return html.split("<tbody>")[1].split("</tr>")[0]
+
+    assert "<td>4.250 \u03c3</td><td>1.500 \u03c3</td>" in row("s_norm")
+    assert "<td>4.250</td><td>1.500</td>" in row("cosine")
