@@ -447,7 +447,7 @@ def test_live_rows_mark_s_norm_scores_with_their_unit() -> None:
             subject="alice",
             score=4.25,
             margin=1.5,
-            score_kind=score_kind,  # type: ignore[arg-type]
+            score_kind=score_kind,
             site="lobby",
             camera="door",
             agent="a1",
