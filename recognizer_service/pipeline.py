@@ -373,11 +373,9 @@ class BatchProcessor:
         return len(events)
 
     def _decide(self, round_: Round) -> RecognitionEvent | None:
-        models = {
-            (f.key_scope, f.key_epoch): self.models.get(f.key_scope, f.key_epoch)
-            for f in round_.faces
-        }
-        usable = [f for f in round_.faces if models[f.key_scope, f.key_epoch]]
+        found = {(f.key_scope, f.key_epoch) for f in round_.faces}
+        models = {key: model for key in found if (model := self.models.get(*key)) is not None}
+        usable = [f for f in round_.faces if (f.key_scope, f.key_epoch) in models]
         if len(usable) < len(round_.faces):
             dropped = len(round_.faces) - len(usable)
             log.warning("round %s: %d faces of epochs no longer accepted", round_.event_id, dropped)
@@ -386,9 +384,8 @@ class BatchProcessor:
             return None
         latest = max(usable, key=lambda f: f.captured_at)
         model = models[latest.key_scope, latest.key_epoch]
-        assert model is not None
         # A track that spans a rotation: only faces scored in the latest epoch's unit count.
-        usable = [f for f in usable if models[f.key_scope, f.key_epoch].scores == model.scores]  # type: ignore[union-attr]
+        usable = [f for f in usable if models[f.key_scope, f.key_epoch].scores == model.scores]
         calibration = model.info.calibration
         threshold, margin = self.settings.threshold, self.settings.min_margin
         if model.scores == "s_norm":

@@ -231,3 +231,48 @@ def test_a_template_s_stored_statistics_are_read_or_ignored_never_trusted_blindl
     from recognizer_service.gallery import _statistics
 
     assert _statistics(attributes) == expected
+
+
+def test_a_track_spanning_a_rotation_is_decided_in_its_latest_face_s_unit(
+    tmp_path: Path,
+) -> None:
+    """Epoch 1 scores cosines, epoch 2 S-norm: the faces of a track that crossed the rotation
+    are never averaged across units; the latest face's epoch decides which count."""
+    import uuid
+    from datetime import timedelta
+
+    from recognizer_service.decision import Observation
+    from recognizer_service.epochs import EpochModels
+    from recognizer_service.metrics import Metrics
+    from recognizer_service.pipeline import BatchProcessor
+    from recognizer_service.tracks import FaceObservation, Round, RoundRef, TrackId
+    from rllfpr.config import RecognizerSettings
+    from rllfpr.wire.messages import utc_now
+
+    store = ModelStore(tmp_path)
+    store.publish("fleet", 1, _recognizer(), OpenSetCalibration(threshold=0.9))
+    cohort = CohortNorm(np.eye(16)[:4])
+    store.publish("fleet", 2, _recognizer(), _s_norm_calibration(threshold=3.0), norm=cohort)
+    models = EpochModels(store, ["fleet"], torch.device("cpu"))
+    models.refresh()
+    settings = RecognizerSettings(model_store=tmp_path, device="cpu")
+    processor = BatchProcessor(settings, models, None, None, None, Metrics(), None)  # type: ignore[arg-type]
+    now = utc_now()
+
+    def face(epoch: int, seconds: int, score: float) -> FaceObservation:
+        when = now + timedelta(seconds=seconds)
+        return FaceObservation(str(uuid.uuid4()), when, "fleet", epoch, Observation({"al": score}))
+
+    track = TrackId("lobby", "door", "a1", 1)
+    # two cosine faces of 0.95 before the switch, one S-norm face of 4.0 after it
+    faces = [face(1, 0, 0.95), face(1, 1, 0.95), face(2, 2, 4.0)]
+    event = processor._decide(Round(RoundRef("k", 1), track, uuid.uuid4(), faces))
+    assert event is not None
+    assert (event.decision, event.subject, event.score_kind) == ("match", "al", "s_norm")
+    assert event.score == pytest.approx(4.0)  # not (0.95 + 0.95 + 4.0) / 3
+    assert [str(m) for m in event.message_ids] == [faces[2].message_id]
+    # the other way round (an S-norm face, then a later cosine face): cosine decides
+    faces = [face(2, 0, 4.0), face(1, 1, 0.95)]
+    event = processor._decide(Round(RoundRef("k", 2), track, uuid.uuid4(), faces))
+    assert event is not None
+    assert (event.decision, event.score_kind, event.score) == ("match", "cosine", 0.95)
