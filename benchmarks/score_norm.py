@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from rllfpr.config import load_settings
 from rllfpr.models.recognizer import Recognizer
@@ -57,9 +56,9 @@ from rllfpr.openset import (
 from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized_pairs
 from trainer.config import ExperimentConfig
 from trainer.evaluate import paired_comparison, verification
-from trainer.experiment import load_view1_for, make_key
+from trainer.experiment import view1_student
 from trainer.studies.openset import FPIR_POINTS, evaluation_faces
-from trainer.train import FaceView, View, embed, finished_student
+from trainer.train import FaceView, embed
 from trainer.verification import View1Data
 
 COHORT = 3000
@@ -135,20 +134,7 @@ def _student(
     path, _, name = spec.rpartition(":")
     if name not in ("original", "scrambled"):
         raise SystemExit(f"{spec}: name the view, CONFIG.yaml:original or CONFIG.yaml:scrambled")
-    view: View = "original" if name == "original" else "scrambled"
-    settings = load_settings(None)
-    config = ExperimentConfig.from_yaml(Path(path))
-    view1 = load_view1_for(config, settings.data, settings.cache)
-    recognizer = finished_student(config, view, runs)
-    key = None
-    if view == "scrambled":
-        # Experiments with the same SN, key seed and training faces share key A: fit it once.
-        same_key = [config.sn_config.model_dump(), config.key_seeds[0], config.data.model_dump()]
-        kind = json.dumps(same_key, sort_keys=True, default=str)
-        if kind not in keys:
-            keys[kind] = make_key(config, config.key_seeds[0], view1.train.faces)
-        key = keys[kind]
-    return config, view1, recognizer, FaceView(view, key, torch.device("cpu"))
+    return view1_student(Path(path), "original" if name == "original" else "scrambled", runs, keys)
 
 
 def _view1(

@@ -26,25 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from rllfpr.config import load_settings
-from trainer.config import ExperimentConfig
 from trainer.evaluate import paired_comparison
-from trainer.experiment import load_view1_for, make_key
-from trainer.train import FaceView, View, embed, finished_student
+from trainer.experiment import view1_student
+from trainer.train import View, embed
 from trainer.verification import pair_scores
 
 
 def view1_test_scores(
     path: Path, view: View, tracks: bool, runs: Path
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    settings = load_settings(None)
-    config = ExperimentConfig.from_yaml(path)
-    view1 = load_view1_for(config, settings.data, settings.cache)
-    recognizer = finished_student(config, view, runs)
-    key = make_key(config, config.key_seeds[0], view1.train.faces) if view == "scrambled" else None
-    face_view = FaceView(view, key, torch.device("cpu"))
+    config, view1, recognizer, face_view = view1_student(path, view, runs)
     faces = view1.pair_faces.faces
     embeddings = embed(recognizer, face_view, faces, tta=config.tta if tracks else None)
     scores, same = pair_scores(embeddings, view1.pair_faces.sources, view1.test_pairs)

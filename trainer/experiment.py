@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rllfpr.faces.pixels import faces_to_sn_input, pick_device, scramble, sn_input, to_unit
+from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
 from trainer import hardware
 from trainer.benchmarks import benchmarks
@@ -33,7 +34,9 @@ from trainer.metrics import adjacent_correlation, nearest_neighbour_accuracy
 from trainer.train import (
     FaceView,
     TrainResult,
+    View,
     embed,
+    finished_student,
     moved,
     train,
     tta_moves,
@@ -359,6 +362,33 @@ def load_view1_for(config: ExperimentConfig, data_root: Path, cache: Path) -> Vi
     corpus = training_corpus(config, view1.train, lfw, identities, data_root, cache)
     counts = corpus.counts | {"people_excluded": len(exclude & set(everyone))}
     return replace(view1, train=corpus.faces, corpus=counts, target_space=corpus.space)
+
+
+def view1_student(
+    path: Path,
+    view: View,
+    runs: Path,
+    keys: dict[str, ScramblerNetwork] | None = None,
+) -> tuple[ExperimentConfig, View1Data, Recognizer, FaceView]:
+    """The finished View 1 student of the experiment at ``path`` (``finished_student``), its
+    View 1 data and the view it sees: for a scrambled student its experiment's key A, fitted on
+    the training faces. ``keys`` caches keys across experiments that share key A (the same SN,
+    key seed and training faces)."""
+    from rllfpr.config import load_settings
+
+    settings = load_settings(None)
+    config = ExperimentConfig.from_yaml(path)
+    view1 = load_view1_for(config, settings.data, settings.cache)
+    recognizer = finished_student(config, view, runs)
+    key = None
+    if view == "scrambled":
+        same_key = [config.sn_config.model_dump(), config.key_seeds[0], config.data.model_dump()]
+        kind = json.dumps(same_key, sort_keys=True, default=str)
+        cache = {} if keys is None else keys
+        if kind not in cache:
+            cache[kind] = make_key(config, config.key_seeds[0], view1.train.faces)
+        key = cache[kind]
+    return config, view1, recognizer, FaceView(view, key, torch.device("cpu"))
 
 
 def verification_protocol(
