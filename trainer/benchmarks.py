@@ -95,7 +95,7 @@ def benchmarks(
     if config.evaluate.cfp:
         result["cfp"] = _cfp(config, students, data_root, cache, use_teacher, view1.target_space)
     if config.evaluate.identification:
-        result["identification"] = _identification(
+        result["identification"] = identification(
             config, students, data_root, cache, use_teacher, view1.target_space
         )
     return result
@@ -148,7 +148,7 @@ def _with_rows(sources: list[str], embeddings: np.ndarray) -> list[str]:
     return [f"\0{s}" if gone else s for s, gone in zip(sources, missing, strict=True)]
 
 
-def _identification(
+def identification(
     config: ExperimentConfig,
     students: Any,
     data_root: Path,
