@@ -747,15 +747,11 @@ class Collector:
     def __init__(self, endpoint: local_services.Endpoint, topic: str) -> None:
         self.headers: list[FaceHeader] = []
         self.sizes: list[int] = []
-        subscribed = threading.Event()
         settings = MqttSettings(host=endpoint.host, port=endpoint.port)
         self.client = mqtt.make_client(settings, "bench-collector", client_id=f"c-{topic[-12:]}")
         self.client.on_message = lambda _c, _u, m: self.received(bytes(m.payload))
-        self.client.on_subscribe = lambda *_args: subscribed.set()
         mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe(topic, qos=1)
-        if not subscribed.wait(10):
-            raise RuntimeError("the benchmark could not subscribe to the face messages")
+        mqtt.subscribe(self.client, topic)
 
     def received(self, payload: bytes) -> None:
         self.sizes.append(len(payload))

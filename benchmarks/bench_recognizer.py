@@ -273,11 +273,8 @@ class LoadClient:
         self.score_kinds: set[str] = set()
         self._lock = threading.Lock()
         self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
         mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe(topics.ALL_EVENTS, qos=1)
-        subscribed.wait(10)
+        mqtt.subscribe(self.client, topics.ALL_EVENTS)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         now = time.perf_counter()

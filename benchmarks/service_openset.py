@@ -85,11 +85,8 @@ class Subscriber:
         self.events: dict[str, RecognitionEvent] = {}
         self.lock = threading.Lock()
         self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: subscribed.set()
         mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe(topics.ALL_EVENTS, qos=1)
-        subscribed.wait(10)
+        mqtt.subscribe(self.client, topics.ALL_EVENTS)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         event = RecognitionEvent.model_validate_json(message.payload)

@@ -97,6 +97,42 @@ def connect(
         raise MqttError(f"broker refused the connection: {outcome[0]}")
 
 
+def subscribe(
+    client: paho.Client,
+    topics: str | list[tuple[str, int]],
+    qos: int = 1,
+    timeout_s: float = 10.0,
+) -> None:
+    """Subscribe a connected client to a topic filter (or several, with their QoS) and wait
+    for the broker's SUBACK; raises ``MqttError`` when the client cannot send it, no SUBACK
+    comes in time, or the broker refuses a filter in its SUBACK (Mosquitto grants filters its ACL
+    forbids and withholds their messages instead)."""
+    acknowledged = threading.Event()
+    codes: list[ReasonCode] = []
+
+    def on_subscribe(
+        _client: paho.Client,
+        _userdata: object,
+        _mid: int,
+        reason_codes: list[ReasonCode],
+        _properties: object,
+    ) -> None:
+        codes.extend(reason_codes)
+        acknowledged.set()
+
+    client.on_subscribe = on_subscribe
+    result, _ = (
+        client.subscribe(topics, qos=qos) if isinstance(topics, str) else client.subscribe(topics)
+    )
+    if result != paho.MQTT_ERR_SUCCESS:
+        raise MqttError(f"cannot subscribe to {topics}: {paho.error_string(result)}")
+    if not acknowledged.wait(timeout_s):
+        raise MqttError(f"no SUBACK for {topics} within {timeout_s} s")
+    refused = [code for code in codes if code.is_failure]
+    if refused:
+        raise MqttError(f"the broker refused the subscription to {topics}: {refused[0]}")
+
+
 def publish_properties(message_expiry_s: int | None = None) -> Properties:
     properties = Properties(PacketTypes.PUBLISH)
     if message_expiry_s is not None:

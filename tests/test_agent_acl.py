@@ -101,3 +101,22 @@ def test_an_unknown_or_removed_device_can_publish_nothing(broker: local_services
         assert stranger.reads("#") == set()
     finally:
         stranger.close()
+
+
+def test_subscribe_returns_once_the_broker_acknowledged_and_fails_loudly_offline(
+    broker: local_services.Endpoint,
+) -> None:
+    """``rllfpr.mqtt.subscribe`` returns after the SUBACK (the retained key bundle of the
+    agent's scope follows it), and a client that cannot send SUBSCRIBE is an ``MqttError``."""
+    agent = Client(broker, "lobby-cam-0")
+    try:
+        mqtt.subscribe(agent.client, topics.key_bundle("fleet", 1))
+        deadline = time.monotonic() + 5
+        while topics.key_bundle("fleet", 1) not in agent.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert topics.key_bundle("fleet", 1) in agent.received
+    finally:
+        agent.close()
+    offline = mqtt.make_client(MqttSettings(host=broker.host, port=broker.port), "t")
+    with pytest.raises(mqtt.MqttError, match="cannot subscribe to #"):
+        mqtt.subscribe(offline, "#", timeout_s=1)

@@ -38,15 +38,12 @@ class Capture:
     def __init__(self, endpoint: Endpoint, *filters: str, name: str = "capture") -> None:
         self.messages: list[Captured] = []
         self._lock = threading.Lock()
-        subscribed = threading.Event()
         settings = MqttSettings(host=endpoint.host, port=endpoint.port)
         client_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.make_client(settings, name, client_id=client_id)
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_args: subscribed.set()
         mqtt.connect(self.client, settings, clean_start=True)
-        self.client.subscribe([(topic_filter, 1) for topic_filter in filters or ("#",)])
-        assert subscribed.wait(5), f"no SUBACK for {filters}"
+        mqtt.subscribe(self.client, [(topic_filter, 1) for topic_filter in filters or ("#",)])
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: Any) -> None:
         expiry = getattr(msg.properties, "MessageExpiryInterval", None)
