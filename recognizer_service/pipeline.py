@@ -238,11 +238,12 @@ class BatchProcessor:
         results: list[Enrollment] = [None] * len(items)  # type: ignore[list-item]
         for (scope, epoch), indices in groups.items():
             norm = items[indices[0]][0].model.norm
-            statistics = None
+            statistics: list[tuple[float, float] | None] = [None] * len(indices)
             if norm is not None:  # kept with each template: its side of every S-norm score
-                statistics = norm.statistics(np.stack([items[i][1] for i in indices]))
+                means, stds = norm.statistics(np.stack([items[i][1] for i in indices]))
+                statistics = [(float(m), float(s)) for m, s in zip(means, stds, strict=True)]
             templates = []
-            for position, index in enumerate(indices):
+            for index, template_statistics in zip(indices, statistics, strict=True):
                 header, vector = items[index][0].header, items[index][1]
                 assert header.subject is not None
                 templates.append(
@@ -252,9 +253,7 @@ class BatchProcessor:
                         vector,
                         header.site,
                         header.captured_at,
-                        None
-                        if statistics is None
-                        else (float(statistics[0][position]), float(statistics[1][position])),
+                        template_statistics,
                     )
                 )
             for index, result in zip(

@@ -27,7 +27,7 @@ from torch.nn import functional
 from rllfpr.faces.pixels import grey, pick_device, recognizer_input, sn_input, to_unit
 from rllfpr.models.recognizer import Recognizer
 from rllfpr.models.scrambler import ScramblerNetwork
-from rllfpr.models.store import load_checkpoint_recognizer
+from rllfpr.models.store import checkpoint_recognizer
 from trainer.config import AugmentConfig, ExperimentConfig, TTAConfig
 from trainer.data import AlignedFaces
 from trainer.losses import CosFace, FaceReconstruction, copy_consistency, target_cosine
@@ -230,8 +230,7 @@ def finished_student(config: ExperimentConfig, view: View, runs: Path) -> Recogn
         raise ValueError(
             f"{checkpoint} has {saved['epoch']} of {total_epochs(config, view)} epochs: unfinished"
         )
-    recognizer, _ = load_checkpoint_recognizer(checkpoint)
-    return recognizer
+    return checkpoint_recognizer(saved)  # the checkpoint is read once
 
 
 def reconstruction_tap(recognizer: Recognizer) -> tuple[nn.Module, int]:

@@ -326,10 +326,14 @@ class ModelStore:
 def load_checkpoint_recognizer(checkpoint: Path) -> tuple[Recognizer, dict[str, Any]]:
     """The recognizer of a trainer checkpoint (``trainer/train.py``) and the run's config."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = RecognizerConfig.model_validate(saved["config"]["recognizer"])
-    recognizer = Recognizer(config)
+    return checkpoint_recognizer(saved), saved["config"]
+
+
+def checkpoint_recognizer(saved: dict[str, Any]) -> Recognizer:
+    """The recognizer of a checkpoint already loaded with ``torch.load``, in eval mode."""
+    recognizer = Recognizer(RecognizerConfig.model_validate(saved["config"]["recognizer"]))
     recognizer.load_state_dict(saved["recognizer"])
-    return recognizer.eval(), saved["config"]
+    return recognizer.eval()
 
 
 def publish_checkpoint(
