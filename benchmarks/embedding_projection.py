@@ -18,10 +18,12 @@ embedding is renormalized and scored by cosine, and also with AS-norm (``rllfpr.
 - LFW View 1 (pairsDevTest): 10-fold accuracy, ROC AUC, TAR at FAR 1 %, each against the raw
   cosine pair by pair (``trainer.evaluate.paired_comparison``).
 - Open set (the calibrate study's split, seed 0): FNIR at FPIR 0.01 and 0.1 on the test half
-  (a DET summary), single faces.
+  (a DET summary), single faces. ``--splits N``: also N splits of the people (seeds 0..N-1),
+  FNIR at FPIR 0.01 on each test half and at the threshold calibrated on its other half
+  (``rllfpr.openset.calibrate``, as ``keys rotate`` calibrates), single faces and tracks of 3.
 
     python benchmarks/embedding_projection.py CONFIG.yaml:VIEW [CONFIG.yaml:VIEW ...] \\
-        --output docs/results/teacher/embedding-projection.json
+        [--splits N] --output docs/results/teacher/embedding-projection.json
 """
 
 from __future__ import annotations
@@ -37,7 +39,16 @@ import numpy as np
 
 from rllfpr.config import load_settings
 from rllfpr.models.recognizer import Recognizer
-from rllfpr.openset import fnir_at_fpir, searches_of, split_people
+from rllfpr.models.store import ScoreKind
+from rllfpr.openset import (
+    Half,
+    calibrate,
+    fnir_at_fpir,
+    rates,
+    searches_of,
+    split_people,
+    track_searches,
+)
 from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized_pairs
 from trainer import cfp
 from trainer.evaluate import paired_comparison, verification
@@ -129,14 +140,45 @@ def _view1(embeddings: np.ndarray, view1: View1Data, cohort: np.ndarray) -> dict
     return result
 
 
-def _open_set(probes: np.ndarray, labels: np.ndarray, cohort: np.ndarray) -> dict[str, Any]:
-    test = split_people(labels, 0)["test"]
+def _open_set(
+    probes: np.ndarray, labels: np.ndarray, cohort: np.ndarray, splits: int
+) -> dict[str, Any]:
+    """FNIR at FPIR 0.01 and 0.1 on split 0's test half (a DET summary); with ``splits`` > 1,
+    also for each split (seeds 0..splits-1) at FPIR 0.01: on the test half's own searches and
+    at the threshold calibrated on the other half, for single faces and tracks of 3 photos."""
     norm = CohortNorm(cohort.astype(np.float32), TOP_K)
     rows = probes.astype(np.float32)
-    return {
-        "cosine": fnir_at_fpir(searches_of(rows, test), (0.01, 0.1)),
-        "as_norm": fnir_at_fpir(searches_of(rows, test, norm), (0.01, 0.1), scores="s_norm"),
+    kinds: tuple[tuple[str, CohortNorm | None, ScoreKind], ...] = (
+        ("cosine", None, "cosine"),
+        ("as_norm", norm, "s_norm"),
+    )
+    test = split_people(labels, 0)["test"]
+    result: dict[str, Any] = {
+        name: fnir_at_fpir(searches_of(rows, test, kind_norm), (0.01, 0.1), scores=kind)
+        for name, kind_norm, kind in kinds
     }
+    if splits > 1:
+        result["splits"] = [
+            {
+                name: _split_rates(rows, split_people(labels, seed), kind_norm, kind)
+                for name, kind_norm, kind in kinds
+            }
+            for seed in range(splits)
+        ]
+    return result
+
+
+def _split_rates(
+    rows: np.ndarray, halves: dict[str, Half], norm: CohortNorm | None, kind: ScoreKind
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for faces, searches in (("single_faces", searches_of), ("tracks_of_3", track_searches)):
+        test = searches(rows, halves["test"], norm)
+        point = calibrate(searches(rows, halves["calibration"], norm), 0.01, (0.0,), scores=kind)
+        result[faces] = fnir_at_fpir(test, (0.01,), scores=kind) | {
+            "calibrated_for_fpir_0.01": rates(test, point.threshold, 0.0)
+        }
+    return result
 
 
 def _cfp_unseen(data: Path, cache: Path, size: int) -> tuple[Any, np.ndarray]:
@@ -169,6 +211,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument(
+        "--splits", type=int, default=1, help="Also the open set on this many people splits."
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("docs/results/teacher/embedding-projection.json")
     )
     args = parser.parse_args()
@@ -178,6 +223,7 @@ def main() -> None:
         "protocol": __doc__,
         "command": "python benchmarks/embedding_projection.py "
         + " ".join(args.students)
+        + (f" --splits {args.splits}" if args.splits > 1 else "")
         + f" --output {args.output}",
         "students": {},
     }
@@ -235,7 +281,7 @@ def main() -> None:
                     }
                     for score in ("cosine", "as_norm")
                 },
-                "open_set": _open_set(project(probes), open_set_faces.labels, cohort),
+                "open_set": _open_set(project(probes), open_set_faces.labels, cohort, args.splits),
             }
             print(
                 spec,

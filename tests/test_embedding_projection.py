@@ -3,6 +3,7 @@ the faces it was fitted on, whitens exactly the variation it names."""
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,24 @@ def test_shrinking_moves_the_whitening_toward_a_plain_scale(script: dict[str, An
     np.testing.assert_allclose(full, scale * np.eye(96), atol=1e-12)
     with pytest.raises(ValueError, match="unknown projection"):
         script["fit"]("plda", x, labels, 0.1)
+
+
+def test_the_open_set_over_several_splits_repeats_split_zero(script: dict[str, Any]) -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(40), 6)  # 2 enrolled and a track of 3 for known people
+    people = rng.normal(size=(40, 16))
+    probes = people[labels] + 0.6 * rng.normal(size=(len(labels), 16))
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    cohort = rng.normal(size=(60, 16))
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    result = script["_open_set"](probes, labels, cohort, 3)
+    assert len(result["splits"]) == 3
+    for kind in ("cosine", "as_norm"):
+        first = result["splits"][0][kind]["single_faces"]
+        assert first["fnir_at_fpir_0.01"] == result[kind]["fnir_at_fpir_0.01"]
+        for split in result["splits"]:
+            assert set(split[kind]) == {"single_faces", "tracks_of_3"}
+            assert split[kind]["tracks_of_3"]["calibrated_for_fpir_0.01"]["fpir"] <= 0.25
+    # the people are dealt into halves differently by each seed
+    assert len({json.dumps(split, sort_keys=True) for split in result["splits"]}) == 3
+    assert "splits" not in script["_open_set"](probes, labels, cohort, 1)
