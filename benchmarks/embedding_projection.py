@@ -49,13 +49,13 @@ from rllfpr.openset import (
     split_people,
     track_searches,
 )
-from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized_pairs
+from rllfpr.scorenorm import CohortNorm, cohort_statistics
 from trainer import cfp
-from trainer.evaluate import paired_comparison, verification
+from trainer.evaluate import VerificationReport, paired_comparison, verification
 from trainer.experiment import view1_student
 from trainer.studies.openset import evaluation_faces
 from trainer.train import FaceView, embed
-from trainer.verification import View1Data
+from trainer.verification import PairRows, pair_rows, row_scores
 
 COHORT, TOP_K, LDA_DIMENSIONS = 3000, 50, 64
 PROJECTIONS = (
@@ -116,27 +116,16 @@ def fit(
     raise ValueError(f"unknown projection {kind!r}")
 
 
-def _view1(embeddings: np.ndarray, view1: View1Data, cohort: np.ndarray) -> dict[str, Any]:
-    index = {source: i for i, source in enumerate(view1.pair_faces.sources)}
+def _view1(
+    embeddings: np.ndarray, test: PairRows, train: PairRows, cohort: np.ndarray
+) -> dict[str, tuple[VerificationReport, np.ndarray]]:
+    """Each score kind's View 1 report and its test pairs' scores."""
     stats = cohort_statistics(embeddings, cohort, TOP_K)
-
-    def scores(pairs: list[Any], normalized: bool) -> tuple[np.ndarray, np.ndarray]:
-        first = np.array([index[pair.first] for pair in pairs])
-        second = np.array([index[pair.second] for pair in pairs])
-        raw = (embeddings[first] * embeddings[second]).sum(axis=1)
-        if normalized:
-            mean, std = stats
-            raw = s_normalized_pairs(raw, (mean[first], std[first]), (mean[second], std[second]))
-        return raw, np.array([pair.same for pair in pairs])
-
-    result: dict[str, Any] = {}
-    for name, normalized in (("cosine", False), ("as_norm", True)):
-        (test, same), (train, train_same) = (
-            scores(view1.test_pairs, normalized),
-            scores(view1.train_pairs, normalized),
-        )
-        result[name] = verification(test, same, train, train_same)
-        result[f"{name}_scores"] = test
+    result = {}
+    for name, statistics in (("cosine", None), ("as_norm", stats)):
+        scores = row_scores(embeddings, test, statistics)
+        report = verification(scores, test[2], row_scores(embeddings, train, statistics), train[2])
+        result[name] = (report, scores)
     return result
 
 
@@ -253,6 +242,8 @@ def main() -> None:
                 for name, (x, y) in fitting.items()
             }
         }
+        test_rows = pair_rows(view1.pair_faces.sources, view1.test_pairs)
+        train_rows = pair_rows(view1.pair_faces.sources, view1.train_pairs)
         raw = None
         for kind, source, shrink in (("none", "", 0.0), *PROJECTIONS):
             if kind == "none":
@@ -266,20 +257,19 @@ def main() -> None:
                 return _unit((x - mean) @ matrix)
 
             cohort = project(train[sample])
-            view1_rows = _view1(project(pairs), view1, cohort)
-            if raw is None:
-                raw = view1_rows["cosine_scores"]
-            same = np.array([pair.same for pair in view1.test_pairs])
+            scored = _view1(project(pairs), test_rows, train_rows, cohort)
+            if raw is None:  # the unprojected cosines, which every row is compared with
+                raw = scored["cosine"][1]
             name = "none" if kind == "none" else f"{kind}_{source}_shrink{shrink:g}"
             row[name] = {
                 "view1": {
-                    score: view1_rows[score]
+                    score: report
                     | {
                         "against_raw_cosine": paired_comparison(
-                            view1_rows[f"{score}_scores"], raw, same, args.resamples
+                            scores, raw, test_rows[2], args.resamples
                         )
                     }
-                    for score in ("cosine", "as_norm")
+                    for score, (report, scores) in scored.items()
                 },
                 "open_set": _open_set(project(probes), open_set_faces.labels, cohort, args.splits),
             }

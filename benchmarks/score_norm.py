@@ -53,41 +53,19 @@ from rllfpr.openset import (
     split_people,
     track_searches,
 )
-from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized_pairs
+from rllfpr.scorenorm import CohortNorm, cohort_statistics
 from trainer.config import ExperimentConfig
 from trainer.evaluate import paired_comparison, verification
 from trainer.experiment import view1_student
 from trainer.studies.openset import FPIR_POINTS, evaluation_faces
 from trainer.train import FaceView, embed
-from trainer.verification import View1Data
+from trainer.verification import View1Data, pair_rows, row_scores
 
 COHORT = 3000
-
-Statistics = tuple[np.ndarray, np.ndarray]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _pair_rows(view1: View1Data, pairs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    index = {source: i for i, source in enumerate(view1.pair_faces.sources)}
-    first = np.array([index[pair.first] for pair in pairs])
-    second = np.array([index[pair.second] for pair in pairs])
-    return first, second, np.array([pair.same for pair in pairs])
-
-
-def _pair_scores(
-    embeddings: np.ndarray,
-    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
-    stats: Statistics | None,
-) -> np.ndarray:
-    first, second, _ = rows
-    raw = (embeddings[first] * embeddings[second]).sum(axis=1)
-    if stats is None:
-        return raw
-    mean, std = stats
-    return s_normalized_pairs(raw, (mean[first], std[first]), (mean[second], std[second]))
 
 
 def _open_set(
@@ -142,15 +120,15 @@ def _view1(
 ) -> dict[str, Any]:
     """View 1 from raw cosines and from their normalization (``top_k`` None: S-norm over the
     whole cohort), the latter compared with the former pair by pair."""
-    train_rows = _pair_rows(view1, view1.train_pairs)
-    test_rows = _pair_rows(view1, view1.test_pairs)
+    train_rows = pair_rows(view1.pair_faces.sources, view1.train_pairs)
+    test_rows = pair_rows(view1.pair_faces.sources, view1.test_pairs)
     stats = cohort_statistics(embeddings, cohort, top_k)
-    raw = _pair_scores(embeddings, test_rows, None)
-    normalized = _pair_scores(embeddings, test_rows, stats)
-    train_normalized = _pair_scores(embeddings, train_rows, stats)
+    raw = row_scores(embeddings, test_rows, None)
+    normalized = row_scores(embeddings, test_rows, stats)
+    train_normalized = row_scores(embeddings, train_rows, stats)
     same, train_same = test_rows[2], train_rows[2]
     return {
-        "raw": verification(raw, same, _pair_scores(embeddings, train_rows, None), train_same),
+        "raw": verification(raw, same, row_scores(embeddings, train_rows, None), train_same),
         "normalized": verification(normalized, same, train_normalized, train_same),
         "normalized_against_raw": paired_comparison(normalized, raw, same, resamples),
     }

@@ -14,6 +14,7 @@ import pytest
 from rllfpr.openset import fnir_at_fpir, searches_of, split_people, track_searches
 from rllfpr.scorenorm import CohortNorm, cohort_statistics, s_normalized
 from trainer.studies.openset import FPIR_POINTS
+from trainer.verification import row_scores
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "score_norm.py"
 
@@ -66,18 +67,16 @@ def test_normalized_open_set_rates_are_those_of_searches_with_the_cohort(
     assert not np.allclose(searches.scores, raw.scores)
 
 
-def test_normalized_pair_scores_are_s_norm_of_the_pair(script: dict[str, Any]) -> None:
+def test_normalized_pair_scores_are_s_norm_of_the_pair() -> None:
     rng = np.random.default_rng(2)
     embeddings, _ = _people(rng, people=10)
     cohort, _ = _people(rng, people=30)
     rows = (np.array([0, 3, 5]), np.array([1, 4, 2]), np.array([True, False, True]))
     statistics = cohort_statistics(embeddings, cohort, None)
     full = s_normalized(embeddings @ embeddings.T, statistics, statistics)
+    np.testing.assert_allclose(row_scores(embeddings, rows, statistics), full[rows[0], rows[1]])
     np.testing.assert_allclose(
-        script["_pair_scores"](embeddings, rows, statistics), full[rows[0], rows[1]]
-    )
-    np.testing.assert_allclose(
-        script["_pair_scores"](embeddings, rows, None),
+        row_scores(embeddings, rows, None),
         (embeddings[rows[0]] * embeddings[rows[1]]).sum(axis=1),
     )
 

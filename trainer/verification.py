@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rllfpr.scorenorm import Statistics, s_normalized_pairs
 from trainer.data import AlignedFaces, Aligner, list_identities, read_people_file
 from trainer.targets import TargetSpace
 
@@ -36,6 +37,9 @@ def read_pairs(path: Path) -> list[Pair]:
 
 def _source(name: str, number: str) -> str:
     return f"{name}/{name}_{int(number):04d}.jpg"
+
+
+PairRows = tuple[np.ndarray, np.ndarray, np.ndarray]  # first rows, second rows, same person
 
 
 @dataclass
@@ -79,6 +83,28 @@ def load_view1(
     return View1Data(train, pair_faces, kept_train, kept_test, missing)
 
 
+def pair_rows(sources: list[str], pairs: list[Pair]) -> PairRows:
+    """Each pair's two rows among the embeddings of ``sources``, and whether it is a
+    same-person pair."""
+    index = {source: i for i, source in enumerate(sources)}
+    first = np.array([index[p.first] for p in pairs], dtype=np.int64)
+    second = np.array([index[p.second] for p in pairs], dtype=np.int64)
+    return first, second, np.array([p.same for p in pairs], dtype=bool)
+
+
+def row_scores(
+    embeddings: np.ndarray, rows: PairRows, statistics: Statistics | None = None
+) -> np.ndarray:
+    """Cosine of each pair's unit embeddings (``pair_rows``); with every face's cohort
+    ``statistics`` (``rllfpr.scorenorm.cohort_statistics``), its S-norm score instead."""
+    first, second, _ = rows
+    cosine = (embeddings[first] * embeddings[second]).sum(axis=1)
+    if statistics is None:
+        return cosine
+    mean, std = statistics
+    return s_normalized_pairs(cosine, (mean[first], std[first]), (mean[second], std[second]))
+
+
 def pair_scores(
     embeddings: np.ndarray,
     sources: list[str],
@@ -88,8 +114,6 @@ def pair_scores(
     """Cosine similarity of each pair's embeddings, and whether it is a same-person pair.
     ``second_embeddings`` (same rows as ``embeddings``) embeds each pair's second image
     differently, e.g. a plain photo against a scrambled first image."""
-    index = {source: i for i, source in enumerate(sources)}
-    first = embeddings[[index[p.first] for p in pairs]]
+    first, second, same = pair_rows(sources, pairs)
     seconds = embeddings if second_embeddings is None else second_embeddings
-    second = seconds[[index[p.second] for p in pairs]]
-    return (first * second).sum(axis=1), np.array([p.same for p in pairs])
+    return (embeddings[first] * seconds[second]).sum(axis=1), same
